@@ -1,0 +1,1 @@
+"""Built-in hook implementations, registered exactly like third-party plugins."""

@@ -1,0 +1,107 @@
+"""Built-in augmentations (kornia): the paper's flip, translate, crop, cutout and noise.
+
+Each is differentiable with respect to its input and draws from torch's global generator, so a
+seeded run is reproducible. Strengths follow the paper's notation (ImageNet: translate 0.125,
+crop 0.2, cutout 0.15, flip 0.5, noise 0.01).
+"""
+
+from __future__ import annotations
+
+import attrs
+import kornia.augmentation as K
+from torch import Tensor
+
+from dsv.hookspecs import hookimpl
+
+
+def _unit(name: str):
+    def check(_inst, _attr, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be within [0, 1], got {value}")
+
+    return check
+
+
+@attrs.define(kw_only=True)
+class Flip:
+    """Horizontal flip with probability ``p``."""
+
+    p: float = attrs.field(default=0.5, validator=_unit("p"))
+
+    def __attrs_post_init__(self):
+        self._aug = K.RandomHorizontalFlip(p=self.p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._aug(x)
+
+
+@attrs.define(kw_only=True)
+class Translate:
+    """Shift by up to ``strength`` of the image size in each direction (zero padding)."""
+
+    strength: float = attrs.field(default=0.125, validator=_unit("strength"))
+    p: float = attrs.field(default=1.0, validator=_unit("p"))
+
+    def __attrs_post_init__(self):
+        self._aug = K.RandomAffine(degrees=0.0, translate=(self.strength, self.strength), p=self.p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._aug(x)
+
+
+@attrs.define(kw_only=True)
+class Crop:
+    """Random resized crop keeping at least ``1 - strength`` of the area, resized back."""
+
+    strength: float = attrs.field(default=0.2, validator=_unit("strength"))
+    p: float = attrs.field(default=1.0, validator=_unit("p"))
+    _by_size: dict = attrs.field(factory=dict, init=False, repr=False)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if size not in self._by_size:  # one kornia module per resolution (multi-resolution runs)
+            self._by_size[size] = K.RandomResizedCrop(
+                size, scale=(1.0 - self.strength, 1.0), ratio=(0.9, 1.1), p=self.p,
+                cropping_mode="resample",
+            )
+        return self._by_size[size](x)
+
+
+@attrs.define(kw_only=True)
+class Cutout:
+    """Erase one square whose side is ``strength`` of the image side, with probability ``p``."""
+
+    strength: float = attrs.field(default=0.15, validator=_unit("strength"))
+    p: float = attrs.field(default=0.5, validator=_unit("p"))
+
+    def __attrs_post_init__(self):
+        area = max(self.strength**2, 1e-4)
+        self._aug = K.RandomErasing(scale=(area, area), ratio=(1.0, 1.0), p=self.p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._aug(x)
+
+
+@attrs.define(kw_only=True)
+class Noise:
+    """Additive Gaussian noise of standard deviation ``strength`` (in model input units)."""
+
+    strength: float = attrs.field(default=0.01)
+    p: float = attrs.field(default=1.0, validator=_unit("p"))
+
+    def __attrs_post_init__(self):
+        if self.strength < 0:
+            raise ValueError(f"strength must be >= 0, got {self.strength}")
+        self._aug = K.RandomGaussianNoise(mean=0.0, std=self.strength, p=self.p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._aug(x)
+
+
+@hookimpl
+def dsv_register_augmentations(registry):
+    registry.add("flip", Flip)
+    registry.add("translate", Translate)
+    registry.add("crop", Crop)
+    registry.add("cutout", Cutout)
+    registry.add("noise", Noise)

@@ -1,0 +1,217 @@
+"""Built-in data sets: fashion-mnist, digits, cifar10, cifar100, svhn, imagefolder.
+
+A data set factory returns a :class:`DatasetBundle`: train and test splits yielding
+``(image in [0, 1] of shape (C, H, W), label)``, class names, the normalization the models use,
+and a fingerprint that changes when the data change (the train stage's cache key).
+Nothing is downloaded unless the pipeline says ``download = true``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from dsv.errors import DsvError
+from dsv.hookspecs import hookimpl
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DatasetError(DsvError):
+    pass
+
+
+@attrs.define
+class DatasetBundle:
+    name: str
+    train: Dataset
+    test: Dataset
+    classes: list[str]
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def tensors(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split as (images, labels) tensors (in-memory data sets only)."""
+        ds = self.train if split == "train" else self.test
+        if isinstance(ds, TensorDataset):
+            return ds.tensors[0], ds.tensors[1]
+        xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        return torch.stack(xs), torch.as_tensor(ys)
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, std) -> DatasetBundle:
+    """uint8 (N, H, W[, C]) arrays -> float tensors (N, C, H, W) in [0, 1]."""
+
+    def to_tensor(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+        return t.float().div_(255.0)
+
+    fp = _fingerprint(train_x, train_y, test_x, test_y)
+    tx, vx = to_tensor(train_x), to_tensor(test_x)
+    return DatasetBundle(
+        name=name,
+        train=TensorDataset(tx, torch.as_tensor(train_y, dtype=torch.long)),
+        test=TensorDataset(vx, torch.as_tensor(test_y, dtype=torch.long)),
+        classes=list(classes),
+        channels=tx.shape[1],
+        size=tx.shape[-1],
+        mean=tuple(mean),
+        std=tuple(std),
+        fingerprint=fp,
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzip-compressed or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
+    return body.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
+    roots = [Path(root)] if root else [FASHION_MNIST_DEBIAN]
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for r in roots:
+        paths = [_find_idx(r, s) for s in stems]
+        if all(paths):
+            arrays = [read_idx(p) for p in paths]
+            return _bundle_from_arrays("fashion-mnist", *arrays, FASHION_MNIST_CLASSES, (0.2860,), (0.3530,))
+    if download:
+        import torchvision
+
+        target = Path(root or "data")
+        train = torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
+        test = torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
+        return _bundle_from_arrays(
+            "fashion-mnist", train.data.numpy(), train.targets.numpy(), test.data.numpy(),
+            test.targets.numpy(), FASHION_MNIST_CLASSES, (0.2860,), (0.3530,),
+        )
+    raise DatasetError(
+        f"fashion-mnist: IDX files not found in {', '.join(map(str, roots))}; install them with "
+        "`apt-get install -y dataset-fashion-mnist`, give data.root, or set data.download = true"
+    )
+
+
+def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -> DatasetBundle:
+    """scikit-learn's 8x8 digits (ships with scikit-learn), split by a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(images))
+    n_test = int(round(len(images) * test_fraction))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    return _bundle_from_arrays(
+        "digits", images[train_idx], d.target[train_idx], images[test_idx], d.target[test_idx],
+        [str(i) for i in range(10)], (0.3,), (0.4,),
+    )
+
+
+def _torchvision_arrays(cls_name: str, root: str, download: bool, split_kw):
+    import torchvision
+
+    if not root:
+        raise DatasetError(f"{cls_name.lower()}: give data.root (the folder holding the data set)")
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train, test = cls(root, download=download, **split_kw[0]), cls(root, download=download, **split_kw[1])
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DatasetError(f"{cls_name.lower()}: {exc} (root {root}; set data.download = true to fetch it)") from None
+    return train, test
+
+
+def cifar10(root: str = "", download: bool = False) -> DatasetBundle:
+    train, test = _torchvision_arrays("CIFAR10", root, download, ({"train": True}, {"train": False}))
+    return _bundle_from_arrays(
+        "cifar10", train.data, np.array(train.targets), test.data, np.array(test.targets),
+        train.classes, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    )
+
+
+def cifar100(root: str = "", download: bool = False) -> DatasetBundle:
+    train, test = _torchvision_arrays("CIFAR100", root, download, ({"train": True}, {"train": False}))
+    return _bundle_from_arrays(
+        "cifar100", train.data, np.array(train.targets), test.data, np.array(test.targets),
+        train.classes, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    )
+
+
+def svhn(root: str = "", download: bool = False) -> DatasetBundle:
+    train, test = _torchvision_arrays("SVHN", root, download, ({"split": "train"}, {"split": "test"}))
+    return _bundle_from_arrays(
+        "svhn", train.data.transpose(0, 2, 3, 1), train.labels, test.data.transpose(0, 2, 3, 1),
+        test.labels, [str(i) for i in range(10)], (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+    )
+
+
+def imagefolder(root: str = "", download: bool = False, size: int = 64, test_root: str = "") -> DatasetBundle:
+    """A folder with one sub-folder of images per class (torchvision's ImageFolder layout)."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    if not root or not Path(root).is_dir():
+        raise DatasetError(f"imagefolder: data.root must be a folder of class sub-folders, got {root!r}")
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    train = ImageFolder(root, transform=tf)
+    test = ImageFolder(test_root, transform=tf) if test_root else train
+    h = hashlib.sha256()
+    for path, label in train.samples:
+        st = Path(path).stat()
+        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return DatasetBundle(
+        name="imagefolder", train=train, test=test, classes=list(train.classes), channels=3,
+        size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, fingerprint=h.hexdigest()[:16],
+    )
+
+
+@hookimpl
+def dsv_register_datasets(registry):
+    registry.add("fashion-mnist", fashion_mnist)
+    registry.add("digits", digits)
+    registry.add("cifar10", cifar10)
+    registry.add("cifar100", cifar100)
+    registry.add("svhn", svhn)
+    registry.add("imagefolder", imagefolder)

@@ -1,0 +1,62 @@
+"""Built-in candidate initializers: Gaussian noise and real samples of the target class."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from dsv.errors import DsvError
+from dsv.hookspecs import hookimpl
+
+
+@attrs.define
+class InitContext:
+    generator: torch.Generator
+    spec: object  # dsv.builtin.models.InputSpec
+    data: object | None = None  # dsv.builtin.datasets.DatasetBundle
+
+    def normalize(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.spec.std).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+
+@attrs.define(kw_only=True)
+class NoiseInit:
+    """x ~ N(0, std^2) in model input space (Algorithm 1: "initialized from noise")."""
+
+    std: float = 1.0
+
+    def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        return torch.randn(shape, generator=context.generator) * self.std
+
+
+@attrs.define(kw_only=True)
+class RealInit:
+    """Start from random training images of each candidate's target class (n-shot)."""
+
+    split: str = attrs.field(default="train", validator=attrs.validators.in_(("train", "test")))
+
+    def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        if context.data is None:
+            raise DsvError("init 'real' needs a [data] table to draw images from")
+        images, targets = context.data.tensors(self.split)
+        out = torch.empty(shape)
+        for cls in labels.unique().tolist():
+            pool = (targets == cls).nonzero().flatten()
+            slots = (labels == cls).nonzero().flatten()
+            if len(pool) < len(slots):
+                raise DsvError(f"init 'real': class {cls} has {len(pool)} images, {len(slots)} needed")
+            pick = pool[torch.randperm(len(pool), generator=context.generator)[: len(slots)]]
+            chosen = images[pick]
+            if chosen.shape[-2:] != tuple(shape[-2:]):
+                chosen = torch.nn.functional.interpolate(chosen, size=shape[-2:], mode="bilinear", antialias=True)
+            out[slots] = context.normalize(chosen)
+        return out
+
+
+@hookimpl
+def dsv_register_initializers(registry):
+    registry.add("noise", NoiseInit)
+    registry.add("real", RealInit)

@@ -1,0 +1,68 @@
+"""Built-in KKT loss terms: primal feasibility and stationarity."""
+
+from __future__ import annotations
+
+import attrs
+from torch import Tensor, nn
+
+from dsv import kkt
+from dsv.hookspecs import hookimpl
+
+
+@attrs.define(kw_only=True)
+class Primal:
+    """Eq. 7: cross entropy of the misclassified candidates (hinge-like, 0 once all are right)."""
+
+    weight: float = 1.0
+
+    def __call__(self, batch: kkt.KKTBatch) -> Tensor:
+        return kkt.primal_loss(batch.logits, batch.targets, batch.alive)
+
+
+@attrs.define(kw_only=True)
+class Stationarity:
+    """Eq. 8: distance between theta and -sum_i lambda_i grad_theta CE_i over a parameter set.
+
+    ``params``: ``"head"`` (default: the last linear layer, the part of theta that candidates can
+    explain), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
+    averaged per scalar parameter.
+    """
+
+    weight: float = 1.0
+    distance: str = attrs.field(default="l1", validator=attrs.validators.in_(kkt.DISTANCES))
+    params: str | list[str] = "head"
+    _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
+
+    def attach(self, model: nn.Module) -> None:
+        self._selected = kkt.select_parameters(model, self.params)
+        for _, p in self._selected:
+            p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
+
+    def detach(self) -> None:
+        self._selected = []
+
+    @property
+    def tensors(self) -> list[Tensor]:
+        if not self._selected:
+            raise RuntimeError("Stationarity.attach(model) must be called before use")
+        return [p for _, p in self._selected]
+
+    def __call__(self, batch: kkt.KKTBatch) -> Tensor:
+        return kkt.stationarity_loss(
+            batch.logits, batch.targets, batch.lambdas, batch.alive, self.tensors, self.distance
+        )
+
+    def summary(self, batch: kkt.KKTBatch) -> dict[str, float]:
+        """relative_stationarity: residual over its value with every lambda = 0 (1.0 = explains nothing)."""
+        residual = self(batch).item()
+        reference = kkt.zero_multiplier_distance(self.tensors, self.distance).item()
+        return {
+            "relative_stationarity": residual / reference if reference > 0 else float("nan"),
+            "stationarity_params": int(sum(p.numel() for p in self.tensors)),
+        }
+
+
+@hookimpl
+def dsv_register_losses(registry):
+    registry.add("primal", Primal)
+    registry.add("stationarity", Stationarity)

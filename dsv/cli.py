@@ -1,0 +1,133 @@
+"""``dsv-pipeline``: run | show | export | plugins. A thin layer over :mod:`dsv.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dsv.errors import DsvError
+
+
+def _add_plugin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                   help="do not load this plugin (entry point name or built-in module); repeatable")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dsv-pipeline", description="Deep Support Vectors of a trained classifier.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the stages of a pipeline file")
+    run.add_argument("pipeline", help="pipeline TOML file")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="override a key, e.g. --set synthesis.iterations=50 (TOML value); repeatable")
+    run.add_argument("--store", help="run store path (default: run.store, or stores/<run.name>.zarr)")
+    run.add_argument("--fresh", action="store_true", help="replace an existing run store (only a dsv store)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_plugin_flags(run)
+
+    show = sub.add_parser("show", help="summarize a run store")
+    show.add_argument("store")
+    show.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    export = sub.add_parser("export", help="export a run store's candidates")
+    export.add_argument("store")
+    export.add_argument("--png", help="write a labelled image grid here")
+    export.add_argument("--npz", help="write arrays x, lambda, labels, alive, targets here")
+
+    plugins = sub.add_parser("plugins", help="list plugins and every registered name by kind")
+    _add_plugin_flags(plugins)
+    return top
+
+
+def cmd_run(args) -> int:
+    from dsv.pipeline import Pipeline
+    from dsv.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(args.disable_plugin)
+    pipeline = Pipeline.from_toml(args.pipeline, overrides=args.overrides, store=args.store, plugins=pm,
+                                  progress=not args.no_progress, fresh=args.fresh)
+    result = pipeline.run()
+    print(f"store: {result.store}")
+    for path in result.exports:
+        print(f"wrote {path}")
+    print(json.dumps(result.summary, indent=2))
+    return 0
+
+
+def _open(path: str):
+    from dsv.store import RunStore
+
+    return RunStore.open(path)
+
+
+def cmd_show(args) -> int:
+    from dsv.export import summary
+
+    store = _open(args.store)
+    s = summary(store)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    meta = store.meta
+    print(f"run {meta.get('name')} ({store.path})")
+    print(f"  model {meta.get('model')}, config {meta.get('config_source')} [{meta.get('config_hash')}]")
+    if "base_test_accuracy" in meta:
+        print(f"  base model test accuracy {meta['base_test_accuracy']:.4f}")
+    print(f"  iterations {s.get('iterations')}; candidates {s.get('candidates')}, alive {s.get('alive')}, "
+          f"classified as target {s.get('classified_as_target', '?')}")
+    if "relative_stationarity" in s:
+        print(f"  relative stationarity {s['relative_stationarity']:.4f} over {s['stationarity_params']} parameters")
+    if s.get("entropy_start") is not None:
+        print(f"  mean entropy {s['entropy_start']:.4f} -> {s['entropy_end']:.4f} nats")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from dsv.export import save_grid, save_npz
+
+    if not (args.png or args.npz):
+        raise DsvError("export: give --png PATH and/or --npz PATH")
+    store = _open(args.store)
+    if args.png:
+        print(f"wrote {save_grid(store, args.png)}")
+    if args.npz:
+        print(f"wrote {save_npz(store, args.npz)}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from dsv.plugins import KINDS, get_plugin_manager
+
+    pm = get_plugin_manager(args.disable_plugin)
+    for info in pm.plugins():
+        print(f"{info.name}  [{info.distribution} {info.version}]  hooks: {', '.join(info.hooks)}")
+    for kind in KINDS:
+        entries = pm.registry(kind).entries()
+        print(f"{kind}:")
+        for e in entries:
+            print(f"  {e.name:<22} {e.plugin}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "show": cmd_show, "export": cmd_export, "plugins": cmd_plugins}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DsvError as exc:
+        print(f"dsv-pipeline: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsv-pipeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Pipeline files: TOML -> attrs classes, with errors that name the file and the key path.
+
+Every table is an attrs class structured by cattrs with unknown keys forbidden and strict scalar
+types (a string is never silently read as a number). Plugin tables (``{ name = "tv", weight = 1 }``)
+are checked a second time against the options class of the named plugin, see :func:`build`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from dsv.errors import ConfigError
+
+STAGES = ("train", "synthesize", "export")
+
+
+@attrs.define(kw_only=True)
+class PluginSpec:
+    """A table naming a registered plugin; every other key is an option of that plugin."""
+
+    name: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+Target = Union[int, dict[str, float]]
+
+
+@attrs.define(kw_only=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    store: str = ""  # default: stores/<name>.zarr
+    stages: list[str] = attrs.field(factory=lambda: list(STAGES))
+
+
+@attrs.define(kw_only=True)
+class DataConfig:
+    name: str
+    root: str = ""
+    download: bool = False
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class ModelConfig:
+    source: str
+    weights_path: str = ""
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class TrainConfig:
+    retrainer: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="adam"))
+    cache_dir: str = "stores/models"
+
+
+def _default_losses() -> list[PluginSpec]:
+    return [PluginSpec(name="primal"), PluginSpec(name="stationarity")]
+
+
+@attrs.define(kw_only=True)
+class SynthesisConfig:
+    iterations: int = 300
+    candidates_per_class: int = 1
+    classes: list[int] = attrs.field(factory=list)  # empty: every class of the model
+    targets: list[Target] = attrs.field(factory=list)  # explicit targets; overrides classes
+    lr_x: float = 0.05
+    lr_lambda: float = 0.05
+    lambda_init: float = 1.0
+    augmented_weight: float = 1.0  # eta of Algorithm 1: weight of the KKT terms on A(x)
+    losses: list[PluginSpec] = attrs.field(factory=_default_losses)
+    priors: list[PluginSpec] = attrs.field(factory=list)
+    augmentations: list[PluginSpec] = attrs.field(factory=list)
+    init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
+    record_every: int = 1
+    write_every: int = 50
+
+
+@attrs.define(kw_only=True)
+class ExportConfig:
+    png: str = "grid.png"  # written inside the run store; "" for none
+    npz: str = ""
+
+
+@attrs.define(kw_only=True)
+class PipelineConfig:
+    run: RunConfig = attrs.field(factory=RunConfig)
+    data: DataConfig | None = None
+    model: ModelConfig
+    train: TrainConfig | None = None
+    synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
+    export: ExportConfig = attrs.field(factory=ExportConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# strict converter
+# --------------------------------------------------------------------------------------------------
+
+
+class _TypeMismatch(TypeError):
+    pass
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "a table" if isinstance(value, dict) else "a list"
+    return json.dumps(value) if isinstance(value, (str, bool, int, float)) else repr(value)
+
+
+def _strict(kind: str, accept):
+    def hook(value, _type):
+        if not accept(value):
+            raise _TypeMismatch(f"expected {kind}, got {_describe(value)}")
+        return _type(value) if _type is float else value
+
+    return hook
+
+
+def _structure_plugin(value, _type) -> PluginSpec:
+    if isinstance(value, str):
+        return PluginSpec(name=value)
+    if not isinstance(value, dict):
+        raise _TypeMismatch(f"expected a table with a 'name' key, got {_describe(value)}")
+    if "name" not in value or not isinstance(value["name"], str):
+        raise _TypeMismatch("expected a table with a 'name' key naming a registered plugin")
+    options = {k: v for k, v in value.items() if k != "name"}
+    return PluginSpec(name=value["name"], options=options)
+
+
+def _structure_target(value, _type):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, dict) and value and all(
+        re.fullmatch(r"\d+", str(k)) and _is_number(v) and v >= 0 for k, v in value.items()
+    ):
+        return {str(k): float(v) for k, v in value.items()}
+    raise _TypeMismatch(
+        f"expected a class index or a table of class index = weight (e.g. {{ 207 = 0.4, 417 = 0.6 }}), "
+        f"got {_describe(value)}"
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(float, _strict("a number", _is_number))
+    conv.register_structure_hook(int, _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)))
+    conv.register_structure_hook(str, _strict("a string", lambda v: isinstance(v, str)))
+    conv.register_structure_hook(bool, _strict("true or false", lambda v: isinstance(v, bool)))
+    conv.register_structure_hook(PluginSpec, _structure_plugin)
+    conv.register_structure_hook(Target, _structure_target)
+    conv.register_structure_hook(dict[str, Any], _strict("a table", lambda v: isinstance(v, dict)))
+    conv.register_unstructure_hook(
+        PluginSpec, lambda spec: {"name": spec.name, **conv.unstructure(spec.options)}
+    )
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _messages(exc: BaseException, path: str) -> list[str]:
+    """Flatten cattrs' exception groups into ``key.path: message`` lines."""
+    out: list[str] = []
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(exc, IterableValidationError):
+                sub_path = f"{path}[{note.index}]"
+            else:
+                sub_path = f"{path}.{note.name}" if path else note.name
+            if isinstance(sub, KeyError) and not isinstance(
+                sub, (ClassValidationError, IterableValidationError)
+            ):
+                out.append(f"{sub_path}: required key missing")
+            else:
+                out.extend(_messages(sub, sub_path))
+        for sub in without:
+            out.extend(_messages(sub, path))
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        known = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+        for key in sorted(exc.extra_fields):
+            where = f"{path}.{key}" if path else key
+            out.append(f"{where}: unknown key (known: {', '.join(known)})")
+    elif isinstance(exc, _TypeMismatch):
+        out.append(f"{path}: {exc}")
+    elif isinstance(exc, (TypeError, ValueError)):
+        out.append(f"{path}: {exc}")
+    else:
+        out.append(f"{path}: {type(exc).__name__}: {exc}")
+    return out
+
+
+def structure(data: Any, cls: type, *, source: str, path: str = "") -> Any:
+    """Structure ``data`` into ``cls``; any problem becomes one ConfigError naming each key path."""
+    try:
+        return CONVERTER.structure(data, cls)
+    except Exception as exc:  # cattrs raises exception groups; flatten them
+        lines = _messages(exc, path)
+        raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# loading, overrides, hashing
+# --------------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class LoadedPipeline:
+    config: PipelineConfig
+    raw: dict[str, Any]  # the table after overrides: what the hash covers and the store keeps
+    source: str  # file name (for messages)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.raw)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config.run.store or f"stores/{self.config.run.name}.zarr")
+
+
+def config_hash(raw: dict[str, Any]) -> str:
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``synthesis.iterations=50`` -> (["synthesis", "iterations"], 50); values are TOML values,
+    and anything that is not valid TOML is taken as a string (``run.device=cpu``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. synthesis.iterations=50")
+    key, value_text = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", k) for k in keys):
+        raise ConfigError(f"--set {text}: {key.strip()!r} is not a dotted key path")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a table")
+            node = nxt
+        node[keys[-1]] = value
+    return raw
+
+
+def load_text(
+    text: str, *, source: str, overrides: list[str] = (), store: str | None = None
+) -> LoadedPipeline:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return from_dict(raw, source=source, overrides=overrides, store=store)
+
+
+def from_dict(
+    raw: dict[str, Any], *, source: str, overrides: list[str] = (), store: str | None = None
+) -> LoadedPipeline:
+    raw = apply_overrides(raw, list(overrides))
+    if store:
+        raw.setdefault("run", {})["store"] = str(store)
+    config = structure(raw, PipelineConfig, source=source)
+    _check(config, source)
+    return LoadedPipeline(config=config, raw=raw, source=source)
+
+
+def load(path: str | Path, overrides: list[str] = (), store: str | None = None) -> LoadedPipeline:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
+    return load_text(text, source=str(path), overrides=overrides, store=store)
+
+
+def _check(config: PipelineConfig, source: str) -> None:
+    """Checks no type can express: ranges and cross-table requirements."""
+    problems = []
+    for i, stage in enumerate(config.run.stages):
+        if stage not in STAGES:
+            problems.append(f"run.stages[{i}]: unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    if "train" in config.run.stages and config.train is not None and config.data is None:
+        problems.append("train: the train stage needs a [data] table")
+    s = config.synthesis
+    for key in ("iterations", "candidates_per_class", "record_every", "write_every"):
+        if getattr(s, key) < 1:
+            problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
+    for key in ("lr_x", "lr_lambda"):
+        if getattr(s, key) <= 0:
+            problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
+    if s.lambda_init <= 0:
+        problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
+    if config.export.png and ("/" in config.export.png or "\\" in config.export.png):
+        problems.append(
+            f"export.png: a file name inside the run store, not a path, got {config.export.png!r}"
+        )
+    if config.export.npz and ("/" in config.export.npz or "\\" in config.export.npz):
+        problems.append(f"export.npz: a file name inside the run store, not a path, got {config.export.npz!r}")
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+
+
+def build(spec: PluginSpec, registry, *, source: str, path: str, **context: Any) -> Any:
+    """Instantiate a plugin from its table: look the name up, type-check its options.
+
+    attrs factories are structured by the strict converter (unknown option -> error naming the
+    key path); other callables have their keyword names checked against the signature.
+    """
+    from dsv.plugins import UnknownNameError
+
+    try:
+        entry, rest = registry.split(spec.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{source}: {path}.name: {exc}") from None
+    factory = entry.factory
+    options = dict(spec.options)
+    if rest is not None:
+        context["target"] = rest
+    if attrs.has(factory):
+        names = {a.alias for a in attrs.fields(factory) if a.init}
+        extra = {k: v for k, v in context.items() if k in names}
+        plugin_options = {k: v for k, v in options.items()}
+        obj = structure({**plugin_options, **extra}, factory, source=source, path=path)
+        return obj
+    params = inspect.signature(factory).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if not takes_kwargs:
+        for key in options:
+            if key not in params:
+                known = ", ".join(k for k in params if k not in context)
+                raise ConfigError(f"{source}: {path}.{key}: unknown option of {spec.name!r} (known: {known})")
+    kwargs = {k: v for k, v in context.items() if takes_kwargs or k in params}
+    try:
+        return factory(**options, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {path}: {exc}") from None

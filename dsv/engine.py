@@ -1,0 +1,193 @@
+"""The ignite Engine that drives one DeepKKT synthesis loop.
+
+One engine iteration is one step of Algorithm 1: forward the candidates (and an augmented copy),
+sum the weighted KKT terms and priors, update ``x`` and ``lambda``, prune candidates whose lambda
+went negative. Handlers record histories, write the store, guard against NaN and show progress.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import Tensor, nn
+
+from dsv import kkt
+from dsv.errors import NonFiniteLossError
+
+SHOWN_IN_PROGRESS = ("total", "primal", "stationarity", "entropy", "alive")
+
+
+@attrs.define(eq=False)
+class SynthesisRun:
+    """The state of one synthesis: model, candidates, multipliers, terms, optimizer, store."""
+
+    model: nn.Module
+    x: Tensor  # (N, C, H, W) leaf, requires grad
+    lambdas: Tensor  # (N,) leaf, requires grad
+    targets: Tensor  # (N, K) soft targets
+    alive: Tensor  # (N,) bool
+    losses: list[tuple[str, Any]]  # (history name, term with .weight)
+    priors: list[tuple[str, Any]] = attrs.field(factory=list)
+    augmentations: list[Callable[[Tensor], Tensor]] = attrs.field(factory=list)
+    augmented_weight: float = 1.0
+    lr_x: float = 0.05
+    lr_lambda: float = 0.05
+    iterations: int = 100
+    record_every: int = 1
+    write_every: int = 50
+    store: Any = None  # dsv.store.RunStore or None
+    hooks: Any = None  # dsv.plugins.DsvPluginManager or None
+    progress: bool = True
+    optimizer: torch.optim.Optimizer = attrs.field(init=False)
+    pending: dict[str, list] = attrs.field(factory=dict, init=False)
+    committed_iteration: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self):
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
+        )
+
+    @property
+    def labels(self) -> Tensor:
+        return self.targets.argmax(dim=1)
+
+    def batch(self, inputs: Tensor) -> kkt.KKTBatch:
+        logits = self.model(inputs)
+        return kkt.KKTBatch(self.model, inputs, logits, self.targets, self.lambdas, self.alive)
+
+    def _call_hook(self, name: str, **kwargs) -> list:
+        return self.hooks.call_lifecycle(name, run=self, **kwargs) if self.hooks is not None else []
+
+    # ---- one step of Algorithm 1 ----------------------------------------------------------------
+
+    def step(self, iteration: int) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        clean = self.batch(self.x)
+        values: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.x.device)
+        for name, term in self.losses:
+            values[name] = term(clean)
+            total = total + term.weight * values[name]
+        if self.augmentations:
+            augmented = self.x
+            for aug in self.augmentations:
+                augmented = aug(augmented)
+            aug_batch = self.batch(augmented)
+            for name, term in self.losses:
+                values[f"{name}_aug"] = term(aug_batch)
+                total = total + self.augmented_weight * term.weight * values[f"{name}_aug"]
+        for name, prior in self.priors:
+            values[name] = prior(self.x)
+            total = total + prior.weight * values[name]
+        if not torch.isfinite(total):
+            bad = [k for k, v in values.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(
+                f"loss became non-finite at iteration {iteration} (terms: {', '.join(bad) or 'total'}); "
+                f"the store holds iteration {iteration - 1}. Lower synthesis.lr_x or the term weights."
+            )
+        with torch.no_grad():
+            probs_entropy = kkt.prediction_entropy(clean.logits.detach())
+            alive_f = self.alive.float()
+            n_alive = int(self.alive.sum())
+            entropy = float((probs_entropy * alive_f).sum() / max(n_alive, 1))
+            right = (~kkt.misclassified(clean.logits.detach(), self.targets)) & self.alive
+            accuracy = float(right.sum()) / max(n_alive, 1)
+        # grads for x and lambda only: theta is frozen, so nothing accumulates in the model
+        grad_x, grad_l = torch.autograd.grad(total, [self.x, self.lambdas], allow_unused=True)
+        self.x.grad = grad_x if grad_x is not None else torch.zeros_like(self.x)
+        self.lambdas.grad = grad_l if grad_l is not None else torch.zeros_like(self.lambdas)
+        dead = ~self.alive
+        frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
+        self.optimizer.step()
+        with torch.no_grad():  # dead candidates stop taking part: restore what Adam's momentum moved
+            self.x[dead] = frozen_x
+            self.lambdas[dead] = frozen_l
+        pruned = kkt.newly_infeasible(self.lambdas, self.alive)
+        if pruned.any():
+            self.alive[pruned] = False
+            self._call_hook("dsv_candidate_pruned", indices=pruned.nonzero().flatten().tolist(), iteration=iteration)
+        metrics = {name: float(v.detach()) for name, v in values.items()}
+        metrics.update(total=float(total.detach()), entropy=entropy, accuracy=accuracy, alive=float(self.alive.sum()))
+        return metrics
+
+    # ---- recording and writing -------------------------------------------------------------------
+
+    def record(self, iteration: int, metrics: dict[str, float]) -> None:
+        if iteration % self.record_every and iteration not in (1, self.iterations):
+            return
+        self.pending.setdefault("iteration", []).append(iteration)
+        for name, value in metrics.items():
+            self.pending.setdefault(name, []).append(value)
+        self.pending.setdefault("lambda", []).append(self.lambdas.detach().cpu().numpy().copy())
+
+    def flush(self, iteration: int) -> None:
+        """Write candidates and pending history rows, then the committed iteration (last)."""
+        if self.store is None:
+            self.committed_iteration = iteration
+            return
+        self.store.write_candidates(
+            self.x.detach().cpu().numpy(), self.lambdas.detach().cpu().numpy(), self.alive.cpu().numpy()
+        )
+        rows = {k: np.asarray(v) for k, v in self.pending.items()}
+        self.store.append_history(rows)
+        self.pending = {}
+        self.store.update_meta(committed_iteration=iteration)
+        self.committed_iteration = iteration
+
+    # ---- final figures ---------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        clean = self.batch(self.x.detach())
+        with torch.no_grad():
+            right = (~kkt.misclassified(clean.logits, self.targets)) & self.alive
+        out: dict[str, Any] = {
+            "candidates": int(self.x.shape[0]),
+            "alive": int(self.alive.sum()),
+            "classified_as_target": int(right.sum()),
+            "iterations": int(self.committed_iteration),
+        }
+        for _, term in self.losses:
+            if hasattr(term, "summary"):
+                out.update(term.summary(clean))
+        return out
+
+
+def build_engine(run: SynthesisRun) -> Engine:
+    engine = Engine(lambda eng, _batch: run.step(eng.state.iteration))
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _record(eng):
+        metrics = eng.state.output
+        run.record(eng.state.iteration, metrics)
+        stops = run._call_hook("dsv_iteration_completed", iteration=eng.state.iteration, metrics=metrics)
+        if any(stops):
+            eng.terminate()
+
+    @engine.on(Events.ITERATION_COMPLETED(every=run.write_every))
+    def _write(eng):
+        run.flush(eng.state.iteration)
+
+    @engine.on(Events.COMPLETED | Events.TERMINATE)
+    def _final_write(eng):
+        if run.committed_iteration != eng.state.iteration:
+            run.flush(eng.state.iteration)
+
+    @engine.on(Events.EXCEPTION_RAISED)
+    def _keep_store_consistent(eng, exc):
+        # the failing iteration changed nothing; keep every completed one, then re-raise
+        completed = eng.state.iteration - 1
+        if run.committed_iteration != completed:
+            run.flush(completed)
+        raise exc
+
+    if run.progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=True, desc="synthesize").attach(
+            engine, output_transform=lambda out: {k: out[k] for k in SHOWN_IN_PROGRESS if k in out}
+        )
+    return engine

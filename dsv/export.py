@@ -1,0 +1,81 @@
+"""Exports of a run store: a labelled PNG grid, an NPZ of the candidates, the JSON summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsv.store import RunStore
+
+
+def to_images(x: np.ndarray, mean, std) -> np.ndarray:
+    """Model-space candidates (N, C, H, W) -> displayable images (N, H, W, C) in [0, 1]."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.clip(x * std + mean, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+
+def summary(store: RunStore) -> dict[str, Any]:
+    """The ``show --json`` contract: the stored run summary plus entropy and the config hash."""
+    meta = store.meta
+    out = dict(meta.get("summary", {}))
+    history = store.history()
+    entropy = history.get("entropy")
+    out["entropy_start"] = float(entropy[0]) if entropy is not None and len(entropy) else None
+    out["entropy_end"] = float(entropy[-1]) if entropy is not None and len(entropy) else None
+    out["iterations"] = int(meta.get("committed_iteration", 0))
+    out["config_hash"] = meta.get("config_hash")
+    if "candidates" not in out and "candidates" in store.group:
+        c = store.candidates()
+        out["candidates"] = int(len(c["alive"]))
+        out["alive"] = int(c["alive"].sum())
+    return out
+
+
+def save_npz(store: RunStore, path: str | Path) -> Path:
+    c = store.candidates()
+    path = Path(path)
+    np.savez(path, x=c["x"], **{"lambda": c["lambda"]}, labels=c["labels"], alive=c["alive"], targets=c["targets"])
+    return path
+
+
+def _title(classes: list[str], target_row: np.ndarray) -> str:
+    nz = np.flatnonzero(target_row > 1e-6)
+    if len(nz) == 1:
+        return classes[nz[0]] if nz[0] < len(classes) else str(nz[0])
+    parts = sorted(nz, key=lambda i: -target_row[i])[:2]
+    return " / ".join(f"{target_row[i]:.1f} {classes[i] if i < len(classes) else i}" for i in parts)
+
+
+def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> Path:
+    """A grid of the candidates, each titled with its target class and its lambda."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = store.meta
+    c = store.candidates()
+    images = to_images(c["x"], meta["mean"], meta["std"])
+    classes = meta.get("classes", [])
+    n = len(images)
+    cols = columns or min(n, 10)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        img = images[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                  vmin=0, vmax=1, interpolation="nearest")
+        status = f"λ={c['lambda'][i]:.2g}" if c["alive"][i] else "dead"
+        ax.set_title(f"{_title(classes, c['targets'][i])}\n{status}", fontsize=7)
+    fig.suptitle(f"{meta.get('name', 'run')}: {int(c['alive'].sum())}/{n} alive", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
