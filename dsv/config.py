@@ -11,13 +11,15 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, get_origin
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from dsv.errors import ConfigError
@@ -79,11 +81,13 @@ class SynthesisConfig:
     lr_x: float = 0.05
     lr_lambda: float = 0.05
     lambda_init: float = 1.0
+    lambda_warmup: int = 0
     augmented_weight: float = 1.0  # eta of Algorithm 1: weight of the KKT terms on A(x)
     losses: list[PluginSpec] = attrs.field(factory=_default_losses)
     priors: list[PluginSpec] = attrs.field(factory=list)
     augmentations: list[PluginSpec] = attrs.field(factory=list)
     init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
+    resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
     record_every: int = 1
     write_every: int = 50
 
@@ -143,7 +147,8 @@ def _structure_target(value, _type):
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, dict) and value and all(
-        re.fullmatch(r"\d+", str(k)) and _is_number(v) and v >= 0 for k, v in value.items()
+        re.fullmatch(r"\d+", str(k)) and _is_number(v) and math.isfinite(v) and v >= 0
+        for k, v in value.items()
     ):
         return {str(k): float(v) for k, v in value.items()}
     raise _TypeMismatch(
@@ -152,19 +157,61 @@ def _structure_target(value, _type):
     )
 
 
+def _structure_names(value, _type):
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise _TypeMismatch(f"expected a string or a list of strings, got {_describe(value)}")
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_table(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, list)
+
+
+def _structure_float(value, _type) -> float:
+    number = _strict("a number", _is_number)(value, float)
+    if not math.isfinite(number):
+        # TOML allows nan and inf; nan passes every range check in _check (nan <= 0 is false)
+        raise _TypeMismatch(f"expected a finite number, got {number}")
+    return number
+
+
+def _requiring(kind: str, accept, structure):
+    """Check the shape before cattrs' own hook sees the value: it would iterate a string as a
+    list of characters, or fail on a scalar given for a table with an AttributeError."""
+    check = _strict(kind, accept)
+
+    def hook(value, _type):
+        return structure(check(value, _type), _type)
+
+    return hook
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(float, _strict("a number", _is_number))
+    conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(int, _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)))
     conv.register_structure_hook(str, _strict("a string", lambda v: isinstance(v, str)))
     conv.register_structure_hook(bool, _strict("true or false", lambda v: isinstance(v, bool)))
     conv.register_structure_hook(PluginSpec, _structure_plugin)
     conv.register_structure_hook(Target, _structure_target)
-    conv.register_structure_hook(dict[str, Any], _strict("a table", lambda v: isinstance(v, dict)))
+    conv.register_structure_hook_func(lambda t: t == dict[str, Any], _strict("a table", _is_table))
+    conv.register_structure_hook_func(lambda t: t == (str | list[str]), _structure_names)
+    # factories, not plain hooks: the wrapped cattrs hook is generated once per type
+    conv.register_structure_hook_factory(
+        lambda t: get_origin(t) is list,
+        lambda t: _requiring("a list", _is_list, list_structure_factory(t, conv)),
+    )
+    conv.register_structure_hook_factory(
+        attrs.has, lambda t: _requiring("a table", _is_table, conv.gen_structure_attrs_fromdict(t))
+    )
     conv.register_unstructure_hook(
         PluginSpec, lambda spec: {"name": spec.name, **conv.unstructure(spec.options)}
     )
@@ -172,6 +219,21 @@ def make_converter() -> cattrs.Converter:
 
 
 CONVERTER = make_converter()
+
+
+def _key_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _plain_message(exc: TypeError | ValueError, path: str) -> str:
+    """``key.path: message`` for an error raised by a hook or a validator. attrs validators raise
+    (message, attribute, ...) whose str() is the repr of that whole tuple: keep the message, and
+    name the attribute in the key path instead."""
+    args = exc.args
+    if len(args) > 1 and isinstance(args[1], attrs.Attribute):
+        path = _key_path(path, args[1].name)
+    message = args[0] if args and isinstance(args[0], str) else str(exc)
+    return f"{path}: {message}"
 
 
 def _messages(exc: BaseException, path: str) -> list[str]:
@@ -183,7 +245,7 @@ def _messages(exc: BaseException, path: str) -> list[str]:
             if isinstance(exc, IterableValidationError):
                 sub_path = f"{path}[{note.index}]"
             else:
-                sub_path = f"{path}.{note.name}" if path else note.name
+                sub_path = _key_path(path, note.name)
             if isinstance(sub, KeyError) and not isinstance(
                 sub, (ClassValidationError, IterableValidationError)
             ):
@@ -195,12 +257,9 @@ def _messages(exc: BaseException, path: str) -> list[str]:
     elif isinstance(exc, ForbiddenExtraKeysError):
         known = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
-            where = f"{path}.{key}" if path else key
-            out.append(f"{where}: unknown key (known: {', '.join(known)})")
-    elif isinstance(exc, _TypeMismatch):
-        out.append(f"{path}: {exc}")
-    elif isinstance(exc, (TypeError, ValueError)):
-        out.append(f"{path}: {exc}")
+            out.append(f"{_key_path(path, key)}: unknown key (known: {', '.join(known)})")
+    elif isinstance(exc, (TypeError, ValueError)):  # _TypeMismatch included
+        out.append(_plain_message(exc, path))
     else:
         out.append(f"{path}: {type(exc).__name__}: {exc}")
     return out
@@ -285,10 +344,17 @@ def from_dict(
 ) -> LoadedPipeline:
     raw = apply_overrides(raw, list(overrides))
     if store:
-        raw.setdefault("run", {})["store"] = str(store)
+        _set_store(raw, store, source)
     config = structure(raw, PipelineConfig, source=source)
     _check(config, source)
     return LoadedPipeline(config=config, raw=raw, source=source)
+
+
+def _set_store(raw: dict[str, Any], store: str, source: str) -> None:
+    run = raw.setdefault("run", {})
+    if not isinstance(run, dict):  # checked here: the structuring that would report it comes later
+        raise ConfigError(f"{source}: run: expected a table, got {_describe(run)}")
+    run["store"] = str(store)
 
 
 def load(path: str | Path, overrides: list[str] = (), store: str | None = None) -> LoadedPipeline:
@@ -315,16 +381,26 @@ def _check(config: PipelineConfig, source: str) -> None:
     for key in ("lr_x", "lr_lambda"):
         if getattr(s, key) <= 0:
             problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
+    for i, pair in enumerate(s.resolutions):
+        if len(pair) != 2 or pair[0] < 0 or pair[1] < 8:
+            problems.append(f"synthesis.resolutions[{i}]: expected [from_iteration, size >= 8], got {pair}")
     if s.lambda_init <= 0:
         problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
-    if config.export.png and ("/" in config.export.png or "\\" in config.export.png):
-        problems.append(
-            f"export.png: a file name inside the run store, not a path, got {config.export.png!r}"
-        )
-    if config.export.npz and ("/" in config.export.npz or "\\" in config.export.npz):
-        problems.append(f"export.npz: a file name inside the run store, not a path, got {config.export.npz!r}")
+    if s.augmented_weight < 0:
+        problems.append(f"synthesis.augmented_weight: must be at least 0, got {s.augmented_weight}")
+    for key in ("png", "npz"):
+        name = getattr(config.export, key)
+        if name and not _is_plain_file_name(name):
+            problems.append(f"export.{key}: a file name inside the run store, not a path, got {name!r}")
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+
+
+def _is_plain_file_name(name: str) -> bool:
+    # checked at load: the store refuses anything else only at export, after the whole synthesis.
+    # "." and ".." are their own Path.name but name the store or its parent, not a file in it;
+    # a backslash is a separator on Windows only, so Path on POSIX would not see it.
+    return name not in (".", "..") and "\\" not in name and Path(name).name == name
 
 
 def build(spec: PluginSpec, registry, *, source: str, path: str, **context: Any) -> Any:

@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsv import kkt
@@ -36,9 +37,11 @@ class SynthesisRun:
     augmented_weight: float = 1.0
     lr_x: float = 0.05
     lr_lambda: float = 0.05
+    lambda_warmup: int = 0  # iterations during which lambda is held (x aligns first)
     iterations: int = 100
     record_every: int = 1
     write_every: int = 50
+    resolutions: list[tuple[int, int]] = attrs.field(factory=list)  # (from iteration, size)
     store: Any = None  # dsv.store.RunStore or None
     hooks: Any = None  # dsv.plugins.DsvPluginManager or None
     progress: bool = True
@@ -50,6 +53,25 @@ class SynthesisRun:
         self.optimizer = torch.optim.Adam(
             [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
         )
+
+    def apply_schedule(self, iteration: int) -> None:
+        """Multi-resolution synthesis: from each scheduled iteration on, the candidates live (and
+        the model sees them) at that size; on a change they are upscaled and x's Adam state restarts."""
+        size = None
+        for start, s in self.resolutions:
+            if iteration >= start:
+                size = s
+        if size is None or tuple(self.x.shape[-2:]) == (size, size):
+            return
+        with torch.no_grad():
+            resized = F.interpolate(self.x.detach(), size=(size, size), mode="bilinear", align_corners=False)
+        self.x = resized.requires_grad_(True)
+        lambda_state = self.optimizer.state.get(self.lambdas)
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
+        )
+        if lambda_state is not None:
+            self.optimizer.state[self.lambdas] = lambda_state
 
     @property
     def labels(self) -> Tensor:
@@ -65,6 +87,7 @@ class SynthesisRun:
     # ---- one step of Algorithm 1 ----------------------------------------------------------------
 
     def step(self, iteration: int) -> dict[str, Any]:
+        self.apply_schedule(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         clean = self.batch(self.x)
         values: dict[str, Tensor] = {}
@@ -78,6 +101,8 @@ class SynthesisRun:
                 augmented = aug(augmented)
             aug_batch = self.batch(augmented)
             for name, term in self.losses:
+                if not getattr(term, "augmented", True):
+                    continue
                 values[f"{name}_aug"] = term(aug_batch)
                 total = total + self.augmented_weight * term.weight * values[f"{name}_aug"]
         for name, prior in self.priors:
@@ -100,6 +125,8 @@ class SynthesisRun:
         grad_x, grad_l = torch.autograd.grad(total, [self.x, self.lambdas], allow_unused=True)
         self.x.grad = grad_x if grad_x is not None else torch.zeros_like(self.x)
         self.lambdas.grad = grad_l if grad_l is not None else torch.zeros_like(self.lambdas)
+        if iteration <= self.lambda_warmup:
+            self.lambdas.grad = None  # Adam skips parameters without a gradient
         dead = ~self.alive
         frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
         self.optimizer.step()
@@ -116,8 +143,8 @@ class SynthesisRun:
 
     # ---- recording and writing -------------------------------------------------------------------
 
-    def record(self, iteration: int, metrics: dict[str, float]) -> None:
-        if iteration % self.record_every and iteration not in (1, self.iterations):
+    def record(self, iteration: int, metrics: dict[str, float], force: bool = False) -> None:
+        if not force and iteration % self.record_every and iteration not in (1, self.iterations):
             return
         self.pending.setdefault("iteration", []).append(iteration)
         for name, value in metrics.items():
@@ -162,8 +189,8 @@ def build_engine(run: SynthesisRun) -> Engine:
     @engine.on(Events.ITERATION_COMPLETED)
     def _record(eng):
         metrics = eng.state.output
-        run.record(eng.state.iteration, metrics)
         stops = run._call_hook("dsv_iteration_completed", iteration=eng.state.iteration, metrics=metrics)
+        run.record(eng.state.iteration, metrics, force=any(stops))  # the last iteration is always kept
         if any(stops):
             eng.terminate()
 

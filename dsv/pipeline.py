@@ -165,13 +165,14 @@ class Pipeline:
             remove_store(path)
         return RunStore.create(path, meta)
 
-    def build_run(self, loaded: LoadedModel, store: RunStore | None) -> SynthesisRun:
+    def build_run(self, loaded: LoadedModel, store: RunStore | None = None) -> SynthesisRun:
         s, src = self.config.synthesis, self.source
         torch.manual_seed(self.config.run.seed)
         spec = loaded.spec
         targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, src)
         n = targets.shape[0]
-        shape = (n, spec.channels, spec.size, spec.size)
+        size = s.resolutions[0][1] if s.resolutions and s.resolutions[0][0] <= 1 else spec.size
+        shape = (n, spec.channels, size, size)
         init = cfg.build(s.init, self.plugins.registry("initializers"), source=src, path="synthesis.init")
         gen = torch.Generator().manual_seed(self.config.run.seed)
         x0 = init(shape, targets.argmax(1), InitContext(gen, spec, self.data()))
@@ -182,20 +183,23 @@ class Pipeline:
         model = loaded.module.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
-        for _, term in losses + priors:
-            if hasattr(term, "attach"):
-                term.attach(model)
+        for key, named in (("losses", losses), ("priors", priors)):
+            for i, (_, term) in enumerate(named):
+                if hasattr(term, "attach"):
+                    try:
+                        term.attach(model)
+                    except ValueError as exc:  # e.g. a parameter glob that matches nothing
+                        raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
         x = x0.to(self.device).requires_grad_(True)
         lambdas = torch.full((n,), s.lambda_init, device=self.device, requires_grad=True)
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
-        if store is not None:
-            store.init_candidates(x0.numpy(), lambdas.detach().cpu().numpy(), targets.numpy(), alive.cpu().numpy())
-        return SynthesisRun(
+        run = SynthesisRun(
             model=model, x=x, lambdas=lambdas, targets=targets.to(self.device), alive=alive,
             losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
-            lr_x=s.lr_x, lr_lambda=s.lr_lambda, iterations=s.iterations, record_every=s.record_every,
-            write_every=s.write_every, store=store, hooks=self.plugins, progress=self.progress,
+            lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
+            write_every=s.write_every, resolutions=[tuple(r) for r in s.resolutions], store=store, hooks=self.plugins, progress=self.progress,
         )
+        return run
 
     def _named(self, specs, kind: str, path: str) -> list[tuple[str, Any]]:
         out, seen = [], {}
@@ -221,16 +225,18 @@ class Pipeline:
         }
         if getattr(self, "test_accuracy", None) is not None:
             meta["base_test_accuracy"] = self.test_accuracy
-        store = self._open_store(meta)
-        run = self.build_run(loaded, store)
+        run = self.build_run(loaded, None)  # every config error surfaces before a store exists
+        run.store = store = self._open_store(meta)
+        store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
+                              run.targets.cpu().numpy(), run.alive.cpu().numpy())
         run.hooks.call_lifecycle("dsv_run_started", run=run)
         try:
             build_engine(run).run(data=None, max_epochs=1, epoch_length=self.config.synthesis.iterations)
+            store.update_meta(summary=run.summary())
         finally:
             for _, term in run.losses + run.priors:
                 if hasattr(term, "detach"):
                     term.detach()
-        store.update_meta(summary=run.summary())
         run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=summary(store))
         return store
 

@@ -132,9 +132,25 @@ class DsvPluginManager:
             self._dist_of[modname] = ("dsv", version)
         if load_entry_points:
             self._load_entry_points()
-        self.registries = {kind: Registry(kind) for kind in KINDS}
-        for kind, hook_name in KINDS.items():
-            self._fill(kind, hook_name)
+        self.registries = self._build_registries()
+
+    def register(
+        self, plugin: object, name: str, distribution: tuple[str, str] = ("local", "?")
+    ) -> None:
+        """Add a plugin object after construction (an application embedding dsv, a test), with the
+        ``(name, version)`` of the distribution it comes from, for messages and :meth:`plugins`.
+
+        All registries are rebuilt from every plugin, so a clashing name raises PluginError naming
+        both plugins, as at construction; the manager is then left as it was before the call.
+        """
+        self.pm.register(plugin, name=name)
+        self._dist_of[name] = distribution
+        try:
+            self.registries = self._build_registries()
+        except PluginError:
+            self.pm.unregister(name=name)
+            del self._dist_of[name]
+            raise
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -152,10 +168,18 @@ class DsvPluginManager:
                 ) from exc
             self._dist_of[ep.name] = (dist, version)
 
-    def _fill(self, kind: str, hook_name: str) -> None:
-        registry = self.registries[kind]
+    def _build_registries(self) -> dict[str, Registry]:
+        # built aside and swapped in by the caller: a failing plugin leaves the old ones intact
+        registries = {kind: Registry(kind) for kind in KINDS}
+        for kind, hook_name in KINDS.items():
+            self._fill(registries[kind], hook_name)
+        return registries
+
+    def _fill(self, registry: Registry, hook_name: str) -> None:
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order: built-ins first
+        # registration order (pluggy lists impls oldest first): built-ins register first, so a
+        # clash names the built-in as the first owner and the later plugin as the second
+        for impl in hook.get_hookimpls():
             label = self._label(impl.plugin_name)
             registry._current_plugin = label
             try:

@@ -28,6 +28,8 @@ class Flip:
 
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
+    _aug: object = attrs.field(init=False, repr=False, default=None)
+
     def __attrs_post_init__(self):
         self._aug = K.RandomHorizontalFlip(p=self.p)
 
@@ -41,6 +43,8 @@ class Translate:
 
     strength: float = attrs.field(default=0.125, validator=_unit("strength"))
     p: float = attrs.field(default=1.0, validator=_unit("p"))
+
+    _aug: object = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         self._aug = K.RandomAffine(degrees=0.0, translate=(self.strength, self.strength), p=self.p)
@@ -74,6 +78,8 @@ class Cutout:
     strength: float = attrs.field(default=0.15, validator=_unit("strength"))
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
+    _aug: object = attrs.field(init=False, repr=False, default=None)
+
     def __attrs_post_init__(self):
         area = max(self.strength**2, 1e-4)
         self._aug = K.RandomErasing(scale=(area, area), ratio=(1.0, 1.0), p=self.p)
@@ -88,6 +94,8 @@ class Noise:
 
     strength: float = attrs.field(default=0.01)
     p: float = attrs.field(default=1.0, validator=_unit("p"))
+
+    _aug: object = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         if self.strength < 0:

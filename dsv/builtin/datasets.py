@@ -70,7 +70,7 @@ def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, s
     """uint8 (N, H, W[, C]) arrays -> float tensors (N, C, H, W) in [0, 1]."""
 
     def to_tensor(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a, copy=True))
         t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
         return t.float().div_(255.0)
 
@@ -78,8 +78,8 @@ def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, s
     tx, vx = to_tensor(train_x), to_tensor(test_x)
     return DatasetBundle(
         name=name,
-        train=TensorDataset(tx, torch.as_tensor(train_y, dtype=torch.long)),
-        test=TensorDataset(vx, torch.as_tensor(test_y, dtype=torch.long)),
+        train=TensorDataset(tx, torch.as_tensor(np.array(train_y), dtype=torch.long)),
+        test=TensorDataset(vx, torch.as_tensor(np.array(test_y), dtype=torch.long)),
         classes=list(classes),
         channels=tx.shape[1],
         size=tx.shape[-1],

@@ -14,6 +14,7 @@ class Primal:
     """Eq. 7: cross entropy of the misclassified candidates (hinge-like, 0 once all are right)."""
 
     weight: float = 1.0
+    augmented: bool = True  # also evaluated on the augmented copies
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
         return kkt.primal_loss(batch.logits, batch.targets, batch.alive)
@@ -31,12 +32,16 @@ class Stationarity:
     weight: float = 1.0
     distance: str = attrs.field(default="l1", validator=attrs.validators.in_(kkt.DISTANCES))
     params: str | list[str] = "head"
+    relative: bool = True  # divide by the distance at lambda = 0: 1.0 = explains nothing
+    augmented: bool = True  # also evaluated on the augmented copies
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
+    _reference: float = attrs.field(default=0.0, init=False, repr=False)
 
     def attach(self, model: nn.Module) -> None:
         self._selected = kkt.select_parameters(model, self.params)
         for _, p in self._selected:
             p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
+        self._reference = float(kkt.zero_multiplier_distance(self.tensors, self.distance))
 
     def detach(self) -> None:
         self._selected = []
@@ -48,16 +53,18 @@ class Stationarity:
         return [p for _, p in self._selected]
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
-        return kkt.stationarity_loss(
+        residual = kkt.stationarity_loss(
             batch.logits, batch.targets, batch.lambdas, batch.alive, self.tensors, self.distance
         )
+        return residual / self._reference if self.relative and self._reference > 0 else residual
 
     def summary(self, batch: kkt.KKTBatch) -> dict[str, float]:
         """relative_stationarity: residual over its value with every lambda = 0 (1.0 = explains nothing)."""
-        residual = self(batch).item()
-        reference = kkt.zero_multiplier_distance(self.tensors, self.distance).item()
+        residual = kkt.stationarity_loss(
+            batch.logits, batch.targets, batch.lambdas, batch.alive, self.tensors, self.distance
+        ).item()
         return {
-            "relative_stationarity": residual / reference if reference > 0 else float("nan"),
+            "relative_stationarity": residual / self._reference if self._reference > 0 else float("nan"),
             "stationarity_params": int(sum(p.numel() for p in self.tensors)),
         }
 

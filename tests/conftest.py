@@ -1,0 +1,100 @@
+"""Shared fixtures: real small data (scikit-learn's 8x8 digits) and tiny models.
+
+Everything here is CPU-only and takes milliseconds; the suite must stay fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from dsv.builtin.datasets import digits as load_digits_bundle
+from dsv.builtin.losses import Primal, Stationarity
+from dsv.engine import SynthesisRun
+from dsv.hookspecs import hookimpl
+from dsv.plugins import DsvPluginManager
+
+REPO_ROOT = Path(__file__).parent.parent
+
+# one thread: on a 2-core machine shared with other work, 2 OpenMP threads are ~100x slower
+# on these tiny tensors (spin-waiting), and the suite must stay fast
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle():
+    """The digits DatasetBundle (1 x 8 x 8 images in [0, 1], 10 classes), loaded once."""
+    return load_digits_bundle()
+
+
+@pytest.fixture
+def linear_3x2() -> nn.Linear:
+    """nn.Linear(3, 2) with hand-picked weights (float64): W = [[1, 0, -1], [0.5, 1, 0]], b = [0, 0.5]."""
+    layer = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.5, 1.0, 0.0]], dtype=torch.float64))
+        layer.bias.copy_(torch.tensor([0.0, 0.5], dtype=torch.float64))
+    return layer
+
+
+@pytest.fixture
+def tiny_mlp() -> nn.Sequential:
+    """Linear(3, 4) -> Tanh -> Linear(4, 2) in float64, seeded (a nonlinearity for 2nd derivatives)."""
+    torch.manual_seed(1234)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+def image_classifier(seed: int = 0, channels: int = 1, size: int = 8, classes: int = 10) -> nn.Module:
+    """Flatten -> Linear -> Tanh -> Linear for (N, C, size, size) inputs; eval mode, theta frozen."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(channels * size * size, 16), nn.Tanh(), nn.Linear(16, classes)
+    ).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def make_run():
+    """Build a SynthesisRun directly (no pipeline): primal + L2 stationarity on the head.
+
+    ``make_run(model=None, n=4, **run_kwargs)``; candidates target classes 0..n-1.
+    """
+
+    def factory(model: nn.Module | None = None, n: int = 4, classes: int = 10, seed: int = 0, **kwargs):
+        model = model if model is not None else image_classifier(seed=seed, classes=classes)
+        stationarity = Stationarity(distance="l2")
+        stationarity.attach(model)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 1, 8, 8, generator=gen).requires_grad_(True)
+        lambdas = torch.full((n,), 1.0, requires_grad=True)
+        targets = torch.nn.functional.one_hot(torch.arange(n) % classes, classes).float()
+        defaults = dict(
+            losses=[("primal", Primal()), ("stationarity", stationarity)],
+            iterations=10, progress=False, write_every=1000,
+        )
+        defaults.update(kwargs)
+        return SynthesisRun(model=model, x=x, lambdas=lambdas, targets=targets,
+                            alive=torch.ones(n, dtype=torch.bool), **defaults)
+
+    return factory
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    """A module object holding hook implementations, like a third-party plugin's module."""
+    module = types.ModuleType(name)
+    for attr, fn in hooks.items():
+        setattr(module, attr, hookimpl(fn))
+    return module
+
+
+def register_after_construction(pm: DsvPluginManager, plugin, name: str) -> None:
+    """Register a plugin on a built manager (kept for the tests that import it; new tests call
+    :meth:`DsvPluginManager.register` directly)."""
+    pm.register(plugin, name)
