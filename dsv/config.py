@@ -79,9 +79,9 @@ class SynthesisConfig:
     classes: list[int] = attrs.field(factory=list)  # empty: every class of the model
     targets: list[Target] = attrs.field(factory=list)  # explicit targets; overrides classes
     lr_x: float = 0.05
-    lr_lambda: float = 0.05
+    lr_lambda: float = 0.01
     lambda_init: float = 1.0
-    lambda_warmup: int = 0
+    lambda_warmup: int = 100  # hold lambda while x leaves the noise (else lambda is pruned at once)
     augmented_weight: float = 1.0  # eta of Algorithm 1: weight of the KKT terms on A(x)
     losses: list[PluginSpec] = attrs.field(factory=_default_losses)
     priors: list[PluginSpec] = attrs.field(factory=list)

@@ -96,6 +96,18 @@ def stationarity_loss(
     return stationarity_distance(params, grads, distance)
 
 
+def class_rows(params: Sequence[Tensor], grads: Sequence[Tensor | None], rows: Tensor):
+    """Keep only the rows of the given classes in every tensor whose first dimension is the
+    class count (the head's weight and bias): what few candidates of few classes can explain."""
+    keep_p, keep_g = [], []
+    for theta, grad in zip(params, grads):
+        if theta.shape[0] == rows.shape[0]:
+            theta, grad = theta[rows], (grad[rows] if grad is not None else None)
+        keep_p.append(theta)
+        keep_g.append(grad)
+    return keep_p, keep_g
+
+
 def zero_multiplier_distance(params: Sequence[Tensor], distance: str = "l1") -> Tensor:
     """The stationarity distance with every lambda = 0 (the reference of relative stationarity)."""
     return stationarity_distance(params, [None] * len(params), distance)
