@@ -84,11 +84,12 @@ def test_wrong_type_of_a_plugin_option_names_the_key_path(plugins):
     assert message == 'p.toml: synthesis.priors[0].weight: expected a number, got "abc"'
 
 
-def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(tmp_path, digits_bundle, capsys):
+def digits_pipeline_file(tmp_path, synthesis_line: str):
+    """A synthesize-only digits pipeline with saved convnet weights; returns (file, store path)."""
     weights = tmp_path / "convnet.pt"
     torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
     store = tmp_path / "run.zarr"
-    path = tmp_path / "bad_prior.toml"
+    path = tmp_path / "pipeline.toml"
     path.write_text(textwrap.dedent(f"""\
         [run]
         stages = ["synthesize"]
@@ -102,8 +103,12 @@ def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(tmp_path, d
         options = {{ width = 4, depth = 2 }}
         [synthesis]
         iterations = 2
-        priors = [{{ name = "tv", weight = "abc" }}]
-        """))
+        """) + synthesis_line + "\n")
+    return path, store
+
+
+def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(tmp_path, digits_bundle, capsys):
+    path, store = digits_pipeline_file(tmp_path, 'priors = [{ name = "tv", weight = "abc" }]')
     expected = f'{path}: synthesis.priors[0].weight: expected a number, got "abc"'
     with pytest.raises(ConfigError) as info:
         Pipeline.from_toml(path, progress=False).run()
@@ -345,25 +350,7 @@ def test_export_file_names_that_are_not_plain_names_fail_at_load(name):
 def test_a_stationarity_glob_matching_nothing_is_a_config_error(tmp_path, capsys):
     """``params = "nope.*"`` fails in Stationarity.attach with a ValueError; the CLI must report it
     as one line naming the key (exit 2), not crash with a traceback, and create no store."""
-    weights = tmp_path / "convnet.pt"
-    torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
-    store = tmp_path / "run.zarr"
-    path = tmp_path / "glob.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [run]
-        stages = ["synthesize"]
-        store = "{store.as_posix()}"
-        device = "cpu"
-        [data]
-        name = "digits"
-        [model]
-        source = "convnet"
-        weights_path = "{weights.as_posix()}"
-        options = {{ width = 4, depth = 2 }}
-        [synthesis]
-        iterations = 2
-        losses = ["primal", {{ name = "stationarity", params = "nope.*" }}]
-        """))
+    path, store = digits_pipeline_file(tmp_path, 'losses = ["primal", { name = "stationarity", params = "nope.*" }]')
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "synthesis.losses[1]" in err and "no parameter matches ['nope.*']" in err

@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import image_classifier, plugin_module, register_after_construction
 from dsv import kkt
+from dsv.builtin.losses import Stationarity
 from dsv.builtin.priors import Norm, TotalVariation
 from dsv.engine import build_engine
 from dsv.errors import NonFiniteLossError, StoreError
@@ -247,3 +248,59 @@ def test_an_early_stop_records_the_final_iteration(make_run, tmp_path):
     iterations = store.history()["iteration"].tolist()
     assert iterations[:2] == [1, 5]
     assert iterations[-1] == 7, iterations
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution schedule, lambda warm-up, target rows
+# --------------------------------------------------------------------------------------------------
+
+
+class PooledClassifier(nn.Module):
+    """Accepts any input size (global average pooling), like EfficientNet."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_resolution_schedule_upscales_candidates_and_keeps_lambda_state(make_run):
+    run = make_run(model=PooledClassifier(), resolutions=[(1, 8), (3, 16)])
+    run.step(1)
+    run.step(2)
+    before = run.x.detach().clone()
+    lambda_state = run.optimizer.state[run.lambdas]
+    run.step(3)
+    assert run.x.shape == (4, 1, 16, 16)
+    assert run.x.requires_grad and run.x.is_leaf
+    # the upscaled image is the old one, bilinearly resized, moved by one step only
+    resized = torch.nn.functional.interpolate(before, size=(16, 16), mode="bilinear", align_corners=False)
+    assert (run.x.detach() - resized).abs().max() < 0.2
+    assert run.optimizer.state[run.lambdas]["step"] == lambda_state["step"]
+
+
+def test_lambda_is_held_during_warmup(make_run):
+    run = make_run(lambda_warmup=2)
+    l0 = run.lambdas.detach().clone()
+    run.step(1)
+    run.step(2)
+    assert torch.equal(run.lambdas.detach(), l0)
+    run.step(3)
+    assert not torch.equal(run.lambdas.detach(), l0)
+
+
+def test_stationarity_on_target_rows_counts_only_those_rows(make_run):
+    run = make_run(n=3)  # targets 0, 1, 2 of 10 classes
+    term = Stationarity(rows="targets", distance="l1")
+    term.attach(run.model)
+    batch = run.batch(run.x)
+    summary = term.summary(batch)
+    head = term.tensors
+    assert summary["stationarity_params"] == 3 * head[0].shape[1] + 3
+    with torch.no_grad():  # by hand: relative L1 over rows 0..2 of weight and bias
+        run.lambdas.zero_()
+    assert term(run.batch(run.x)).item() == pytest.approx(1.0)
