@@ -56,8 +56,8 @@ class Stationarity:
             raise RuntimeError("Stationarity.attach(model) must be called before use")
         return [p for _, p in self._selected]
 
-    def _distances(self, batch: kkt.KKTBatch) -> tuple[Tensor, float]:
-        """(residual distance, its value at lambda = 0) over the selected parameters."""
+    def _distances(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, list[Tensor]]:
+        """(residual distance, its value at lambda = 0, the parameters it covers)."""
         params = self.tensors
         grads = kkt.lagrangian_gradient(batch.logits, batch.targets, batch.lambdas * batch.alive.to(batch.lambdas.dtype), params)
         if self.rows == "targets":
@@ -65,21 +65,18 @@ class Stationarity:
             reference = float(kkt.zero_multiplier_distance(params, self.distance))
         else:
             reference = self._reference
-        return kkt.stationarity_distance(params, grads, self.distance), reference
+        return kkt.stationarity_distance(params, grads, self.distance), reference, params
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
-        residual, reference = self._distances(batch)
+        residual, reference, _ = self._distances(batch)
         return residual / reference if self.relative and reference > 0 else residual
 
     def summary(self, batch: kkt.KKTBatch) -> dict[str, float]:
         """relative_stationarity: residual over its value with every lambda = 0 (1.0 = explains nothing)."""
-        residual, reference = self._distances(batch)
-        rows = int((batch.targets.sum(dim=0) > 0).sum()) if self.rows == "targets" else None
-        count = sum(p.numel() if rows is None or p.shape[0] != batch.targets.shape[1] else p[0].numel() * rows
-                    for p in self.tensors)
+        residual, reference, params = self._distances(batch)
         return {
             "relative_stationarity": float(residual.detach()) / reference if reference > 0 else float("nan"),
-            "stationarity_params": int(count),
+            "stationarity_params": int(sum(p.numel() for p in params)),
         }
 
 
