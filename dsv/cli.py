@@ -1,4 +1,4 @@
-"""``dsv-pipeline``: run | show | export | plugins. A thin layer over :mod:`dsv.pipeline`."""
+"""``dsv-pipeline``: run | resume | verify | show | export | plugins. A thin layer over :mod:`dsv.pipeline`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dsv.errors import DsvError
+from dsv.errors import DsvError, Interrupted
 
 
 def _add_plugin_flags(p: argparse.ArgumentParser) -> None:
@@ -25,9 +25,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a key, e.g. --set synthesis.iterations=50 (TOML value); repeatable")
     run.add_argument("--store", help="run store path (default: run.store, or stores/<run.name>.zarr)")
-    run.add_argument("--fresh", action="store_true", help="replace an existing run store (only a dsv store)")
+    run.add_argument("--fresh", action="store_true",
+                     help="replace an existing run store (only a dsv store); without it a store of the "
+                          "same config is resumed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    resume.add_argument("store", help="run store (its own stored config is used)")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_plugin_flags(resume)
+
+    verify = sub.add_parser("verify", help="check a run store: schema, commit record, every array")
+    verify.add_argument("store")
 
     show = sub.add_parser("show", help="summarize a run store")
     show.add_argument("store")
@@ -50,7 +60,26 @@ def cmd_run(args) -> int:
     pm = get_plugin_manager(args.disable_plugin)
     pipeline = Pipeline.from_toml(args.pipeline, overrides=args.overrides, store=args.store, plugins=pm,
                                   progress=not args.no_progress, fresh=args.fresh)
-    result = pipeline.run()
+    return _report(pipeline.run())
+
+
+def cmd_resume(args) -> int:
+    from dsv.pipeline import Pipeline
+    from dsv.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(args.disable_plugin)
+    return _report(Pipeline.from_store(args.store, plugins=pm, progress=not args.no_progress).run())
+
+
+def cmd_verify(args) -> int:
+    from dsv.verify import describe, verify
+
+    report = verify(args.store)
+    describe(report)
+    return 0 if report.ok else 1
+
+
+def _report(result) -> int:
     print(f"store: {result.store}")
     for path in result.exports:
         print(f"wrote {path}")
@@ -113,7 +142,7 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "show": cmd_show, "export": cmd_export, "plugins": cmd_plugins}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "verify": cmd_verify, "show": cmd_show, "export": cmd_export, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as exc:
+        print(f"dsv-pipeline: {exc}", file=sys.stderr)
+        return exc.exit_code
     except DsvError as exc:
         print(f"dsv-pipeline: error: {exc}", file=sys.stderr)
         return 2

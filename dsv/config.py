@@ -89,7 +89,7 @@ class SynthesisConfig:
     init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
     resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
     record_every: int = 1
-    write_every: int = 50
+    checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
 
 
 @attrs.define(kw_only=True)
@@ -294,9 +294,49 @@ class LoadedPipeline:
         return Path(self.config.run.store or f"stores/{self.config.run.name}.zarr")
 
 
+# keys that do not change what a synthesis computes: a run may resume with other values
+RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export")
+
+
+def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = raw
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return raw
+
+
 def config_hash(raw: dict[str, Any]) -> str:
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    """Hash of the config as it affects the synthesis (without :data:`RESUMABLE_KEYS`)."""
+    text = json.dumps(_without(raw, RESUMABLE_KEYS), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two raw configs (ignoring :data:`RESUMABLE_KEYS`),
+    each as ``key: old -> new``."""
+    a, b = _flatten(_without(old, RESUMABLE_KEYS)), _flatten(_without(new, RESUMABLE_KEYS))
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(unset)" if v is missing else json.dumps(v)  # noqa: E731
+            out.append(f"{key}: {show(va)} -> {show(vb)}")
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -375,9 +415,11 @@ def _check(config: PipelineConfig, source: str) -> None:
     if "train" in config.run.stages and config.train is not None and config.data is None:
         problems.append("train: the train stage needs a [data] table")
     s = config.synthesis
-    for key in ("iterations", "candidates_per_class", "record_every", "write_every"):
+    for key in ("iterations", "candidates_per_class", "record_every"):
         if getattr(s, key) < 1:
             problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
+    if s.checkpoint_every < 0:
+        problems.append(f"synthesis.checkpoint_every: must be at least 0 (0: only at the end), got {s.checkpoint_every}")
     for key in ("lr_x", "lr_lambda"):
         if getattr(s, key) <= 0:
             problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")

@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsv import kkt
+from dsv import checkpoint, kkt
 from dsv.errors import NonFiniteLossError
 
 SHOWN_IN_PROGRESS = ("total", "primal", "stationarity", "entropy", "alive")
@@ -40,7 +40,7 @@ class SynthesisRun:
     lambda_warmup: int = 0  # iterations during which lambda is held (x aligns first)
     iterations: int = 100
     record_every: int = 1
-    write_every: int = 50
+    checkpoint_every: int = 50  # 0: only at the end (and on SIGINT/SIGTERM)
     resolutions: list[tuple[int, int]] = attrs.field(factory=list)  # (from iteration, size)
     store: Any = None  # dsv.store.RunStore or None
     hooks: Any = None  # dsv.plugins.DsvPluginManager or None
@@ -48,6 +48,10 @@ class SynthesisRun:
     optimizer: torch.optim.Optimizer = attrs.field(init=False)
     pending: dict[str, list] = attrs.field(factory=dict, init=False)
     committed_iteration: int = attrs.field(default=0, init=False)
+    stop_signals: Any = attrs.field(default=None, init=False)  # dsv.checkpoint.StopSignals while running
+    _rng_at_step_start: Any = attrs.field(default=None, init=False, repr=False)
+    _stepped: bool = attrs.field(default=False, init=False, repr=False)  # x moved in an unfinished step
+    completed_step: int = attrs.field(default=0, init=False)  # the last step that ran to its end
 
     def __attrs_post_init__(self):
         self.optimizer = torch.optim.Adam(
@@ -87,6 +91,7 @@ class SynthesisRun:
     # ---- one step of Algorithm 1 ----------------------------------------------------------------
 
     def step(self, iteration: int) -> dict[str, Any]:
+        self._rng_at_step_start = checkpoint.capture_rng()
         self.apply_schedule(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         clean = self.batch(self.x)
@@ -129,6 +134,7 @@ class SynthesisRun:
             self.lambdas.grad = None  # Adam skips parameters without a gradient
         dead = ~self.alive
         frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
+        self._stepped = True
         self.optimizer.step()
         with torch.no_grad():  # dead candidates stop taking part: restore what Adam's momentum moved
             self.x[dead] = frozen_x
@@ -139,6 +145,8 @@ class SynthesisRun:
             self._call_hook("dsv_candidate_pruned", indices=pruned.nonzero().flatten().tolist(), iteration=iteration)
         metrics = {name: float(v.detach()) for name, v in values.items()}
         metrics.update(total=float(total.detach()), entropy=entropy, accuracy=accuracy, alive=float(self.alive.sum()))
+        self._stepped = False
+        self.completed_step = iteration
         return metrics
 
     # ---- recording and writing -------------------------------------------------------------------
@@ -146,23 +154,53 @@ class SynthesisRun:
     def record(self, iteration: int, metrics: dict[str, float], force: bool = False) -> None:
         if not force and iteration % self.record_every and iteration not in (1, self.iterations):
             return
+        if self.pending.get("iteration") and self.pending["iteration"][-1] == iteration:
+            return  # already recorded
         self.pending.setdefault("iteration", []).append(iteration)
         for name, value in metrics.items():
             self.pending.setdefault(name, []).append(value)
         self.pending.setdefault("lambda", []).append(self.lambdas.detach().cpu().numpy().copy())
 
-    def flush(self, iteration: int) -> None:
-        """Write candidates and pending history rows, then the committed iteration (last)."""
-        if self.store is None:
-            self.committed_iteration = iteration
-            return
-        self.store.write_candidates(
-            self.x.detach().cpu().numpy(), self.lambdas.detach().cpu().numpy(), self.alive.cpu().numpy()
+    def flush(self, iteration: int, rng=None) -> None:
+        """Checkpoint: candidates, Adam moments, RNG states and pending history rows, committed
+        as ``iteration`` (see :meth:`dsv.store.RunStore.commit`). Without a store the history
+        rows stay in ``pending``: the run's history in memory."""
+        if self.store is not None:
+            arrays, scalars = self.state(rng)
+            rows = {k: np.asarray(v) for k, v in self.pending.items()}
+            self.store.commit(iteration, arrays, scalars, rows)
+            self.pending = {}
+        self.committed_iteration = iteration
+
+    def state(self, rng=None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything a resume needs, as arrays and JSON scalars. ``rng``: RNG states to save
+        instead of the current ones (those at the start of a step that failed)."""
+        arrays = {
+            "x": self.x.detach().cpu().numpy(),
+            "lambda": self.lambdas.detach().cpu().numpy(),
+            "alive": self.alive.cpu().numpy(),
+        }
+        adam_arrays, scalars = checkpoint.capture_adam(self.optimizer, {"x": self.x, "lambda": self.lambdas})
+        rng_arrays, rng_scalars = rng if rng is not None else checkpoint.capture_rng()
+        arrays.update(adam_arrays)
+        arrays.update(rng_arrays)
+        scalars.update(rng_scalars)
+        scalars["resolution"] = list(self.x.shape[-2:])
+        return arrays, scalars
+
+    def restore(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], iteration: int) -> None:
+        """Continue from a checkpoint taken after ``iteration``: the same candidates, Adam
+        moments and RNG states, so the next steps equal those of an uninterrupted run."""
+        device = self.x.device
+        with torch.no_grad():
+            self.x = torch.from_numpy(arrays["x"]).to(device).requires_grad_(True)
+            self.lambdas = torch.from_numpy(arrays["lambda"]).to(device).requires_grad_(True)
+            self.alive = torch.from_numpy(arrays["alive"].astype(bool)).to(device)
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
         )
-        rows = {k: np.asarray(v) for k, v in self.pending.items()}
-        self.store.append_history(rows)
-        self.pending = {}
-        self.store.update_meta(committed_iteration=iteration)
+        checkpoint.restore_adam(self.optimizer, {"x": self.x, "lambda": self.lambdas}, arrays, scalars)
+        checkpoint.restore_rng(arrays, scalars)
         self.committed_iteration = iteration
 
     # ---- final figures ---------------------------------------------------------------------------
@@ -183,20 +221,30 @@ class SynthesisRun:
         return out
 
 
-def build_engine(run: SynthesisRun) -> Engine:
+def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
+    """The engine of ``run``; ``start_iteration`` > 0 continues a resumed run after that iteration."""
     engine = Engine(lambda eng, _batch: run.step(eng.state.iteration))
+    if start_iteration:
+        engine.load_state_dict({"iteration": start_iteration, "epoch_length": run.iterations, "max_epochs": 1})
 
     @engine.on(Events.ITERATION_COMPLETED)
     def _record(eng):
         metrics = eng.state.output
+        run.record(eng.state.iteration, metrics)
         stops = run._call_hook("dsv_iteration_completed", iteration=eng.state.iteration, metrics=metrics)
-        run.record(eng.state.iteration, metrics, force=any(stops))  # the last iteration is always kept
-        if any(stops):
+        signalled = run.stop_signals is not None and run.stop_signals.received is not None
+        if any(stops) or signalled:
+            run.record(eng.state.iteration, metrics, force=True)  # the last iteration is always kept
             eng.terminate()
 
-    @engine.on(Events.ITERATION_COMPLETED(every=run.write_every))
-    def _write(eng):
-        run.flush(eng.state.iteration)
+    if run.checkpoint_every:
+        @engine.on(Events.ITERATION_COMPLETED(every=run.checkpoint_every))
+        def _write(eng):
+            run.flush(eng.state.iteration)
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _fault(eng):
+        checkpoint.fault_point("after-iteration", eng.state.iteration)
 
     @engine.on(Events.COMPLETED | Events.TERMINATE)
     def _final_write(eng):
@@ -205,10 +253,11 @@ def build_engine(run: SynthesisRun) -> Engine:
 
     @engine.on(Events.EXCEPTION_RAISED)
     def _keep_store_consistent(eng, exc):
-        # the failing iteration changed nothing; keep every completed one, then re-raise
-        completed = eng.state.iteration - 1
-        if run.committed_iteration != completed:
-            run.flush(completed)
+        # keep every completed iteration: a step that failed before moving x changed nothing but
+        # the RNG (saved as it was before that step). If x moved, the last checkpoint stands.
+        done = run.completed_step
+        if not run._stepped and run.committed_iteration != done:
+            run.flush(done, rng=None if done == eng.state.iteration else run._rng_at_step_start)
         raise exc
 
     if run.progress:

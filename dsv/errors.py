@@ -15,3 +15,11 @@ class StoreError(DsvError):
 
 class NonFiniteLossError(DsvError):
     """The loss became NaN or infinite; the store holds the last finite state."""
+
+
+class Interrupted(DsvError):
+    """SIGINT or SIGTERM stopped a run after a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -18,7 +18,8 @@ from dsv.builtin.initializers import InitContext
 from dsv.builtin.models import LoadedModel, ModelRequest, load_state_dict
 from dsv.builtin.retrainers import Normalized
 from dsv.engine import SynthesisRun, build_engine
-from dsv.errors import ConfigError, StoreError
+from dsv.checkpoint import StopSignals
+from dsv.errors import ConfigError, Interrupted, StoreError
 from dsv.export import save_grid, save_npz, summary
 from dsv.plugins import DsvPluginManager, get_plugin_manager
 from dsv.store import RunStore, is_store, remove_store
@@ -53,6 +54,15 @@ def target_matrix(targets: list, classes: list[int], per_class: int, num_classes
     return torch.stack(rows)
 
 
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of a model's weights: a resume refuses a store whose run started from others."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @attrs.define
 class PipelineResult:
     store: Path
@@ -77,6 +87,15 @@ class Pipeline:
     @classmethod
     def from_toml(cls, path, overrides=(), store: str | None = None, **kwargs) -> "Pipeline":
         return cls(cfg.load(path, overrides=overrides, store=store), **kwargs)
+
+    @classmethod
+    def from_store(cls, path, **kwargs) -> "Pipeline":
+        """The pipeline a store was written by (its own stored config), to resume it in place."""
+        store = RunStore.open(path)
+        raw = store.meta.get("config")
+        if not isinstance(raw, dict):
+            raise StoreError(f"{path}: holds no pipeline config; it cannot be resumed")
+        return cls(cfg.from_dict(raw, source=f"{path} (stored config)", store=str(path)), **kwargs)
 
     @property
     def source(self) -> str:
@@ -155,15 +174,32 @@ class Pipeline:
 
     # ---- synthesis ---------------------------------------------------------------------------
 
-    def _open_store(self, meta: dict[str, Any]) -> RunStore:
+    def _existing_store(self, fingerprint: str) -> RunStore | None:
+        """The store to continue, or None to create one. An existing store is resumed when its
+        config and model match, replaced with ``--fresh`` (only ever a dsv store), refused otherwise."""
         path = self.store_path
-        if path.exists():
-            if not is_store(path):
-                raise StoreError(f"{path}: exists and is not a dsv store; choose another run.store or --store")
-            if not self.fresh:
-                raise StoreError(f"{path}: a run store already exists; pass --fresh to start over")
+        if not path.exists():
+            return None
+        if not is_store(path):
+            raise StoreError(f"{path}: exists and is not a dsv store; choose another run.store or --store")
+        if self.fresh:
             remove_store(path)
-        return RunStore.create(path, meta)
+            return None
+        store = RunStore.open(path, mode="a")
+        meta = store.meta
+        if meta.get("config_hash") != self.loaded.config_hash:
+            changes = cfg.changed_keys(meta.get("config", {}), self.loaded.raw)
+            listed = "".join(f"\n  {c}" for c in changes) or " (none in the keys; the hash scheme differs)"
+            raise StoreError(
+                f"{path}: holds a run of another config; changed keys:{listed}\n"
+                "pass --fresh to start over, or --store for a new store"
+            )
+        if meta.get("model_fingerprint") not in (None, fingerprint):
+            raise StoreError(
+                f"{path}: the model's weights differ from those the run started with "
+                f"({meta.get('model_fingerprint')} != {fingerprint}); pass --fresh to start over"
+            )
+        return store
 
     def build_run(self, loaded: LoadedModel, store: RunStore | None = None) -> SynthesisRun:
         s, src = self.config.synthesis, self.source
@@ -190,6 +226,7 @@ class Pipeline:
                         term.attach(model)
                     except ValueError as exc:  # e.g. a parameter glob that matches nothing
                         raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
+        self._check_resolutions(model, spec.channels)
         x = x0.to(self.device).requires_grad_(True)
         lambdas = torch.full((n,), s.lambda_init, device=self.device, requires_grad=True)
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
@@ -197,9 +234,20 @@ class Pipeline:
             model=model, x=x, lambdas=lambdas, targets=targets.to(self.device), alive=alive,
             losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
             lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
-            write_every=s.write_every, resolutions=[tuple(r) for r in s.resolutions], store=store, hooks=self.plugins, progress=self.progress,
+            checkpoint_every=s.checkpoint_every, resolutions=[tuple(r) for r in s.resolutions], store=store, hooks=self.plugins, progress=self.progress,
         )
         return run
+
+    def _check_resolutions(self, model: torch.nn.Module, channels: int) -> None:
+        """Every size of the schedule must fit the model: say so now, not mid-run."""
+        for i, (_, size) in enumerate(self.config.synthesis.resolutions):
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, channels, size, size, device=self.device))
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise ConfigError(f"{self.source}: synthesis.resolutions[{i}]: the model does not take "
+                                  f"{size}x{size} inputs ({first})") from None
 
     def _named(self, specs, kind: str, path: str) -> list[tuple[str, Any]]:
         out, seen = [], {}
@@ -211,29 +259,56 @@ class Pipeline:
         return out
 
     def synthesize(self, loaded: LoadedModel) -> RunStore:
+        """The synthesize stage: a new run, or the continuation of the one in the store (from its
+        last checkpoint, with the same result as if it had never stopped)."""
         spec = loaded.spec
-        meta = {
-            "name": self.config.run.name,
-            "dsv_version": dsv.__version__,
-            "config": self.loaded.raw,
-            "config_hash": self.loaded.config_hash,
-            "config_source": self.source,
-            "classes": list(spec.classes),
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "model": self.config.model.source,
-        }
-        if getattr(self, "test_accuracy", None) is not None:
-            meta["base_test_accuracy"] = self.test_accuracy
+        fingerprint = model_fingerprint(loaded.module)
         run = self.build_run(loaded, None)  # every config error surfaces before a store exists
-        run.store = store = self._open_store(meta)
-        store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
-                              run.targets.cpu().numpy(), run.alive.cpu().numpy())
+        store = self._existing_store(fingerprint)
+        total = self.config.synthesis.iterations
+        if store is None:
+            meta = {
+                "name": self.config.run.name,
+                "dsv_version": dsv.__version__,
+                "config": self.loaded.raw,
+                "config_hash": self.loaded.config_hash,
+                "config_source": self.source,
+                "classes": list(spec.classes),
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "model": self.config.model.source,
+                "model_fingerprint": fingerprint,
+            }
+            if getattr(self, "test_accuracy", None) is not None:
+                meta["base_test_accuracy"] = self.test_accuracy
+            store = RunStore.create(self.store_path, meta)
+            store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
+                                  run.targets.cpu().numpy(), run.alive.cpu().numpy(), state=run.state())
+            start = 0
+        else:
+            start = int(store.meta.get("committed_iteration", 0))
+            if start >= total and store.meta.get("summary"):
+                log.info("%s: synthesis already complete (%d iterations)", store.path, start)
+                return store
+            run.restore(*store.read_state(), iteration=start)
+            store.update_meta(dsv_version=dsv.__version__)
+            log.info("%s: resuming after iteration %d of %d", store.path, start, total)
+        run.store = store
         run.hooks.call_lifecycle("dsv_run_started", run=run)
         try:
-            build_engine(run).run(data=None, max_epochs=1, epoch_length=self.config.synthesis.iterations)
+            with StopSignals() as signals:
+                run.stop_signals = signals
+                if start < total:
+                    build_engine(run, start_iteration=start).run(data=None, max_epochs=1, epoch_length=total)
+            if signals.received is not None:
+                raise Interrupted(
+                    f"{signals.name} received: stopped after iteration {run.committed_iteration} of {total}, "
+                    f"checkpoint written to {store.path}.\nResume with: dsv-pipeline resume {store.path}",
+                    exit_code=128 + int(signals.received),
+                )
             store.update_meta(summary=run.summary())
         finally:
+            run.stop_signals = None
             for _, term in run.losses + run.priors:
                 if hasattr(term, "detach"):
                     term.detach()

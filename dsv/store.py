@@ -1,22 +1,26 @@
-"""The Zarr (v3) run store: one group per run, no pickles, committed lengths written last.
+"""The Zarr (v3) run store: one group per run, no pickles, one commit record written last.
 
 Layout::
 
-    <store>/                 group; attributes["dsv"] = metadata (schema, config, hash, summary,
-                             committed iteration and history length)
-      candidates/x           float32 (N, C, H, W)   candidates in model input space
-      candidates/lambda      float32 (N,)
+    <store>/                 group; attributes["dsv"] = metadata (schema, config, hash, summary)
+                             and the commit record: committed_iteration, history_length,
+                             state_slot, state (JSON scalars of the checkpoint)
       candidates/targets     float32 (N, K)         soft targets (rows sum to 1)
       candidates/labels      int64   (N,)           argmax of the targets
-      candidates/alive       bool    (N,)
+      state/a, state/b       two checkpoint slots, written in turn; state_slot names the good one:
+        x                    float32 (N, C, H, W)   candidates in model input space
+        lambda               float32 (N,)
+        alive                bool    (N,)
+        adam_<p>_exp_avg(_sq)                       Adam moments of x and lambda
+        rng_torch, rng_cuda, rng_numpy, rng_python  RNG states as integer arrays
       history/iteration      int64   (T,)
       history/<term>         float32 (T,)           every loss term, entropy, accuracy, alive
       history/lambda         float32 (T, N)
       exports/               PNG and NPZ files written by the export stage
 
-Appending in Zarr writes the new shape before the data, so a reader trusts only
-``history_length`` in the attributes, which is written after the data.
-"""
+A checkpoint writes the history rows and the slot that is not committed, then the commit record
+(one atomic write of ``zarr.json``). Appending in Zarr writes the new shape before the data, so a
+reader trusts only the committed lengths; a crash at any moment leaves the previous checkpoint."""
 
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from dsv.checkpoint import fault_point
 from dsv.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HISTORY_CHUNK = 256
 
 
@@ -45,6 +50,20 @@ def is_store(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(doc.get("attributes", {}).get("dsv"), dict)
+
+
+def _put_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """Write ``values`` as array ``name`` of ``group``, recreating it when shape or dtype changed."""
+    if values.dtype == np.float64:
+        values = values.astype(np.float32)
+    if name in group:
+        arr = group[name]
+        if tuple(arr.shape) == values.shape and arr.dtype == values.dtype:
+            arr[...] = values
+            return
+    chunks = (1, *values.shape[1:]) if values.ndim == 4 else values.shape
+    group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True)
+    group[name][...] = values
 
 
 def remove_store(path: str | Path) -> None:
@@ -90,8 +109,13 @@ class RunStore:
         version = group.attrs["dsv"].get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise StoreError(
-                f"{path}: written with store schema {version}, this dsv reads up to {SCHEMA_VERSION}; "
+                f"{path}: written with store schema {version}, this dsv reads schema {SCHEMA_VERSION}; "
                 "upgrade dsv to read it"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: written with the older store schema {version} (this dsv reads {SCHEMA_VERSION}); "
+                "rerun its pipeline with --fresh"
             )
         return cls(path, group)
 
@@ -106,46 +130,67 @@ class RunStore:
         meta.update(values)
         self.group.attrs["dsv"] = meta
 
-    # ---- candidates ----------------------------------------------------------------------------
+    # ---- candidates and the committed state -----------------------------------------------
 
-    def init_candidates(self, x: np.ndarray, lambdas: np.ndarray, targets: np.ndarray, alive: np.ndarray) -> None:
+    def init_candidates(self, x: np.ndarray, lambdas: np.ndarray, targets: np.ndarray, alive: np.ndarray,
+                        state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None) -> None:
+        """The fixed targets and labels, and the state at iteration 0 as the first commit."""
         g = self.group.require_group("candidates")
-        n = x.shape[0]
-        g.create_array("x", shape=x.shape, dtype="float32", chunks=(1, *x.shape[1:]), overwrite=True)
-        g.create_array("lambda", shape=(n,), dtype="float32", chunks=(n,), overwrite=True)
         g.create_array("targets", shape=targets.shape, dtype="float32", chunks=targets.shape, overwrite=True)
-        g.create_array("labels", shape=(n,), dtype="int64", chunks=(n,), overwrite=True)
-        g.create_array("alive", shape=(n,), dtype="bool", chunks=(n,), overwrite=True)
+        g.create_array("labels", shape=targets.shape[:1], dtype="int64", chunks=targets.shape[:1], overwrite=True)
         g["targets"][...] = targets.astype(np.float32)
         g["labels"][...] = targets.argmax(axis=1).astype(np.int64)
-        self.write_candidates(x, lambdas, alive)
+        arrays, scalars = state if state is not None else ({}, {})
+        self.commit(0, {"x": x, "lambda": lambdas, "alive": alive, **arrays}, scalars, {})
 
-    def write_candidates(self, x: np.ndarray, lambdas: np.ndarray, alive: np.ndarray) -> None:
-        g = self.group["candidates"]
-        if tuple(g["x"].shape) != tuple(x.shape):  # resolution schedule changed the size
-            g.create_array("x", shape=x.shape, dtype="float32", chunks=(1, *x.shape[1:]), overwrite=True)
-        g["x"][...] = x.astype(np.float32)
-        g["lambda"][...] = lambdas.astype(np.float32)
-        g["alive"][...] = alive.astype(bool)
+    def commit(self, iteration: int, arrays: dict[str, np.ndarray], scalars: dict[str, Any],
+               history_rows: dict[str, np.ndarray]) -> None:
+        """Write one checkpoint: history rows, then every state array into the slot that is *not*
+        committed, then the commit record (one atomic metadata write). A crash anywhere before
+        the last write leaves the previous checkpoint intact and authoritative."""
+        meta = self.meta
+        length = self._write_history(history_rows, int(meta.get("history_length", 0)))
+        slot = "b" if meta.get("state_slot") == "a" else "a"
+        group = self.group.require_group(f"state/{slot}")
+        for i, (name, values) in enumerate(arrays.items()):
+            _put_array(group, name, np.asarray(values))
+            if i == 0:
+                fault_point("in-checkpoint", iteration)
+        stale = set(group.array_keys()) - set(arrays)
+        for name in stale:  # e.g. Adam moments of a shape that no longer exists
+            del group[name]
+        meta.update(committed_iteration=int(iteration), history_length=length, state_slot=slot, state=scalars)
+        self.group.attrs["dsv"] = meta
+
+    def read_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays of the committed checkpoint and its scalars."""
+        meta = self.meta
+        slot = meta.get("state_slot")
+        if slot not in ("a", "b") or f"state/{slot}" not in self.group:
+            raise StoreError(f"{self.path}: holds no committed state yet")
+        group = self.group[f"state/{slot}"]
+        return {name: group[name][...] for name in sorted(group.array_keys())}, dict(meta.get("state", {}))
 
     def candidates(self) -> dict[str, np.ndarray]:
         if "candidates" not in self.group:
             raise StoreError(f"{self.path}: holds no candidates yet")
+        arrays, _ = self.read_state()
         g = self.group["candidates"]
-        return {name: g[name][...] for name in ("x", "lambda", "targets", "labels", "alive")}
+        out = {"x": arrays["x"], "lambda": arrays["lambda"], "alive": arrays["alive"].astype(bool)}
+        out.update({name: g[name][...] for name in ("targets", "labels")})
+        return out
 
     # ---- histories -----------------------------------------------------------------------------
 
-    def append_history(self, rows: dict[str, np.ndarray]) -> int:
-        """Append rows (every array with the same first dimension, one row per recorded iteration).
+    def _write_history(self, rows: dict[str, np.ndarray], start: int) -> int:
+        """Write rows (one per recorded iteration) from row ``start`` on; returns the new length.
 
-        Data first, then ``history_length`` in the attributes: a reader never sees a row whose
-        data were not written.
+        Appending writes the new shape before the data; the length a reader trusts is the
+        ``history_length`` of the commit record, written after both.
         """
         if not rows:
-            return self.history_length
+            return start
         h = self.group.require_group("history")
-        start = self.history_length
         count = len(next(iter(rows.values())))
         for name, values in rows.items():
             values = np.asarray(values)
@@ -156,10 +201,9 @@ class RunStore:
                     chunks=(HISTORY_CHUNK, *values.shape[1:]),
                 )
             arr = h[name]
-            if arr.shape[0] != start + count:
+            if arr.shape[0] != start + count:  # also cuts rows an interrupted write left behind
                 arr.resize((start + count, *values.shape[1:]))
             arr[start: start + count] = values
-        self.update_meta(history_length=start + count)
         return start + count
 
     @property

@@ -77,7 +77,7 @@ def make_run():
         targets = torch.nn.functional.one_hot(torch.arange(n) % classes, classes).float()
         defaults = dict(
             losses=[("primal", Primal()), ("stationarity", stationarity)],
-            iterations=10, progress=False, write_every=1000,
+            iterations=10, progress=False, checkpoint_every=1000,
         )
         defaults.update(kwargs)
         return SynthesisRun(model=model, x=x, lambdas=lambdas, targets=targets,

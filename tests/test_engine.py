@@ -141,7 +141,7 @@ def test_dead_candidates_do_not_count_in_the_kkt_terms(make_run):
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_iteration_in_the_store(make_run, tmp_path):
-    run = make_run(model=NaNAfter(image_classifier(seed=3), after=5), iterations=10, write_every=4)
+    run = make_run(model=NaNAfter(image_classifier(seed=3), after=5), iterations=10, checkpoint_every=4)
     store = new_store(tmp_path / "run.zarr", run)
     x_before = {}
 
@@ -183,7 +183,7 @@ def test_nan_at_the_first_iteration_commits_nothing(make_run, tmp_path):
 
 
 def test_record_every_keeps_the_first_every_kth_and_the_last_iteration(make_run, tmp_path):
-    run = make_run(iterations=10, record_every=3, write_every=4)
+    run = make_run(iterations=10, record_every=3, checkpoint_every=4)
     store = new_store(tmp_path / "run.zarr", run)
     build_engine(run).run(data=None, max_epochs=1, epoch_length=10)
     assert store.meta["committed_iteration"] == 10

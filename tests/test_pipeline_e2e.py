@@ -41,7 +41,7 @@ def pipeline_text(store, cache_dir) -> str:
         [synthesis]
         iterations = 20
         record_every = 1
-        write_every = 8
+        checkpoint_every = 8
         losses = [
           {{ name = "primal", weight = 1.0 }},
           {{ name = "stationarity", weight = 1.0, distance = "l1", params = "head" }},

@@ -96,10 +96,11 @@ class ConvNet(nn.Module):
         if s < 1:
             raise ModelError(f"convnet: depth {depth} is too deep for {size}x{size} inputs")
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((s, s))  # identity at the trained size; other sizes fit too
         self.classifier = nn.Linear(width * s * s, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def _spec_from_data(data: DatasetBundle | None, source: str) -> InputSpec:
