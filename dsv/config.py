@@ -7,8 +7,6 @@ are checked a second time against the options class of the named plugin, see :fu
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import inspect
 import json
 import math
@@ -23,6 +21,7 @@ from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from dsv.errors import ConfigError
+from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override  # noqa: F401
 
 STAGES = ("train", "synthesize", "export")
 
@@ -284,6 +283,8 @@ class LoadedPipeline:
     config: PipelineConfig
     raw: dict[str, Any]  # the table after overrides: what the hash covers and the store keeps
     source: str  # file name (for messages)
+    text: str = ""  # the file as written (kept in the store next to ``raw``)
+    overrides: list[str] = attrs.field(factory=list)
 
     @property
     def config_hash(self) -> str:
@@ -294,81 +295,6 @@ class LoadedPipeline:
         return Path(self.config.run.store or f"stores/{self.config.run.name}.zarr")
 
 
-# keys that do not change what a synthesis computes: a run may resume with other values
-RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export")
-
-
-def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for key in dotted:
-        *parents, last = key.split(".")
-        node = raw
-        for k in parents:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return raw
-
-
-def config_hash(raw: dict[str, Any]) -> str:
-    """Hash of the config as it affects the synthesis (without :data:`RESUMABLE_KEYS`)."""
-    text = json.dumps(_without(raw, RESUMABLE_KEYS), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two raw configs (ignoring :data:`RESUMABLE_KEYS`),
-    each as ``key: old -> new``."""
-    a, b = _flatten(_without(old, RESUMABLE_KEYS)), _flatten(_without(new, RESUMABLE_KEYS))
-    missing = object()
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
-            show = lambda v: "(unset)" if v is missing else json.dumps(v)  # noqa: E731
-            out.append(f"{key}: {show(va)} -> {show(vb)}")
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``synthesis.iterations=50`` -> (["synthesis", "iterations"], 50); values are TOML values,
-    and anything that is not valid TOML is taken as a string (``run.device=cpu``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. synthesis.iterations=50")
-    key, value_text = text.split("=", 1)
-    keys = key.strip().split(".")
-    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", k) for k in keys):
-        raise ConfigError(f"--set {text}: {key.strip()!r} is not a dotted key path")
-    try:
-        value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = value_text.strip()
-    return keys, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = raw
-        for i, k in enumerate(keys[:-1]):
-            nxt = node.setdefault(k, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a table")
-            node = nxt
-        node[keys[-1]] = value
-    return raw
-
-
 def load_text(
     text: str, *, source: str, overrides: list[str] = (), store: str | None = None
 ) -> LoadedPipeline:
@@ -376,7 +302,9 @@ def load_text(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    return from_dict(raw, source=source, overrides=overrides, store=store)
+    loaded = from_dict(raw, source=source, overrides=overrides, store=store)
+    loaded.text = text
+    return loaded
 
 
 def from_dict(
@@ -387,7 +315,7 @@ def from_dict(
         _set_store(raw, store, source)
     config = structure(raw, PipelineConfig, source=source)
     _check(config, source)
-    return LoadedPipeline(config=config, raw=raw, source=source)
+    return LoadedPipeline(config=config, raw=raw, source=source, overrides=list(overrides))
 
 
 def _set_store(raw: dict[str, Any], store: str, source: str) -> None:

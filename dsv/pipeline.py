@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 
 import dsv
@@ -273,6 +272,8 @@ class Pipeline:
                 "config": self.loaded.raw,
                 "config_hash": self.loaded.config_hash,
                 "config_source": self.source,
+                "config_text": self.loaded.text,
+                "config_overrides": self.loaded.overrides,
                 "classes": list(spec.classes),
                 "mean": list(spec.mean),
                 "std": list(spec.std),

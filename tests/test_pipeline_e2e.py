@@ -74,6 +74,8 @@ def test_run_exits_zero_and_writes_a_store(e2e):
     assert meta["committed_iteration"] == 20
     assert meta["history_length"] == 20
     assert meta["config"]["synthesis"]["iterations"] == 20
+    assert meta["config_text"] == e2e["pipeline"].read_text() and meta["config_overrides"] == []
+    assert meta["dsv_version"] and meta["model_fingerprint"]
     assert 0.0 <= meta["base_test_accuracy"] <= 1.0
     assert meta["base_test_accuracy"] > 0.3  # one epoch on digits is far above chance (0.1)
     history = store.history()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from ignite.engine import Events, create_supervised_trainer
+from ignite.engine import create_supervised_trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
