@@ -60,6 +60,9 @@ def main() -> None:
         for r in range(args.repeats):
             for every in (0, args.every):
                 results[every].append(timed_run(Path(tmp), every, args.iterations, f"r{r}-e{every}"))
+                total, writes, count = results[every][-1]
+                print(f"run {r + 1}, checkpoint every {every or 'final only'}: {total:.2f} s, "
+                      f"{writes:.3f} s in {count} checkpoint writes", flush=True)
     base = statistics.median(t for t, _, _ in results[0])
     print(f"\nfashion_mnist_dsv, {args.iterations} iterations, {args.repeats} runs each (median)\n")
     print(f"{'checkpoint every':>16} | {'checkpoints':>11} | {'run s':>7} | {'in writes s':>11} | "

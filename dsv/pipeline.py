@@ -216,6 +216,7 @@ class Pipeline:
         augs = [cfg.build(a, self.plugins.registry("augmentations"), source=src, path=f"synthesis.augmentations[{i}]")
                 for i, a in enumerate(s.augmentations)]
         model = loaded.module.to(self.device).eval()
+        self._check_resolutions(model, spec.channels)  # before any term hooks into the model
         for p in model.parameters():
             p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
         for key, named in (("losses", losses), ("priors", priors)):
@@ -225,7 +226,6 @@ class Pipeline:
                         term.attach(model)
                     except ValueError as exc:  # e.g. a parameter glob that matches nothing
                         raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
-        self._check_resolutions(model, spec.channels)
         x = x0.to(self.device).requires_grad_(True)
         lambdas = torch.full((n,), s.lambda_init, device=self.device, requires_grad=True)
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
