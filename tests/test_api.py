@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from dsv.plugins import DsvPluginManager
 from dsv.verify import verify
 
 from conftest import plugin_module
+from test_config import digits_pipeline_file
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -219,30 +219,11 @@ def test_missing_tensorboard_is_a_clear_error_before_any_store(classifier, tmp_p
 
 def test_logging_table_in_a_pipeline_file(tmp_path, monkeypatch):
     from dsv import config as cfg
-    from dsv.builtin.models import ConvNet
 
-    weights = tmp_path / "convnet.pt"
-    torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
-    text = textwrap.dedent(f"""\
-        [run]
-        stages = ["synthesize"]
-        store = "{(tmp_path / 'run.zarr').as_posix()}"
-        device = "cpu"
-        [data]
-        name = "digits"
-        [model]
-        source = "convnet"
-        weights_path = "{weights.as_posix()}"
-        options = {{ width = 4, depth = 2 }}
-        [synthesis]
-        iterations = 3
-        classes = [0, 1]
-        [logging]
-        tensorboard = "{(tmp_path / 'tb').as_posix()}"
-        images_every = 2
-        """)
-    path = tmp_path / "p.toml"
-    path.write_text(text)
+    log_dir = tmp_path / "tb"
+    path, _ = digits_pipeline_file(
+        tmp_path, f'classes = [0, 1]\n[logging]\ntensorboard = "{log_dir.as_posix()}"\nimages_every = 2')
+    text = path.read_text()
     loaded = cfg.load(path)
     assert loaded.config.logging.images_every == 2
     assert loaded.config_hash == cfg.load_text(text.replace("images_every = 2", ""), source="x").config_hash
@@ -250,7 +231,7 @@ def test_logging_table_in_a_pipeline_file(tmp_path, monkeypatch):
         cfg.load_text(text.replace("images_every = 2", "images_every = -1"), source="x")
     if HAS_TENSORBOARD:
         dsv.Pipeline.from_toml(path, progress=False).run()
-        assert _events(tmp_path / "tb").Tags()["scalars"]
+        assert _events(log_dir).Tags()["scalars"]
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(DsvError, match=r"pip install 'dsv\[tensorboard\]'"):
