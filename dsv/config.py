@@ -98,6 +98,15 @@ class ExportConfig:
 
 
 @attrs.define(kw_only=True)
+class LoggingConfig:
+    """Where a synthesis is logged besides the store (``pip install dsv[tensorboard]``)."""
+
+    tensorboard: str = ""  # log directory; "" for none
+    scalars_every: int = 1  # every loss term, entropy, accuracy, alive count, mean lambda
+    images_every: int = 50  # grid of the candidates; 0 for none
+
+
+@attrs.define(kw_only=True)
 class PipelineConfig:
     run: RunConfig = attrs.field(factory=RunConfig)
     data: DataConfig | None = None
@@ -105,6 +114,7 @@ class PipelineConfig:
     train: TrainConfig | None = None
     synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
     export: ExportConfig = attrs.field(factory=ExportConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,7 +352,18 @@ def _check(config: PipelineConfig, source: str) -> None:
             problems.append(f"run.stages[{i}]: unknown stage {stage!r} (known: {', '.join(STAGES)})")
     if "train" in config.run.stages and config.train is not None and config.data is None:
         problems.append("train: the train stage needs a [data] table")
-    s = config.synthesis
+    problems += check_synthesis(config.synthesis) + check_logging(config.logging)
+    for key in ("png", "npz"):
+        name = getattr(config.export, key)
+        if name and not _is_plain_file_name(name):
+            problems.append(f"export.{key}: a file name inside the run store, not a path, got {name!r}")
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+
+
+def check_synthesis(s: SynthesisConfig) -> list[str]:
+    """Range checks of a [synthesis] table (the pipeline's and ``dsv.synthesize``'s)."""
+    problems = []
     for key in ("iterations", "candidates_per_class", "record_every"):
         if getattr(s, key) < 1:
             problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
@@ -358,12 +379,12 @@ def _check(config: PipelineConfig, source: str) -> None:
         problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
     if s.augmented_weight < 0:
         problems.append(f"synthesis.augmented_weight: must be at least 0, got {s.augmented_weight}")
-    for key in ("png", "npz"):
-        name = getattr(config.export, key)
-        if name and not _is_plain_file_name(name):
-            problems.append(f"export.{key}: a file name inside the run store, not a path, got {name!r}")
-    if problems:
-        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return problems
+
+
+def check_logging(c: LoggingConfig) -> list[str]:
+    return [f"logging.{key}: must be at least {low}, got {getattr(c, key)}"
+            for key, low in (("scalars_every", 1), ("images_every", 0)) if getattr(c, key) < low]
 
 
 def _is_plain_file_name(name: str) -> bool:

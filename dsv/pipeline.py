@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 
 import dsv
 from dsv import config as cfg
+from dsv import logging_tb
 from dsv.builtin.initializers import InitContext
 from dsv.builtin.models import LoadedModel, ModelRequest, load_state_dict
 from dsv.builtin.retrainers import Normalized
@@ -24,6 +26,7 @@ from dsv.plugins import DsvPluginManager, get_plugin_manager
 from dsv.store import RunStore, is_store, remove_store
 
 log = logging.getLogger("dsv")
+API_SOURCE = "dsv.synthesize"  # config_source of the stores the Python API writes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +65,191 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+# ---- synthesis, shared by Pipeline and dsv.synthesize ----------------------------------------------
+
+
+def build_run(module: torch.nn.Module, spec, s: cfg.SynthesisConfig, *, plugins: DsvPluginManager,
+              device: torch.device, seed: int, data=None, source: str, progress: bool = True) -> SynthesisRun:
+    """The run of one [synthesis] table on ``module`` (frozen, moved to ``device``, eval mode).
+
+    ``spec`` is the model's :class:`~dsv.builtin.models.InputSpec`. Entries of ``s.losses``,
+    ``s.priors``, ``s.augmentations`` and ``s.init`` are plugin specs, or (from the Python API)
+    ready-made objects used as they are. Every problem is a ConfigError naming ``source`` and the key."""
+    torch.manual_seed(seed)
+    targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, source)
+    n = targets.shape[0]
+    size = s.resolutions[0][1] if s.resolutions and s.resolutions[0][0] <= 1 else spec.size
+    shape = (n, spec.channels, size, size)
+    init = _term(s.init, "initializers", plugins, source, "synthesis.init")
+    gen = torch.Generator().manual_seed(seed)
+    x0 = init(shape, targets.argmax(1), InitContext(gen, spec, data))
+    losses = _named(s.losses, "losses", plugins, source)
+    priors = _named(s.priors, "priors", plugins, source)
+    augs = [_term(a, "augmentations", plugins, source, f"synthesis.augmentations[{i}]")
+            for i, a in enumerate(s.augmentations)]
+    model = module.to(device).eval()
+    _check_resolutions(model, s, spec.channels, device, source)  # before any term hooks into the model
+    for p in model.parameters():
+        p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
+    for key, named in (("losses", losses), ("priors", priors)):
+        for i, (_, term) in enumerate(named):
+            if hasattr(term, "attach"):
+                try:
+                    term.attach(model)
+                except ValueError as exc:  # e.g. a parameter glob that matches nothing
+                    raise ConfigError(f"{source}: synthesis.{key}[{i}]: {exc}") from None
+    x = x0.to(device).requires_grad_(True)
+    lambdas = torch.full((n,), s.lambda_init, device=device, requires_grad=True)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    return SynthesisRun(
+        model=model, x=x, lambdas=lambdas, targets=targets.to(device), alive=alive,
+        losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
+        lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
+        checkpoint_every=s.checkpoint_every, resolutions=[tuple(r) for r in s.resolutions], hooks=plugins, progress=progress,
+    )
+
+
+def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels: int, device, source: str) -> None:
+    """Every size of the schedule must fit the model: say so now, not mid-run."""
+    for i, (_, size) in enumerate(s.resolutions):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, channels, size, size, device=device))
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"{source}: synthesis.resolutions[{i}]: the model does not take "
+                              f"{size}x{size} inputs ({first})") from None
+
+
+def _term(entry, kind: str, plugins: DsvPluginManager, source: str, path: str) -> Any:
+    """A plugin built from its spec, or a ready-made object checked for what the engine calls."""
+    if isinstance(entry, cfg.PluginSpec):
+        return cfg.build(entry, plugins.registry(kind), source=source, path=path)
+    weighted = kind in ("losses", "priors")
+    weight = getattr(entry, "weight", None)
+    if not callable(entry) or (weighted and not (isinstance(weight, (int, float)) and not isinstance(weight, bool))):
+        need = "a callable with a numeric 'weight' attribute" if weighted else "a callable"
+        raise ConfigError(f"{source}: {path}: expected a plugin name, a table with a 'name' key, or {need}; "
+                          f"got {type(entry).__name__}")
+    return entry
+
+
+def term_name(entry) -> str:
+    """The history name of a term: its plugin name, or a ready-made object's class name."""
+    return entry.name if isinstance(entry, cfg.PluginSpec) else type(entry).__name__.lower()
+
+
+def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[tuple[str, Any]]:
+    out, seen = [], {}
+    for i, entry in enumerate(entries):
+        obj = _term(entry, kind, plugins, source, f"synthesis.{kind}[{i}]")
+        base = term_name(entry)
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}{seen[base]}", obj))
+    return out
+
+
+def existing_store(path: Path, meta: dict[str, Any], fresh: bool, fresh_hint: str = "--fresh",
+                   store_hint: str = "run.store or --store") -> RunStore | None:
+    """The store to continue, or None to create one. An existing store is resumed when its
+    config (``meta["config_hash"]``) and model match, replaced when ``fresh`` (only ever a dsv
+    store), refused otherwise; the hints name the switches that change this."""
+    if not path.exists():
+        return None
+    if not is_store(path):
+        raise StoreError(f"{path}: exists and is not a dsv store; choose another {store_hint}")
+    if fresh:
+        remove_store(path)
+        return None
+    store = RunStore.open(path, mode="a")
+    stored = store.meta
+    if stored.get("config_hash") != meta["config_hash"]:
+        changes = cfg.changed_keys(stored.get("config", {}), meta["config"])
+        listed = "".join(f"\n  {c}" for c in changes) or " (none in the keys; the hash scheme differs)"
+        raise StoreError(
+            f"{path}: holds a run of another config; changed keys:{listed}\n"
+            f"pass {fresh_hint} to start over, or choose another {store_hint} for a new store"
+        )
+    if stored.get("model_fingerprint") not in (None, meta["model_fingerprint"]):
+        raise StoreError(
+            f"{path}: the model's weights differ from those the run started with "
+            f"({stored.get('model_fingerprint')} != {meta['model_fingerprint']}); pass {fresh_hint} to start over"
+        )
+    return store
+
+
+def execute(run: SynthesisRun, meta: dict[str, Any], *, store_path: Path | None = None, fresh: bool = False,
+            logging: cfg.LoggingConfig | None = None, fresh_hint: str = "--fresh",
+            store_hint: str = "run.store or --store",
+            resume_hint: str = "dsv-pipeline resume {path}") -> tuple[RunStore | None, dict[str, Any]]:
+    """Run the engine of ``run``: in a new store at ``store_path`` (with ``meta``), continuing the
+    run already there (from its last checkpoint, with the same result as if it had never
+    stopped), or without a store (the history then stays in ``run.pending``). ``logging``
+    attaches TensorBoard (:mod:`dsv.logging_tb`); a resumed run logs on from its iteration.
+    Returns the store and the run summary; ``run`` ends holding the final state either way."""
+    total = run.iterations
+    tensorboard = logging is not None and bool(logging.tensorboard)
+    try:
+        if tensorboard:
+            logging_tb.require()  # before a store exists
+        store, start = None, 0
+        if store_path is not None:
+            store = existing_store(Path(store_path), meta, fresh, fresh_hint, store_hint)
+            if store is None:
+                store = RunStore.create(store_path, meta)
+                store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
+                                      run.targets.cpu().numpy(), run.alive.cpu().numpy(), state=run.state())
+            else:
+                start = int(store.meta.get("committed_iteration", 0))
+                run.restore(*store.read_state(), iteration=start)
+                if start >= total and store.meta.get("summary"):
+                    log.info("%s: synthesis already complete (%d iterations)", store.path, start)
+                    return store, summary(store)
+                store.update_meta(dsv_version=dsv.__version__)
+                log.info("%s: resuming after iteration %d of %d", store.path, start, total)
+        run.store = store
+        run.hooks.call_lifecycle("dsv_run_started", run=run)
+        with StopSignals() as signals:
+            run.stop_signals = signals
+            if start < total:
+                engine = build_engine(run, start_iteration=start)
+                logger = logging_tb.attach(engine, run, logging, meta["mean"], meta["std"]) if tensorboard else None
+                try:
+                    engine.run(data=None, max_epochs=1, epoch_length=total)
+                finally:
+                    if logger is not None:
+                        logger.close()
+        if signals.received is not None:
+            where = (f"checkpoint written to {store.path}.\nResume with: {resume_hint.format(path=store.path)}"
+                     if store is not None else "nothing was saved (no store was given)")
+            raise Interrupted(f"{signals.name} received: stopped after iteration {run.committed_iteration} of "
+                              f"{total}, {where}", exit_code=128 + int(signals.received))
+        final = run.summary()
+        if store is not None:
+            store.update_meta(summary=final)
+    finally:
+        run.stop_signals = None
+        for _, term in run.losses + run.priors:
+            if hasattr(term, "detach"):
+                term.detach()
+    final = summary(store) if store is not None else memory_summary(run, final)
+    run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=final)
+    return store, final
+
+
+def memory_history(run: SynthesisRun) -> dict[str, np.ndarray]:
+    """The history a run without a store kept in memory, typed as a store keeps it."""
+    return {name: np.asarray(rows, dtype=np.int64 if name == "iteration" else np.float32)
+            for name, rows in sorted(run.pending.items())}
+
+
+def memory_summary(run: SynthesisRun, final: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`dsv.export.summary` gives for a store, for a run without one."""
+    entropy = run.pending.get("entropy") or [None]
+    return {**final, "entropy_start": entropy[0], "entropy_end": entropy[-1],
+            "iterations": int(run.committed_iteration), "config_hash": None}
+
+
 @attrs.define
 class PipelineResult:
     store: Path
@@ -92,6 +280,9 @@ class Pipeline:
         """The pipeline a store was written by (its own stored config), to resume it in place."""
         store = RunStore.open(path)
         raw = store.meta.get("config")
+        if store.meta.get("config_source") == API_SOURCE:
+            raise StoreError(f"{path}: written by {API_SOURCE}; resume it by calling {API_SOURCE} again "
+                             "with the same model, arguments and store")
         if not isinstance(raw, dict):
             raise StoreError(f"{path}: holds no pipeline config; it cannot be resumed")
         return cls(cfg.from_dict(raw, source=f"{path} (stored config)", store=str(path)), **kwargs)
@@ -173,89 +364,11 @@ class Pipeline:
 
     # ---- synthesis ---------------------------------------------------------------------------
 
-    def _existing_store(self, fingerprint: str) -> RunStore | None:
-        """The store to continue, or None to create one. An existing store is resumed when its
-        config and model match, replaced with ``--fresh`` (only ever a dsv store), refused otherwise."""
-        path = self.store_path
-        if not path.exists():
-            return None
-        if not is_store(path):
-            raise StoreError(f"{path}: exists and is not a dsv store; choose another run.store or --store")
-        if self.fresh:
-            remove_store(path)
-            return None
-        store = RunStore.open(path, mode="a")
-        meta = store.meta
-        if meta.get("config_hash") != self.loaded.config_hash:
-            changes = cfg.changed_keys(meta.get("config", {}), self.loaded.raw)
-            listed = "".join(f"\n  {c}" for c in changes) or " (none in the keys; the hash scheme differs)"
-            raise StoreError(
-                f"{path}: holds a run of another config; changed keys:{listed}\n"
-                "pass --fresh to start over, or --store for a new store"
-            )
-        if meta.get("model_fingerprint") not in (None, fingerprint):
-            raise StoreError(
-                f"{path}: the model's weights differ from those the run started with "
-                f"({meta.get('model_fingerprint')} != {fingerprint}); pass --fresh to start over"
-            )
-        return store
-
     def build_run(self, loaded: LoadedModel, store: RunStore | None = None) -> SynthesisRun:
-        s, src = self.config.synthesis, self.source
-        torch.manual_seed(self.config.run.seed)
-        spec = loaded.spec
-        targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, src)
-        n = targets.shape[0]
-        size = s.resolutions[0][1] if s.resolutions and s.resolutions[0][0] <= 1 else spec.size
-        shape = (n, spec.channels, size, size)
-        init = cfg.build(s.init, self.plugins.registry("initializers"), source=src, path="synthesis.init")
-        gen = torch.Generator().manual_seed(self.config.run.seed)
-        x0 = init(shape, targets.argmax(1), InitContext(gen, spec, self.data()))
-        losses = self._named(s.losses, "losses", "synthesis.losses")
-        priors = self._named(s.priors, "priors", "synthesis.priors")
-        augs = [cfg.build(a, self.plugins.registry("augmentations"), source=src, path=f"synthesis.augmentations[{i}]")
-                for i, a in enumerate(s.augmentations)]
-        model = loaded.module.to(self.device).eval()
-        self._check_resolutions(model, spec.channels)  # before any term hooks into the model
-        for p in model.parameters():
-            p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
-        for key, named in (("losses", losses), ("priors", priors)):
-            for i, (_, term) in enumerate(named):
-                if hasattr(term, "attach"):
-                    try:
-                        term.attach(model)
-                    except ValueError as exc:  # e.g. a parameter glob that matches nothing
-                        raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
-        x = x0.to(self.device).requires_grad_(True)
-        lambdas = torch.full((n,), s.lambda_init, device=self.device, requires_grad=True)
-        alive = torch.ones(n, dtype=torch.bool, device=self.device)
-        run = SynthesisRun(
-            model=model, x=x, lambdas=lambdas, targets=targets.to(self.device), alive=alive,
-            losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
-            lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
-            checkpoint_every=s.checkpoint_every, resolutions=[tuple(r) for r in s.resolutions], store=store, hooks=self.plugins, progress=self.progress,
-        )
+        run = build_run(loaded.module, loaded.spec, self.config.synthesis, plugins=self.plugins, device=self.device,
+                        seed=self.config.run.seed, data=self.data(), source=self.source, progress=self.progress)
+        run.store = store
         return run
-
-    def _check_resolutions(self, model: torch.nn.Module, channels: int) -> None:
-        """Every size of the schedule must fit the model: say so now, not mid-run."""
-        for i, (_, size) in enumerate(self.config.synthesis.resolutions):
-            try:
-                with torch.no_grad():
-                    model(torch.zeros(1, channels, size, size, device=self.device))
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
-                raise ConfigError(f"{self.source}: synthesis.resolutions[{i}]: the model does not take "
-                                  f"{size}x{size} inputs ({first})") from None
-
-    def _named(self, specs, kind: str, path: str) -> list[tuple[str, Any]]:
-        out, seen = [], {}
-        for i, spec in enumerate(specs):
-            obj = cfg.build(spec, self.plugins.registry(kind), source=self.source, path=f"{path}[{i}]")
-            seen[spec.name] = seen.get(spec.name, 0) + 1
-            name = spec.name if seen[spec.name] == 1 else f"{spec.name}{seen[spec.name]}"
-            out.append((name, obj))
-        return out
 
     def synthesize(self, loaded: LoadedModel) -> RunStore:
         """The synthesize stage: a new run, or the continuation of the one in the store (from its
@@ -263,57 +376,23 @@ class Pipeline:
         spec = loaded.spec
         fingerprint = model_fingerprint(loaded.module)
         run = self.build_run(loaded, None)  # every config error surfaces before a store exists
-        store = self._existing_store(fingerprint)
-        total = self.config.synthesis.iterations
-        if store is None:
-            meta = {
-                "name": self.config.run.name,
-                "dsv_version": dsv.__version__,
-                "config": self.loaded.raw,
-                "config_hash": self.loaded.config_hash,
-                "config_source": self.source,
-                "config_text": self.loaded.text,
-                "config_overrides": self.loaded.overrides,
-                "classes": list(spec.classes),
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "model": self.config.model.source,
-                "model_fingerprint": fingerprint,
-            }
-            if getattr(self, "test_accuracy", None) is not None:
-                meta["base_test_accuracy"] = self.test_accuracy
-            store = RunStore.create(self.store_path, meta)
-            store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
-                                  run.targets.cpu().numpy(), run.alive.cpu().numpy(), state=run.state())
-            start = 0
-        else:
-            start = int(store.meta.get("committed_iteration", 0))
-            if start >= total and store.meta.get("summary"):
-                log.info("%s: synthesis already complete (%d iterations)", store.path, start)
-                return store
-            run.restore(*store.read_state(), iteration=start)
-            store.update_meta(dsv_version=dsv.__version__)
-            log.info("%s: resuming after iteration %d of %d", store.path, start, total)
-        run.store = store
-        run.hooks.call_lifecycle("dsv_run_started", run=run)
-        try:
-            with StopSignals() as signals:
-                run.stop_signals = signals
-                if start < total:
-                    build_engine(run, start_iteration=start).run(data=None, max_epochs=1, epoch_length=total)
-            if signals.received is not None:
-                raise Interrupted(
-                    f"{signals.name} received: stopped after iteration {run.committed_iteration} of {total}, "
-                    f"checkpoint written to {store.path}.\nResume with: dsv-pipeline resume {store.path}",
-                    exit_code=128 + int(signals.received),
-                )
-            store.update_meta(summary=run.summary())
-        finally:
-            run.stop_signals = None
-            for _, term in run.losses + run.priors:
-                if hasattr(term, "detach"):
-                    term.detach()
-        run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=summary(store))
+        meta = {
+            "name": self.config.run.name,
+            "dsv_version": dsv.__version__,
+            "config": self.loaded.raw,
+            "config_hash": self.loaded.config_hash,
+            "config_source": self.source,
+            "config_text": self.loaded.text,
+            "config_overrides": self.loaded.overrides,
+            "classes": list(spec.classes),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "model": self.config.model.source,
+            "model_fingerprint": fingerprint,
+        }
+        if getattr(self, "test_accuracy", None) is not None:
+            meta["base_test_accuracy"] = self.test_accuracy
+        store, _ = execute(run, meta, store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
         return store
 
     # ---- export ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from dsv.errors import ConfigError
 
 # keys that do not change what a synthesis computes: a run may resume with other values
-RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export")
+RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export", "logging")
 
 
 def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:

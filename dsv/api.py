@@ -1,0 +1,409 @@
+"""The Python API: :func:`synthesize` DSVs of any ``nn.Module`` classifier, :func:`open_store`,
+:func:`export_grid`. The same machinery as ``dsv-pipeline``: the options are the keys of a
+pipeline's ``[synthesis]`` table, checked the same way, and the run is built and executed by
+:func:`dsv.pipeline.build_run` and :func:`dsv.pipeline.execute`.
+
+    >>> result = dsv.synthesize(my_model, targets=range(10), input_shape=(1, 28, 28))
+    >>> result.x.shape, result.alive.sum(), result.history["entropy"][-1]
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from pathlib import Path
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+import dsv
+from dsv import config as cfg
+from dsv.builtin.models import InputSpec, LoadedModel
+from dsv.errors import ConfigError, DsvError
+from dsv.export import save_grid, save_npz, summary, to_images
+from dsv.pipeline import (API_SOURCE, build_run, execute, memory_history, model_fingerprint, resolve_device,
+                          term_name)
+from dsv.plugins import DsvPluginManager, get_plugin_manager
+from dsv.store import RunStore
+
+TERM_LISTS = ("losses", "priors", "augmentations")
+
+
+@attrs.define(eq=False, repr=False)
+class SynthesisResult:
+    """Candidates (model input space, as the model sees them), their multipliers and fate, and the
+    per-iteration history: the same from a finished run and from :func:`open_store`."""
+
+    x: np.ndarray  # float32 (N, C, H, W)
+    lambdas: np.ndarray  # float32 (N,)
+    alive: np.ndarray  # bool (N,)
+    labels: np.ndarray  # int64 (N,): argmax of the targets
+    targets: np.ndarray  # float32 (N, K): soft targets, rows sum to 1
+    history: dict[str, np.ndarray]  # "iteration", each loss term, total, entropy, accuracy, alive: (T,); lambda: (T, N)
+    summary: dict[str, Any]
+    store: Path | None = None  # the run store, when one was written
+    classes: list[str] = attrs.field(factory=list)
+    mean: list[float] = attrs.field(factory=lambda: [0.0])
+    std: list[float] = attrs.field(factory=lambda: [1.0])
+    name: str = "synthesis"
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The store metadata :mod:`dsv.export` reads (a result exports like a store)."""
+        return {"name": self.name, "classes": self.classes, "mean": self.mean, "std": self.std}
+
+    def candidates(self) -> dict[str, np.ndarray]:
+        return {"x": self.x, "lambda": self.lambdas, "alive": self.alive, "labels": self.labels,
+                "targets": self.targets}
+
+    def images(self) -> np.ndarray:
+        """The candidates as displayable images (N, H, W, C) in [0, 1] (undoing mean/std)."""
+        return to_images(self.x, self.mean, self.std)
+
+    def save_grid(self, path: str | Path, columns: int | None = None) -> Path:
+        """A PNG grid of the candidates, each titled with its target and lambda (or "dead")."""
+        return save_grid(self, path, columns)
+
+    def save_npz(self, path: str | Path) -> Path:
+        return save_npz(self, path)
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.x.shape[1:])
+        return (f"SynthesisResult({len(self.x)} candidates of {shape}, {int(self.alive.sum())} alive, "
+                f"{self.summary.get('iterations')} iterations, store={self.store})")
+
+
+def synthesize(
+    model: nn.Module | LoadedModel,
+    targets: Iterable | np.ndarray | torch.Tensor,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    iterations: int | None = None,
+    losses: list | None = None,
+    priors: list | None = None,
+    augmentations: list | None = None,
+    init: Any = None,
+    store: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    mean: float | Iterable[float] | None = None,
+    std: float | Iterable[float] | None = None,
+    class_names: list[str] | None = None,
+    name: str = "synthesis",
+    fresh: bool = False,
+    logging: Mapping[str, Any] | cfg.LoggingConfig | None = None,
+    tensorboard: str | Path | None = None,
+    progress: bool = True,
+    plugins: DsvPluginManager | None = None,
+    **options: Any,
+) -> SynthesisResult:
+    """Synthesize Deep Support Vectors of a trained classifier (DeepKKT).
+
+    :param model: any ``nn.Module`` mapping (N, C, H, W) inputs to (N, K) logits, or a
+        :class:`~dsv.builtin.models.LoadedModel`. It is left as it was (device, mode, requires_grad).
+    :param targets: one candidate per entry (times ``candidates_per_class``): class indices
+        (``range(10)``, a 1-D integer array), soft labels (a 2-D (N, K) array or tensor, rows of K
+        weights) or ``{class: weight}`` mixtures, as in a pipeline file.
+    :param input_shape: (C, S, S) of one input in model space. Default: from a LoadedModel, the
+        model's ``input_shape`` attribute, or a timm-style ``pretrained_cfg["input_size"]``.
+    :param iterations, losses, priors, augmentations, init: as in a pipeline's [synthesis]
+        table (names, or dicts like ``{"name": "tv", "weight": 0.01}``), or ready-made objects
+        (a term: callable with a ``weight``). None: the pipeline defaults.
+    :param store: write a run store there (resumed when it holds this same run; ``fresh=True``
+        replaces it). None: everything stays in memory.
+    :param mean, std: the normalization the model expects (per channel or one number; default
+        0 and 1, or the model's ``pretrained_cfg``): used only to show and export the candidates.
+    :param logging: a [logging] table (``{"tensorboard": "runs/x", "images_every": 50}``);
+        ``tensorboard="runs/x"`` is the short form. Needs ``pip install dsv[tensorboard]``.
+    :param options: any other key of [synthesis] (``candidates_per_class``, ``lr_x``,
+        ``lambda_warmup``, ``resolutions``, ...).
+    """
+    plugins = plugins or get_plugin_manager()
+    module, loaded_spec = _unwrap(model)
+    target_device = resolve_device(device)
+    saved = _ModelState.capture(module)
+    try:
+        module.to(target_device).eval()
+        shape, cfg_mean, cfg_std = _input_shape(module, input_shape, loaded_spec)
+        num_classes = _num_classes(module, shape, target_device)
+        spec = _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std)
+        s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options)
+        log_cfg = _logging_config(logging, tensorboard)
+        raw = {
+            "run": {"name": name, "seed": seed, "device": device},
+            "synthesis": _describe_synthesis(s),
+            "logging": cfg.CONVERTER.unstructure(log_cfg),
+            "model": {"class": _qualname(module), "input_shape": list(shape), "mean": list(spec.mean),
+                      "std": list(spec.std), "classes": list(spec.classes)},
+        }
+        meta = {
+            "name": name, "dsv_version": dsv.__version__, "config": raw, "config_hash": cfg.config_hash(raw),
+            "config_source": API_SOURCE, "classes": list(spec.classes), "mean": list(spec.mean),
+            "std": list(spec.std), "model": _qualname(module), "model_fingerprint": model_fingerprint(module),
+        }
+        run = build_run(module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE,
+                        progress=progress)
+        written, final = execute(run, meta, store_path=Path(store) if store is not None else None, fresh=fresh,
+                                 logging=log_cfg, fresh_hint="fresh=True", store_hint="store path",
+                                 resume_hint=f"call {API_SOURCE} again with the same arguments and store")
+        history = written.history() if written is not None else memory_history(run)
+        return SynthesisResult(
+            x=run.x.detach().cpu().numpy().astype(np.float32), lambdas=run.lambdas.detach().cpu().numpy(),
+            alive=run.alive.cpu().numpy().astype(bool), labels=run.labels.cpu().numpy().astype(np.int64),
+            targets=run.targets.cpu().numpy().astype(np.float32), history=history, summary=final,
+            store=written.path if written is not None else None, classes=list(spec.classes),
+            mean=list(spec.mean), std=list(spec.std), name=name,
+        )
+    finally:
+        saved.restore(module)
+
+
+def open_store(path: str | Path) -> SynthesisResult:
+    """The result a store on disk holds (its last committed checkpoint), as :func:`synthesize` returns it."""
+    store = RunStore.open(path)
+    meta, c = store.meta, store.candidates()
+    return SynthesisResult(
+        x=c["x"], lambdas=c["lambda"], alive=c["alive"], labels=c["labels"], targets=c["targets"],
+        history=store.history(), summary=summary(store), store=store.path, classes=list(meta.get("classes", [])),
+        mean=list(meta.get("mean", [0.0])), std=list(meta.get("std", [1.0])), name=meta.get("name", "run"),
+    )
+
+
+def export_grid(source: SynthesisResult | RunStore | str | Path, path: str | Path,
+                columns: int | None = None) -> Path:
+    """Write the labelled PNG grid of a result, a store, or the store at a path."""
+    if isinstance(source, (str, Path)):
+        source = RunStore.open(source)
+    return save_grid(source, path, columns)
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class _ModelState:
+    """What :func:`synthesize` changes on the caller's model, to put back afterwards."""
+
+    training: bool
+    requires_grad: list[bool]
+    device: torch.device | None
+
+    @classmethod
+    def capture(cls, module: nn.Module) -> "_ModelState":
+        first = next(iter([*module.parameters(), *module.buffers()]), None)
+        return cls(module.training, [p.requires_grad for p in module.parameters()],
+                   first.device if first is not None else None)
+
+    def restore(self, module: nn.Module) -> None:
+        if self.device is not None:
+            module.to(self.device)
+        module.train(self.training)
+        for p, flag in zip(module.parameters(), self.requires_grad):
+            p.requires_grad_(flag)
+
+
+def _unwrap(model) -> tuple[nn.Module, InputSpec | None]:
+    if isinstance(model, LoadedModel):
+        return model.module, model.spec
+    if isinstance(model, nn.Module):
+        return model, None
+    raise DsvError(f"{API_SOURCE}: model: expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _qualname(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _input_shape(module: nn.Module, given, loaded_spec: InputSpec | None):
+    """(C, S, S) and the mean/std a timm-style ``pretrained_cfg`` names (or None)."""
+    pretrained = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None)
+    pretrained = pretrained if isinstance(pretrained, Mapping) else {}
+    shape = given
+    if shape is None and loaded_spec is not None:
+        shape = (loaded_spec.channels, loaded_spec.size, loaded_spec.size)
+    if shape is None:
+        shape = getattr(module, "input_shape", None) or pretrained.get("input_size")
+    if shape is None:
+        raise ConfigError(
+            f"{API_SOURCE}: input_shape: cannot be inferred from {type(module).__name__} (it has no "
+            "input_shape attribute and no pretrained_cfg['input_size']); pass input_shape=(C, H, W)")
+    try:
+        shape = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"{API_SOURCE}: input_shape: expected (C, H, W) of positive integers, got {given!r}")
+    if shape[1] != shape[2]:
+        raise ConfigError(f"{API_SOURCE}: input_shape: candidates are square, got {shape[1]}x{shape[2]}")
+    return shape, pretrained.get("mean"), pretrained.get("std")
+
+
+def _num_classes(module: nn.Module, shape: tuple[int, int, int], device: torch.device) -> int:
+    """K, from one forward pass of a zero input (which also checks that the shape fits)."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape, device=device))
+    except Exception as exc:  # any failure of the user's forward on this shape
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{API_SOURCE}: input_shape: the model does not take inputs of shape "
+                          f"{(1, *shape)} ({first})") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{API_SOURCE}: model: expected (N, K) logits from a classifier, got {got}")
+    return int(out.shape[1])
+
+
+def _per_channel(value, default, channels: int, key: str) -> tuple[float, ...]:
+    if value is None:
+        value = default
+    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ConfigError(f"{API_SOURCE}: {key}: expected 1 or {channels} values, got {len(values)}")
+    if key == "std" and min(values) <= 0:
+        raise ConfigError(f"{API_SOURCE}: std: must be positive, got {values}")
+    return tuple(values)
+
+
+def _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std) -> InputSpec:
+    c = shape[0]
+    base_mean = loaded_spec.mean if loaded_spec is not None else (cfg_mean if cfg_mean is not None else 0.0)
+    base_std = loaded_spec.std if loaded_spec is not None else (cfg_std if cfg_std is not None else 1.0)
+    if class_names is None:
+        fits = loaded_spec is not None and loaded_spec.num_classes == num_classes
+        class_names = loaded_spec.classes if fits else [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ConfigError(f"{API_SOURCE}: class_names: {len(class_names)} names, the model has {num_classes} classes")
+    return InputSpec(c, shape[1], _per_channel(mean, base_mean, c, "mean"), _per_channel(std, base_std, c, "std"),
+                     [str(n) for n in class_names])
+
+
+# ---- targets and the [synthesis] table ---------------------------------------------------------
+
+
+def _soft_row(row, num_classes: int, i: int) -> dict[str, float]:
+    values = np.asarray(row, dtype=np.float64)
+    if values.shape != (num_classes,):
+        raise ConfigError(f"{API_SOURCE}: synthesis.targets[{i}]: a soft-label row needs {num_classes} weights "
+                          f"(one per class), got shape {values.shape}")
+    if not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
+        raise ConfigError(f"{API_SOURCE}: synthesis.targets[{i}]: soft-label weights must be finite, >= 0 "
+                          "and not all 0")
+    return {str(k): float(values[k]) for k in np.flatnonzero(values)}
+
+
+def _target_entries(targets, num_classes: int) -> list:
+    """Targets in the pipeline's form: class indices and {"class": weight} tables."""
+    if isinstance(targets, torch.Tensor):
+        targets = targets.detach().cpu().numpy()
+    if isinstance(targets, np.ndarray):
+        if targets.ndim == 2:
+            return [_soft_row(row, num_classes, i) for i, row in enumerate(targets)]
+        if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
+            raise ConfigError(f"{API_SOURCE}: targets: expected a 1-D array of class indices or a 2-D (N, K) "
+                              f"array of soft labels, got a {targets.ndim}-D {targets.dtype} array")
+        return [int(t) for t in targets]
+    if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, Iterable):
+        raise ConfigError(f"{API_SOURCE}: targets: expected class indices, soft-label rows or "
+                          f"{{class: weight}} tables, got {type(targets).__name__}")
+    out = []
+    for i, entry in enumerate(targets):
+        if isinstance(entry, torch.Tensor):
+            entry = entry.item() if entry.ndim == 0 else entry.detach().cpu().numpy()
+        if isinstance(entry, (int, np.integer)) and not isinstance(entry, (bool, np.bool_)):
+            out.append(int(entry))
+        elif isinstance(entry, Mapping):
+            out.append({str(k): v for k, v in entry.items()})  # checked by the config's structuring
+        elif isinstance(entry, (list, tuple, np.ndarray)):
+            out.append(_soft_row(entry, num_classes, i))
+        else:
+            out.append(entry)  # reported by the config's structuring, with its index
+    if not out:
+        raise ConfigError(f"{API_SOURCE}: targets: empty; give at least one class index or soft label")
+    return out
+
+
+def _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options):
+    """A SynthesisConfig structured and checked as a pipeline's [synthesis] table is; ready-made
+    term objects are kept as they are, in their place."""
+    for key in ("targets", "classes"):
+        if key in options:
+            raise ConfigError(f"{API_SOURCE}: {key}: give the candidates' classes as the targets argument")
+    table = {"targets": _target_entries(targets, num_classes), **options}
+    if iterations is not None:
+        table["iterations"] = iterations
+    s = cfg.structure(table, cfg.SynthesisConfig, source=API_SOURCE, path="synthesis")
+    given = {"losses": losses, "priors": priors, "augmentations": augmentations}
+    terms = {}
+    for key, entries in given.items():
+        if entries is None:
+            continue
+        if isinstance(entries, (str, Mapping)) or not isinstance(entries, Iterable):
+            entries = [entries]
+        terms[key] = [_entry(e, f"synthesis.{key}[{i}]") for i, e in enumerate(entries)]
+    if init is not None:
+        terms["init"] = _entry(init, "synthesis.init")
+    s = attrs.evolve(s, **terms)
+    problems = cfg.check_synthesis(s)
+    if problems:
+        raise ConfigError("\n".join(f"{API_SOURCE}: {p}" for p in problems))
+    return s
+
+
+def _entry(entry, path: str):
+    """A plugin spec from a name or a table; anything else is a ready-made object (checked when built)."""
+    if isinstance(entry, cfg.PluginSpec):
+        return entry
+    if isinstance(entry, (str, Mapping)):
+        return cfg.structure(dict(entry) if isinstance(entry, Mapping) else entry, cfg.PluginSpec,
+                             source=API_SOURCE, path=path)
+    return entry
+
+
+def _describe(entry) -> Any:
+    """JSON for the stored config: a plugin spec as in TOML, a ready-made object by class and fields."""
+    if isinstance(entry, cfg.PluginSpec):
+        return cfg.CONVERTER.unstructure(entry)
+    cls = type(entry)
+    fields = {a.name: getattr(entry, a.name) for a in attrs.fields(cls) if a.init} if attrs.has(cls) else {}
+    return json.loads(json.dumps({"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry),
+                                  **fields}, default=str))
+
+
+def _describe_synthesis(s: cfg.SynthesisConfig) -> dict[str, Any]:
+    out = {}
+    for a in attrs.fields(cfg.SynthesisConfig):
+        value = getattr(s, a.name)
+        if a.name in TERM_LISTS:
+            out[a.name] = [_describe(e) for e in value]
+        elif a.name == "init":
+            out[a.name] = _describe(value)
+        else:
+            out[a.name] = cfg.CONVERTER.unstructure(value)
+    return out
+
+
+def _logging_config(logging, tensorboard) -> cfg.LoggingConfig:
+    if isinstance(logging, cfg.LoggingConfig):
+        table = cfg.CONVERTER.unstructure(logging)
+    elif logging is None:
+        table = {}
+    elif isinstance(logging, Mapping):
+        table = dict(logging)
+    else:
+        raise ConfigError(f"{API_SOURCE}: logging: expected a table like {{'tensorboard': 'runs/x'}}, "
+                          f"got {type(logging).__name__}")
+    if tensorboard is not None:
+        table["tensorboard"] = str(tensorboard)
+    if isinstance(table.get("tensorboard"), Path):
+        table["tensorboard"] = str(table["tensorboard"])
+    log_cfg = cfg.structure(table, cfg.LoggingConfig, source=API_SOURCE, path="logging")
+    problems = cfg.check_logging(log_cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{API_SOURCE}: {p}" for p in problems))
+    return log_cfg
