@@ -53,6 +53,13 @@ def target_matrix(targets: list, classes: list[int], per_class: int, num_classes
     return torch.stack(rows)
 
 
+def detach_terms(named: list[tuple[str, Any]]) -> None:
+    """Call ``detach()`` of every term that has one (it must be safe on a term never attached)."""
+    for _, term in named:
+        if hasattr(term, "detach"):
+            term.detach()
+
+
 @attrs.define
 class PipelineResult:
     store: Path
@@ -188,8 +195,11 @@ class Pipeline:
                 if hasattr(term, "attach"):
                     try:
                         term.attach(model)
-                    except ValueError as exc:  # e.g. a parameter glob that matches nothing
-                        raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
+                    except BaseException as exc:  # leave no term attached (a prior's hooks on the model)
+                        detach_terms(losses + priors)
+                        if isinstance(exc, ValueError):  # e.g. a parameter glob that matches nothing
+                            raise ConfigError(f"{src}: synthesis.{key}[{i}]: {exc}") from None
+                        raise
         x = x0.to(self.device).requires_grad_(True)
         lambdas = torch.full((n,), s.lambda_init, device=self.device, requires_grad=True)
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
@@ -226,17 +236,15 @@ class Pipeline:
         if getattr(self, "test_accuracy", None) is not None:
             meta["base_test_accuracy"] = self.test_accuracy
         run = self.build_run(loaded, None)  # every config error surfaces before a store exists
-        run.store = store = self._open_store(meta)
-        store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
-                              run.targets.cpu().numpy(), run.alive.cpu().numpy())
-        run.hooks.call_lifecycle("dsv_run_started", run=run)
-        try:
+        try:  # from here on the terms are attached to the model: detach them whatever happens
+            run.store = store = self._open_store(meta)
+            store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
+                                  run.targets.cpu().numpy(), run.alive.cpu().numpy())
+            run.hooks.call_lifecycle("dsv_run_started", run=run)
             build_engine(run).run(data=None, max_epochs=1, epoch_length=self.config.synthesis.iterations)
             store.update_meta(summary=run.summary())
         finally:
-            for _, term in run.losses + run.priors:
-                if hasattr(term, "detach"):
-                    term.detach()
+            detach_terms(run.losses + run.priors)
         run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=summary(store))
         return store
 
