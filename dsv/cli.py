@@ -132,7 +132,14 @@ def cmd_plugins(args) -> int:
 
     pm = get_plugin_manager(args.disable_plugin)
     for info in pm.plugins():
-        print(f"{info.name}  [{info.distribution} {info.version}]  hooks: {', '.join(info.hooks)}")
+        origin = f"{info.distribution} {info.version}" + (", built-in" if info.builtin else "")
+        print(f"{info.name}  [{origin}]")
+        for kind, names in info.names.items():
+            print(f"    {kind}: {', '.join(names)}")
+        print(f"    hooks: {', '.join(info.hooks) or 'none'}")
+    if args.disable_plugin:
+        print(f"disabled: {', '.join(sorted(set(args.disable_plugin)))}")
+    print()
     for kind in KINDS:
         entries = pm.registry(kind).entries()
         print(f"{kind}:")
@@ -158,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dsv-pipeline: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # raised in a third-party plugin's code: name the plugin, not a traceback
+        from dsv.plugins import describe_plugin_failure
+
+        message = describe_plugin_failure(exc)
+        if message is None:
+            raise  # a bug in dsv itself: the traceback is what a report needs
+        print(f"dsv-pipeline: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def dsv_register_priors(registry):
     A prior is called as ``prior(x)`` with the candidates (N, C, H, W) in model input space and
     returns a scalar tensor. A prior that needs the model (for example feature statistics) may
     define ``attach(model)`` and ``detach()``; dsv calls them around the run, also on failure.
+    In each step the model has already made its clean forward pass on that very tensor
+    (``model(x)``; the augmented pass, if any, comes after it), so forward hooks put on by
+    ``attach`` can reuse the clean pass instead of running one more (see plugins/dsv-bn-prior).
     """
 
 

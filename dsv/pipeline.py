@@ -96,8 +96,11 @@ def build_run(module: torch.nn.Module, spec, s: cfg.SynthesisConfig, *, plugins:
             if hasattr(term, "attach"):
                 try:
                     term.attach(model)
-                except ValueError as exc:  # e.g. a parameter glob that matches nothing
-                    raise ConfigError(f"{source}: synthesis.{key}[{i}]: {exc}") from None
+                except BaseException as exc:  # leave no term attached (a prior's hooks on the model)
+                    detach_terms(losses + priors)
+                    if isinstance(exc, ValueError):  # e.g. a parameter glob that matches nothing
+                        raise ConfigError(f"{source}: synthesis.{key}[{i}]: {exc}") from None
+                    raise
     x = x0.to(device).requires_grad_(True)
     lambdas = torch.full((n,), s.lambda_init, device=device, requires_grad=True)
     alive = torch.ones(n, dtype=torch.bool, device=device)
@@ -229,9 +232,7 @@ def execute(run: SynthesisRun, meta: dict[str, Any], *, store_path: Path | None 
             store.update_meta(summary=final)
     finally:
         run.stop_signals = None
-        for _, term in run.losses + run.priors:
-            if hasattr(term, "detach"):
-                term.detach()
+        detach_terms(run.losses + run.priors)
     final = summary(store) if store is not None else memory_summary(run, final)
     run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=final)
     return store, final
@@ -248,6 +249,13 @@ def memory_summary(run: SynthesisRun, final: dict[str, Any]) -> dict[str, Any]:
     entropy = run.pending.get("entropy") or [None]
     return {**final, "entropy_start": entropy[0], "entropy_end": entropy[-1],
             "iterations": int(run.committed_iteration), "config_hash": None}
+
+
+def detach_terms(named: list[tuple[str, Any]]) -> None:
+    """Call ``detach()`` of every term that has one (it must be safe on a term never attached)."""
+    for _, term in named:
+        if hasattr(term, "detach"):
+            term.detach()
 
 
 @attrs.define

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import sys
+import textwrap
 import types
 
 import attrs
@@ -11,10 +13,13 @@ import pytest
 import torch
 from torch import nn
 
+from dsv import cli
 from dsv import config as cfg
 from dsv import plugins as dsv_plugins
 from dsv.builtin.models import LoadedModel, ModelRequest
 from dsv.engine import build_engine
+from dsv.pipeline import Pipeline
+from dsv.store import RunStore
 from dsv.plugins import KINDS, DsvPluginManager, PluginError, Registry, UnknownNameError, get_plugin_manager
 
 from conftest import plugin_module
@@ -39,6 +44,36 @@ class Sharpness:
 
     def __call__(self, x):
         return x.abs().pow(self.power).mean()
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch):
+    """Install a distribution the way pip leaves one: a module and a ``.dist-info`` folder with
+    METADATA and entry_points.txt on sys.path. dsv then discovers it through importlib.metadata.
+
+    ``install(dist, version, {module: source}, {entry point name: module})``. Process-wide plugin
+    managers are rebuilt, so ``dsv-pipeline`` sees the distribution.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(dsv_plugins, "_DEFAULT", {})
+    modules = []
+
+    def install(dist: str, version: str, sources: dict[str, str], entry_points: dict[str, str]) -> None:
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[dsv]\n{lines}")
+        for module, source in sources.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        importlib.invalidate_caches()
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
 
 
 @pytest.fixture
@@ -88,7 +123,7 @@ def test_get_plugin_manager_is_built_once_per_disabled_set():
     assert get_plugin_manager() is get_plugin_manager()
     without_priors = get_plugin_manager(["dsv.builtin.priors"])
     assert without_priors is not get_plugin_manager()
-    assert without_priors.registry("priors").names() == []
+    assert not {"tv", "norm"} & set(without_priors.registry("priors").names())  # installed plugins may add some
     assert "tv" in get_plugin_manager().registry("priors")
 
 
@@ -113,6 +148,7 @@ def test_duplicate_name_names_both_plugins():
     assert "priors name 'tv' registered twice" in message
     assert "dsv.builtin.priors (built-in)" in message
     assert "plugin 'dup_prior'" in message
+    assert message.endswith("(disable one of them: --disable-plugin dsv.builtin.priors or --disable-plugin dup_prior)")
 
 
 def test_registry_rejects_empty_names():
@@ -282,3 +318,209 @@ def test_call_lifecycle_passes_only_the_arguments_a_hook_takes():
     pm.register(plugin_module("p", dsv_candidate_pruned=dsv_candidate_pruned), "pruned_logger")
     assert pm.call_lifecycle("dsv_candidate_pruned", run=None, indices=[2, 5], iteration=4) == [None]
     assert calls == [[2, 5]]
+
+
+# --------------------------------------------------------------------------------------------------
+# installed distributions through dsv-pipeline: listing, clashes, broken plugins, failures in runs
+# --------------------------------------------------------------------------------------------------
+
+SHARP_SOURCE = """
+    import attrs
+    from dsv.hookspecs import hookimpl
+
+    @attrs.define(kw_only=True)
+    class Sharp:
+        weight: float = 1.0
+        fail_at: int = 0  # raise on this call (0: never)
+        calls: int = attrs.field(default=0, init=False)
+
+        def __call__(self, x):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("sharp cannot handle these candidates")
+            return x.abs().mean()
+
+    @hookimpl
+    def dsv_register_priors(registry):
+        registry.add("sharp", Sharp)
+"""
+
+
+def tiny_pipeline(root, priors="[]", iterations=6, models=None):
+    """Digits, a small ConvNet trained one epoch (cached), a few synthesis iterations."""
+    path = root / "tiny.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [run]
+        name = "tiny"
+        device = "cpu"
+        store = "{(root / 'tiny.zarr').as_posix()}"
+        stages = ["train", "synthesize"]
+
+        [data]
+        name = "digits"
+
+        [model]
+        source = "convnet"
+        options = {{ width = 8, depth = 2 }}
+
+        [train]
+        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
+        cache_dir = "{(models or root / 'models').as_posix()}"
+
+        [synthesis]
+        iterations = {iterations}
+        lambda_warmup = 2
+        checkpoint_every = 4
+        priors = {priors}
+        """))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+def test_plugins_command_shows_each_distribution_its_names_and_hooks(fake_distribution, capsys):
+    logger = """
+        from dsv.hookspecs import hookimpl
+
+        @hookimpl
+        def dsv_iteration_completed(run, iteration, metrics):
+            return None
+
+        @hookimpl
+        def dsv_run_finished(run, summary):
+            pass
+    """
+    fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
+    fake_distribution("dsv-log", "0.4", {"dsv_log": logger}, {"log": "dsv_log"})
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "sharp  [dsv-sharp 1.2.3]\n    priors: sharp\n    hooks: dsv_register_priors\n" in out
+    assert "log  [dsv-log 0.4]\n    hooks: dsv_iteration_completed, dsv_run_finished\n" in out
+    assert "dsv.builtin.priors  [dsv " in out and "    priors: norm, tv\n" in out
+    assert "  sharp                  plugin 'sharp' (dsv-sharp 1.2.3)" in out.splitlines()
+    assert cli.main(["plugins", "--disable-plugin", "sharp"]) == 0
+    out = capsys.readouterr().out
+    assert "[dsv-sharp" not in out and "disabled: sharp" in out and "log  [dsv-log 0.4]" in out
+
+
+def test_disabling_an_unknown_plugin_is_an_error_listing_the_plugins(fake_distribution, capsys):
+    fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
+    assert cli.main(["plugins", "--disable-plugin", "sharpp"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsv-pipeline: error: --disable-plugin sharpp: no plugin of that name")
+    assert "dsv.builtin.priors" in err and "sharp" in err
+
+
+def test_a_duplicate_name_from_a_distribution_is_named_on_the_command_line(fake_distribution, capsys):
+    fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
+    fake_distribution("dsv-sharp-fork", "0.9", {"dsv_sharp_fork": SHARP_SOURCE}, {"sharp-fork": "dsv_sharp_fork"})
+    assert cli.main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "priors name 'sharp' registered twice" in err
+    assert "plugin 'sharp' (dsv-sharp 1.2.3)" in err and "plugin 'sharp-fork' (dsv-sharp-fork 0.9)" in err
+    assert "(disable one of them: --disable-plugin sharp" in err and "--disable-plugin sharp-fork" in err
+    assert cli.main(["plugins", "--disable-plugin", "sharp-fork"]) == 0
+
+
+def test_a_distribution_that_fails_to_import_is_named_and_can_be_skipped(fake_distribution, capsys, tmp_path,
+                                                                          models_dir):
+    broken = """
+        import dsv_missing_dependency_xyz
+    """
+    fake_distribution("dsv-broken", "2.0", {"dsv_broken": broken}, {"broken": "dsv_broken"})
+    path = tiny_pipeline(tmp_path, iterations=2, models=models_dir)
+    assert cli.main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "plugin 'broken' from distribution dsv-broken 2.0 failed to load" in err
+    assert "ModuleNotFoundError" in err and "--disable-plugin broken" in err
+    assert cli.main(["run", str(path), "--no-progress", "--disable-plugin", "broken"]) == 0
+
+
+def test_a_prior_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path, models_dir):
+    fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
+    path = tiny_pipeline(tmp_path, priors='[{ name = "sharp", weight = 0.1, fail_at = 3 }]', models=models_dir)
+    assert cli.main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("dsv-pipeline: error: plugin 'sharp' (dsv-sharp 1.2.3) raised RuntimeError: "
+                          "sharp cannot handle these candidates")
+    assert "dsv_sharp.py:" in err and "in __call__" in err and "--disable-plugin sharp" in err
+    assert RunStore.open(tmp_path / "tiny.zarr").meta["committed_iteration"] == 2  # the store kept the rest
+
+
+def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path,
+                                                                       models_dir):
+    flaky = """
+        from dsv.hookspecs import hookimpl
+
+        @hookimpl
+        def dsv_iteration_completed(iteration):
+            if iteration == 4:
+                raise ConnectionError("dashboard unreachable")
+    """
+    fake_distribution("dsv-dashboard", "3.1", {"dsv_dashboard": flaky}, {"dashboard": "dsv_dashboard"})
+    path = tiny_pipeline(tmp_path, models=models_dir)
+    assert cli.main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "plugin 'dashboard' (dsv-dashboard 3.1) raised in dsv_iteration_completed" in err
+    assert "ConnectionError: dashboard unreachable" in err and "--disable-plugin dashboard" in err
+    assert cli.main(["run", str(path), "--no-progress", "--fresh", "--disable-plugin", "dashboard"]) == 0
+
+
+def test_an_error_in_dsv_itself_keeps_its_traceback(fake_distribution, monkeypatch):
+    fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
+
+    def broken_dsv_code(args):
+        get_plugin_manager()
+        raise ZeroDivisionError("a bug in dsv")
+
+    monkeypatch.setitem(cli.COMMANDS, "plugins", broken_dsv_code)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["plugins"])
+
+
+def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp_path, models_dir):
+    events = []
+
+    def dsv_run_started(run):
+        events.append(("started", run.committed_iteration, tuple(run.x.shape)))
+
+    def dsv_iteration_completed(run, iteration, metrics):
+        events.append(("iteration", iteration, metrics["alive"]))
+        return iteration == 5  # ask for a stop
+
+    def dsv_candidate_pruned(run, indices, iteration):
+        events.append(("pruned", iteration, tuple(indices)))
+
+    def dsv_run_finished(run, summary):
+        events.append(("finished", summary["iterations"], summary["candidates"]))
+
+    pm = DsvPluginManager(load_entry_points=False)
+    pm.register(plugin_module("recorder", dsv_run_started=dsv_run_started,
+                              dsv_iteration_completed=dsv_iteration_completed,
+                              dsv_candidate_pruned=dsv_candidate_pruned,
+                              dsv_run_finished=dsv_run_finished), "recorder")
+    # lambda_init tiny and lr_lambda large: lambdas cross 0 within a few iterations (pruning)
+    overrides = ["synthesis.lambda_init=1e-4", "synthesis.lr_lambda=0.5", "synthesis.lambda_warmup=0"]
+    path = tiny_pipeline(tmp_path, iterations=20, models=models_dir)
+    result = Pipeline.from_toml(path, overrides=overrides, plugins=pm, progress=False).run()
+    assert events[0] == ("started", 0, (10, 1, 8, 8))
+    assert [e[1] for e in events if e[0] == "iteration"] == [1, 2, 3, 4, 5]
+    assert events[-1] == ("finished", 5, 10)
+    pruned = [e for e in events if e[0] == "pruned"]
+    assert pruned, "no candidate was pruned: the test needs one"
+    alive_after = {e[1]: e[2] for e in events if e[0] == "iteration"}
+    for _, iteration, indices in pruned:
+        assert alive_after[iteration] <= 10 - len(indices)
+    assert RunStore.open(result.store).meta["committed_iteration"] == 5
+
+
+def test_an_unknown_loss_is_named_in_the_singular():
+    with pytest.raises(UnknownNameError, match=r"unknown loss 'stationarty'.*did you mean 'stationarity'"):
+        get_plugin_manager().registry("losses").get("stationarty")

@@ -1,0 +1,316 @@
+"""The bn_stats prior of plugins/dsv-bn-prior, installed as a real distribution.
+
+The session fixture installs plugins/dsv-bn-prior with pip (no dependencies, no index) into a
+temporary folder, unless the environment already holds an identical copy (tox installs it);
+tests put that folder on sys.path, so dsv finds the plugin through its entry point exactly as
+after ``pip install plugins/dsv-bn-prior``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dsv import cli
+from dsv import config as cfg
+from dsv import plugins as dsv_plugins
+from dsv.errors import ConfigError
+from dsv.pipeline import Pipeline
+from dsv.plugins import DsvPluginManager
+from dsv.store import RunStore
+
+from conftest import REPO_ROOT, plugin_module
+
+PLUGIN_DIR = REPO_ROOT / "plugins" / "dsv-bn-prior"
+DIST = "dsv-bn-prior"
+
+
+def _installed_copy_is_current() -> bool:
+    """True when the environment holds dsv-bn-prior installed from this very source."""
+    try:
+        dist = importlib.metadata.distribution(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    version = tomllib.loads((PLUGIN_DIR / "pyproject.toml").read_text())["project"]["version"]
+    if dist.version != version:
+        return False
+    src = PLUGIN_DIR / "src"
+    for file in (src / "dsv_bn_prior").rglob("*.py"):
+        installed = Path(dist.locate_file(file.relative_to(src).as_posix()))
+        if not installed.is_file() or installed.read_bytes() != file.read_bytes():
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def bn_site(tmp_path_factory) -> Path | None:
+    """Where the installed plugin lives: None (the environment) or a fresh pip --target folder."""
+    if _installed_copy_is_current():
+        return None
+    root = tmp_path_factory.mktemp("bn_prior")
+    source = root / "src"  # pip builds in the source tree: build from a copy, not the repository
+    shutil.copytree(PLUGIN_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    site = root / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--no-index", "--target", str(site), str(source)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"pip could not install plugins/dsv-bn-prior:\n{done.stdout}\n{done.stderr}")
+    return site
+
+
+@pytest.fixture
+def bn_plugin(bn_site, monkeypatch):
+    """The installed plugin visible to dsv (entry points) and to imports; returns its module."""
+    if bn_site is not None:
+        monkeypatch.syspath_prepend(str(bn_site))
+    monkeypatch.setattr(dsv_plugins, "_DEFAULT", {})  # managers built from here on see the plugin
+    module = importlib.import_module("dsv_bn_prior")
+    return module
+
+
+def bn_net(seed: int = 0) -> nn.Module:
+    """conv -> BN -> ReLU -> pool, twice, then a linear head: a tiny BatchNorm classifier for 8x8."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 2 * 2, 10),
+    )
+
+
+def calibrated(x: torch.Tensor) -> nn.Module:
+    """A bn_net (float64, eval, frozen) whose running statistics are exactly x's batch statistics."""
+    model = bn_net().double()
+    bns = [m for m in model if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0  # the running statistics become the last batch's
+    model.train()
+    with torch.no_grad():
+        model(x)
+    n = x.shape[0] * x.shape[2] * x.shape[3], x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2)
+    for bn, count in zip(bns, n):
+        bn.running_var.mul_((count - 1) / count)  # BN keeps the unbiased variance; the prior the biased
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------------------
+# the loss
+# --------------------------------------------------------------------------------------------------
+
+
+def test_zero_at_the_running_statistics_and_positive_elsewhere(bn_plugin):
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = calibrated(x)
+    prior = bn_plugin.BNStats()
+    prior.attach(model)
+    assert float(prior(x)) == pytest.approx(0.0, abs=1e-9)
+    assert float(prior(x * 2 + 1)) > 1.0
+    assert float(prior(x[:8])) > 0.0  # another batch of the same data: close, but not the same
+    prior.detach()
+
+
+def test_value_is_the_sum_of_mean_and_variance_distances_with_the_first_layer_weighted(bn_plugin):
+    gen = torch.Generator().manual_seed(1)
+    model = calibrated(torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=gen))
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64, generator=gen) * 1.5 + 0.3
+    distances, h = [], x
+    for layer in model:
+        if isinstance(layer, nn.BatchNorm2d):
+            mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+            distances.append(float((mean - layer.running_mean).norm() + (var - layer.running_var).norm()))
+        h = layer(h)
+    prior = bn_plugin.BNStats(first_layer_multiplier=3.0)
+    prior.attach(model)
+    assert float(prior(x)) == pytest.approx(3.0 * distances[0] + distances[1], rel=1e-9)
+    prior.detach()
+    second_only = bn_plugin.BNStats(first_layer_multiplier=3.0, layers=["5"])  # the multiplier goes to layer 5
+    second_only.attach(model)
+    assert float(second_only(x)) == pytest.approx(3.0 * distances[1], rel=1e-9)
+    second_only.detach()
+
+
+def test_gradients_reach_the_input_and_not_the_model(bn_plugin):
+    model = calibrated(torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    x = (torch.rand(4, 1, 8, 8, dtype=torch.float64) * 3).requires_grad_(True)
+    prior = bn_plugin.BNStats()
+    prior.attach(model)
+    prior(x).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    prior.detach()
+
+
+def test_hooks_leave_the_model_unchanged_and_detach_removes_them(bn_plugin):
+    model = bn_net().eval()
+    x = torch.randn(6, 1, 8, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = model(x)
+    prior = bn_plugin.BNStats()
+    prior.attach(model)
+    assert hook_count(model) == 3  # the model (a pass starts) and its two BatchNorm layers
+    assert torch.equal(model(x), expected)
+    prior(x)
+    prior.attach(model)  # attaching again replaces the hooks, it does not add to them
+    assert hook_count(model) == 3
+    prior.detach()
+    assert hook_count(model) == 0
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="attach"):
+        prior(x)
+
+
+def test_uses_the_forward_pass_the_model_made_on_these_candidates(bn_plugin):
+    """In a synthesis step the model sees the clean candidates, then an augmented copy: the prior
+    takes the statistics of the clean pass and runs no forward pass of its own."""
+    model = calibrated(torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    prior = bn_plugin.BNStats()
+    prior.attach(model)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64) * 2
+    alone = float(prior(x))  # the model has not seen x: the prior makes the pass
+    assert len(calls) == 1
+    model(x)
+    model(x.flip(-1) * 3)  # an "augmented" pass after the clean one
+    assert float(prior(x)) == pytest.approx(alone, rel=1e-12)
+    assert len(calls) == 3
+    prior.detach()
+
+
+def test_attach_refuses_models_it_cannot_use(bn_plugin):
+    with pytest.raises(ValueError, match="no BatchNorm layer"):
+        bn_plugin.BNStats().attach(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
+    with pytest.raises(ValueError, match=r"layers=\['head\*'\] matches no BatchNorm layer \(the model has 1, 5\)"):
+        bn_plugin.BNStats(layers=["head*"]).attach(bn_net().eval())
+    with pytest.raises(ValueError, match="'1' is in training mode"):
+        bn_plugin.BNStats().attach(bn_net().train())
+    model = bn_net().eval()
+    with pytest.raises(ValueError):
+        bn_plugin.BNStats(layers="zzz").attach(model)
+    assert hook_count(model) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# as a plugin: entry point, options, pipelines
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_installed_distribution_registers_bn_stats(bn_plugin):
+    pm = DsvPluginManager()
+    info = next(i for i in pm.plugins() if i.name == "bn-prior")
+    version = tomllib.loads((PLUGIN_DIR / "pyproject.toml").read_text())["project"]["version"]
+    assert (info.distribution, info.version) == (DIST, version)
+    assert info.names == {"priors": ["bn_stats"]} and info.hooks == ["dsv_register_priors"]
+    registry = pm.registry("priors")
+    prior = cfg.build(cfg.PluginSpec(name="bn_stats", options={"weight": 0.5, "layers": ["1", "5"]}), registry,
+                      source="p.toml", path="synthesis.priors[0]")
+    assert (prior.weight, prior.layers, prior.first_layer_multiplier) == (0.5, ["1", "5"], 10.0)
+    with pytest.raises(ConfigError, match=r"p\.toml: synthesis\.priors\[0\]\.wieght: unknown key"):
+        cfg.build(cfg.PluginSpec(name="bn_stats", options={"wieght": 0.5}), registry, source="p.toml",
+                  path="synthesis.priors[0]")
+    with pytest.raises(ConfigError, match="first_layer_multiplier must be at least 0"):
+        cfg.build(cfg.PluginSpec(name="bn_stats", options={"first_layer_multiplier": -1.0}), registry,
+                  source="p.toml", path="synthesis.priors[0]")
+
+
+def test_plugins_command_lists_the_distribution(bn_plugin, capsys):
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "bn-prior  [dsv-bn-prior 0.1.0]\n    priors: bn_stats\n    hooks: dsv_register_priors\n" in out
+    assert cli.main(["plugins", "--disable-plugin", "bn-prior"]) == 0
+    out = capsys.readouterr().out
+    assert "bn_stats" not in out and "disabled: bn-prior" in out
+
+
+@pytest.fixture(scope="module")
+def bn_models(tmp_path_factory) -> Path:
+    """One weights cache for the module: bn_net is trained once on digits."""
+    return tmp_path_factory.mktemp("bn_models")
+
+
+def bn_pipeline(root: Path, priors: str, iterations: int, models: Path) -> Path:
+    path = root / "bn.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [run]
+        name = "bn"
+        device = "cpu"
+        store = "{(root / 'bn.zarr').as_posix()}"
+        stages = ["train", "synthesize"]
+
+        [data]
+        name = "digits"
+
+        [model]
+        source = "module:test_bn_prior:bn_net"
+
+        [train]
+        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
+        cache_dir = "{models.as_posix()}"
+
+        [synthesis]
+        iterations = {iterations}
+        lambda_warmup = 5
+        checkpoint_every = 5
+        priors = {priors}
+        augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.01 }}]
+        """))
+    return path
+
+
+def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models, tmp_path):
+    seen = {}
+
+    def dsv_run_started(run):
+        seen["hooks during the run"] = hook_count(run.model)
+
+    def dsv_run_finished(run, summary):
+        seen["hooks after the run"] = hook_count(run.model)
+        seen["state"] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        seen["model"] = run.model
+
+    pm = DsvPluginManager()
+    pm.register(plugin_module("watch", dsv_run_started=dsv_run_started, dsv_run_finished=dsv_run_finished),
+                "watch")
+    finals = {}
+    for weight in (0.0, 2.0):  # weight 0: the term is recorded but does not steer the candidates
+        path = bn_pipeline(tmp_path, f'[{{ name = "bn_stats", weight = {weight} }}, {{ name = "tv", weight = 0.01 }}]', 20, bn_models)
+        result = Pipeline.from_toml(path, plugins=pm, progress=False, fresh=True).run()
+        bn = RunStore.open(result.store).history()["bn_stats"]
+        assert len(bn) == 20 and torch.isfinite(torch.from_numpy(bn)).all()
+        assert seen["hooks during the run"] == 3 and seen["hooks after the run"] == 0
+        finals[weight] = (bn[0], bn[-1])
+    # same seed, same start; with the term, the candidates' feature statistics move to the data's
+    assert finals[0.0][0] == finals[2.0][0]
+    assert finals[2.0][1] < finals[2.0][0] and finals[2.0][1] < 0.5 * finals[0.0][1]
+    trained = torch.load(next(bn_models.glob("*.pt")), weights_only=True)
+    assert all(torch.equal(v, trained[k]) for k, v in seen["state"].items())  # running stats untouched
+
+
+def test_bn_stats_from_the_command_line(bn_plugin, bn_models, tmp_path, capsys):
+    path = bn_pipeline(tmp_path, '[{ name = "bn_stats", weight = 0.05, layers = "4" }]', 3, bn_models)
+    assert cli.main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsv-pipeline: error:") and "synthesis.priors[0]: bn_stats: layers='4'" in err
+    path = bn_pipeline(tmp_path, '[{ name = "bn_stats", weight = 0.05, layers = "5" }]', 3, bn_models)
+    assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 0
+    assert "bn_stats" in RunStore.open(tmp_path / "bn.zarr").history()
+    assert cli.main(["run", str(path), "--no-progress", "--fresh", "--disable-plugin", "bn-prior"]) == 2
+    assert "unknown prior 'bn_stats'" in capsys.readouterr().err
