@@ -54,7 +54,7 @@ class _Pass:
 class BNStats:
     """Match each BatchNorm layer's batch statistics to its running statistics (DeepInversion)."""
 
-    weight: float = 0.01
+    weight: float = 0.001  # measured on pipelines/imagenet_gen.toml: benchmarks/bn_prior.py
     first_layer_multiplier: float = 10.0
     layers: str | list[str] = "*"
     _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
