@@ -53,6 +53,7 @@ def lagrangian_gradient(
     params: Sequence[Tensor],
     *,
     create_graph: bool = True,
+    retain_graph: bool | None = None,
 ) -> list[Tensor]:
     """``sum_i lambda_i grad_theta CE(Phi(x_i), t_i)`` for each parameter tensor.
 
@@ -60,7 +61,8 @@ def lagrangian_gradient(
     second derivative the stationarity term needs (double backward).
     """
     weighted = (lambdas * soft_cross_entropy(logits, targets)).sum()
-    return list(torch.autograd.grad(weighted, params, create_graph=create_graph, allow_unused=True))
+    return list(torch.autograd.grad(weighted, params, create_graph=create_graph, retain_graph=retain_graph,
+                                    allow_unused=True))
 
 
 def stationarity_distance(
@@ -111,6 +113,98 @@ def class_rows(params: Sequence[Tensor], grads: Sequence[Tensor | None], rows: T
 def zero_multiplier_distance(params: Sequence[Tensor], distance: str = "l1") -> Tensor:
     """The stationarity distance with every lambda = 0 (the reference of relative stationarity)."""
     return stationarity_distance(params, [None] * len(params), distance)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stationarity term with a choice of how its mixed derivative is taken (see dsv/kkt_modes.py)
+# --------------------------------------------------------------------------------------------------
+
+STATIONARITY_MODES = ("exact", "jvp", "finite_difference")
+
+
+def _class_shaped(theta: Tensor, rows: Tensor | None) -> bool:
+    return rows is not None and theta.dim() > 0 and theta.shape[0] == rows.shape[0]
+
+
+def covered_parameters(params: Sequence[Tensor], rows: Tensor | None = None) -> list[Tensor]:
+    """The parameter entries a stationarity term covers (detached): all, or with ``rows`` (K,) bool
+    only those rows of the tensors whose first dimension is the class count (see class_rows)."""
+    return [p.detach()[rows] if _class_shaped(p, rows) else p.detach() for p in params]
+
+
+def stationarity_term(
+    batch: KKTBatch,
+    named_params: Sequence[tuple[str, Tensor]],
+    *,
+    distance: str = "l1",
+    mode: str = "exact",
+    rows: Tensor | None = None,
+    scale: float = 1.0,
+    fd_eps: float | None = None,
+) -> Tensor:
+    """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
+    ``rows`` only where class-shaped), dead candidates counting lambda = 0.
+
+    ``mode`` says how its gradient in ``x`` (through ``batch.inputs``) and ``lambda`` is taken:
+    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
+    ``finite_difference`` (step ``fd_eps`` relative to the parameters' RMS). The fast modes return
+    a surrogate whose value is the distance and whose gradient is the mode's. Under ``no_grad``
+    or with neither inputs nor lambdas requiring grad, only the value is computed.
+    """
+    from dsv import kkt_modes
+
+    if mode not in STATIONARITY_MODES:
+        raise ValueError(f"unknown stationarity mode {mode!r} (known: {', '.join(STATIONARITY_MODES)})")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown stationarity distance {distance!r} (known: {', '.join(DISTANCES)})")
+    names = [n for n, _ in named_params]
+    params = [p for _, p in named_params]
+    lam = batch.lambdas * batch.alive.to(batch.lambdas.dtype)
+    grad_on = torch.is_grad_enabled()
+    need_x = grad_on and batch.inputs.requires_grad
+    need_lambda = grad_on and batch.lambdas.requires_grad
+    if mode == "exact":
+        with torch.enable_grad():
+            grads = lagrangian_gradient(batch.logits, batch.targets, lam, params, create_graph=need_x or need_lambda,
+                                        retain_graph=True)  # the logits' graph stays for the other terms
+        covered, grads = class_rows(params, grads, rows) if rows is not None else (params, grads)
+        return stationarity_distance(covered, grads, distance) * scale
+    # G = sum_i lambda_i grad_theta CE_i on the logits already there (the graph stays for the others)
+    with torch.enable_grad():
+        weighted = (lam.detach() * soft_cross_entropy(batch.logits, batch.targets)).sum()
+        grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+    residuals = [p.detach() + g if g is not None else p.detach().clone() for p, g in zip(params, grads)]
+    count = sum(t.numel() for t in covered_parameters(params, rows))
+    keep = []
+    for p, r in zip(params, residuals):
+        mask = torch.ones_like(r, dtype=torch.bool)
+        if _class_shaped(p, rows):
+            mask[~rows] = False
+        keep.append(mask)
+    if distance == "l1":
+        value = sum(r.abs()[k].sum() for r, k in zip(residuals, keep)) / max(count, 1)
+        direction = [torch.sign(r) * k * (scale / max(count, 1)) for r, k in zip(residuals, keep)]
+    else:
+        value = sum(r.pow(2)[k].sum() for r, k in zip(residuals, keep)) / max(count, 1)
+        direction = [2 * r * k * (scale / max(count, 1)) for r, k in zip(residuals, keep)]
+    value = (value * scale).detach()
+    if not (need_x or need_lambda):
+        return value
+    if mode == "jvp":
+        with torch.enable_grad():
+            tangent = kkt_modes.jvp_directional(batch.model, batch.inputs, batch.targets, names, params, direction)
+            surrogate = (lam * tangent).sum()
+    else:
+        step = kkt_modes.fd_step(covered_parameters(params, rows), covered_parameters(direction, rows),
+                                 kkt_modes.FD_EPS if fd_eps is None else fd_eps)
+        grad_x, tangent = kkt_modes.finite_difference_directional(
+            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, step, need_x
+        )
+        with torch.enable_grad():
+            surrogate = (lam * tangent).sum()
+            if need_x:
+                surrogate = surrogate + (batch.inputs * grad_x).sum()
+    return value + (surrogate - surrogate.detach())
 
 
 def total_variation(x: Tensor) -> Tensor:

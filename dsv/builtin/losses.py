@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import attrs
+import torch
 from torch import Tensor, nn
 
-from dsv import kkt
+from dsv import kkt, kkt_modes
 from dsv.hookspecs import hookimpl
 
 
@@ -26,7 +27,10 @@ class Stationarity:
 
     ``params``: ``"head"`` (default: the last linear layer, the part of theta that candidates can
     explain), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
-    averaged per scalar parameter.
+    averaged per scalar parameter. ``mode``: how the mixed derivative d/dx grad_theta is taken:
+    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact, faster) or
+    ``finite_difference`` (input gradients at theta +/- h s, step ``fd_eps`` relative to the
+    parameters' RMS); see dsv/kkt_modes.py and benchmarks/kkt_step.py.
     """
 
     # defaults chosen by measurement (benchmarks/stationarity_choice.py): the head is the part of
@@ -38,6 +42,8 @@ class Stationarity:
     augmented: bool = False  # also evaluated on the augmented copies
     # "targets": only the head rows of the candidates' target classes (few classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
+    mode: str = attrs.field(default="jvp", validator=attrs.validators.in_(kkt.STATIONARITY_MODES))
+    fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _reference: float = attrs.field(default=0.0, init=False, repr=False)
 
@@ -56,27 +62,31 @@ class Stationarity:
             raise RuntimeError("Stationarity.attach(model) must be called before use")
         return [p for _, p in self._selected]
 
-    def _distances(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, list[Tensor]]:
-        """(residual distance, its value at lambda = 0, the parameters it covers)."""
+    def _scaled(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, int]:
+        """(the distance, over its value at lambda = 0 if relative; that reference; entries covered)."""
         params = self.tensors
-        grads = kkt.lagrangian_gradient(batch.logits, batch.targets, batch.lambdas * batch.alive.to(batch.lambdas.dtype), params)
         if self.rows == "targets":
-            params, grads = kkt.class_rows(params, grads, batch.targets.sum(dim=0) > 0)
-            reference = float(kkt.zero_multiplier_distance(params, self.distance))
+            rows = batch.targets.sum(dim=0) > 0
+            covered = kkt.covered_parameters(params, rows)
+            reference = float(kkt.zero_multiplier_distance(covered, self.distance))
         else:
-            reference = self._reference
-        return kkt.stationarity_distance(params, grads, self.distance), reference, params
+            rows, covered, reference = None, params, self._reference
+        scale = 1.0 / reference if self.relative and reference > 0 else 1.0
+        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=self.mode,
+                                     rows=rows, scale=scale, fd_eps=self.fd_eps)
+        return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
-        residual, reference, _ = self._distances(batch)
-        return residual / reference if self.relative and reference > 0 else residual
+        return self._scaled(batch)[0]
 
     def summary(self, batch: kkt.KKTBatch) -> dict[str, float]:
         """relative_stationarity: residual over its value with every lambda = 0 (1.0 = explains nothing)."""
-        residual, reference, params = self._distances(batch)
+        with torch.no_grad():  # the value only, whatever the mode
+            loss, reference, covered = self._scaled(batch)
+        residual = float(loss) * reference if self.relative and reference > 0 else float(loss)
         return {
-            "relative_stationarity": float(residual.detach()) / reference if reference > 0 else float("nan"),
-            "stationarity_params": int(sum(p.numel() for p in params)),
+            "relative_stationarity": residual / reference if reference > 0 else float("nan"),
+            "stationarity_params": covered,
         }
 
 
