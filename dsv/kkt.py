@@ -141,14 +141,19 @@ def stationarity_term(
     rows: Tensor | None = None,
     scale: float = 1.0,
     fd_eps: float | None = None,
+    gates=None,
+    micro_batch: int = 0,
 ) -> Tensor:
     """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
     ``rows`` only where class-shaped), dead candidates counting lambda = 0.
 
     ``mode`` says how its gradient in ``x`` (through ``batch.inputs``) and ``lambda`` is taken:
     ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
-    ``finite_difference`` (step ``fd_eps`` relative to the parameters' RMS). The fast modes return
-    a surrogate whose value is the distance and whose gradient is the mode's. Under ``no_grad``
+    ``finite_difference`` (step ``fd_eps`` relative to the parameters' RMS; one-sided when ``gates``,
+    a :class:`dsv.kkt_modes.GateTracker` on the model, kept the gates of the forward that made
+    ``batch.logits``, central otherwise). The fast modes return a surrogate whose value is the
+    distance and whose gradient is the mode's; their extra passes take ``micro_batch`` candidates
+    at a time (0: all), which bounds the memory they add. Under ``no_grad``
     or with neither inputs nor lambdas requiring grad, only the value is computed.
     """
     from dsv import kkt_modes
@@ -169,41 +174,46 @@ def stationarity_term(
                                         retain_graph=True)  # the logits' graph stays for the other terms
         covered, grads = class_rows(params, grads, rows) if rows is not None else (params, grads)
         return stationarity_distance(covered, grads, distance) * scale
-    # G = sum_i lambda_i grad_theta CE_i on the logits already there (the graph stays for the others)
+    # G = sum_i lambda_i grad_theta CE_i on the logits already there (the graph stays for the others);
+    # one-sided differences also take the input gradient at theta from this backward
+    one_sided = mode == "finite_difference" and gates is not None and gates.pattern_of(batch.inputs) is not None
+    with_inputs = one_sided and need_x
     with torch.enable_grad():
-        weighted = (lam.detach() * soft_cross_entropy(batch.logits, batch.targets)).sum()
-        grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+        ce = soft_cross_entropy(batch.logits, batch.targets)
+        weighted = (lam.detach() * ce).sum()
+        grads = torch.autograd.grad(weighted, [*params, *([batch.inputs] if with_inputs else [])],
+                                    retain_graph=True, allow_unused=True)
+    base = ((grads[-1] if with_inputs else None), ce.detach()) if one_sided else None
+    grads = grads[:len(params)]
     residuals = [p.detach() + g if g is not None else p.detach().clone() for p, g in zip(params, grads)]
     count = sum(t.numel() for t in covered_parameters(params, rows))
-    keep = []
-    for p, r in zip(params, residuals):
-        mask = torch.ones_like(r, dtype=torch.bool)
-        if _class_shaped(p, rows):
-            mask[~rows] = False
-        keep.append(mask)
+    # entries outside the covered rows: out of the distance and of the direction
+    keep = [(rows.view(-1, *([1] * (p.dim() - 1))) if _class_shaped(p, rows) else None) for p in params]
+    covered = [r if k is None else r * k for r, k in zip(residuals, keep)]
     if distance == "l1":
-        value = sum(r.abs()[k].sum() for r, k in zip(residuals, keep)) / max(count, 1)
-        direction = [torch.sign(r) * k * (scale / max(count, 1)) for r, k in zip(residuals, keep)]
+        value = sum(r.abs().sum() for r in covered) / max(count, 1)
+        direction = [torch.sign(r) * (scale / max(count, 1)) for r in covered]
     else:
-        value = sum(r.pow(2)[k].sum() for r, k in zip(residuals, keep)) / max(count, 1)
-        direction = [2 * r * k * (scale / max(count, 1)) for r, k in zip(residuals, keep)]
+        value = sum(r.pow(2).sum() for r in covered) / max(count, 1)
+        direction = [r * (2 * scale / max(count, 1)) for r in covered]
     value = (value * scale).detach()
     if not (need_x or need_lambda):
         return value
     if mode == "jvp":
-        with torch.enable_grad():
-            tangent = kkt_modes.jvp_directional(batch.model, batch.inputs, batch.targets, names, params, direction)
-            surrogate = (lam * tangent).sum()
+        grad_x, tangent = kkt_modes.jvp_directional(
+            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, need_x, micro_batch
+        )
     else:
         step = kkt_modes.fd_step(covered_parameters(params, rows), covered_parameters(direction, rows),
                                  kkt_modes.FD_EPS if fd_eps is None else fd_eps)
         grad_x, tangent = kkt_modes.finite_difference_directional(
-            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, step, need_x
+            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, step, need_x,
+            gates=gates, base=base, micro_batch=micro_batch,
         )
-        with torch.enable_grad():
-            surrogate = (lam * tangent).sum()
-            if need_x:
-                surrogate = surrogate + (batch.inputs * grad_x).sum()
+    with torch.enable_grad():  # d/dx through what the model saw, d/dlambda_i = alive_i dCE_i
+        surrogate = (lam * tangent).sum()
+        if need_x:
+            surrogate = surrogate + (batch.inputs * grad_x).sum()
     return value + (surrogate - surrogate.detach())
 
 

@@ -26,6 +26,7 @@ the inputs the model saw) and in lambda is the mode's.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator, Sequence
 
 import torch
@@ -43,18 +44,34 @@ def soft_cross_entropy_tangent(logits: Tensor, tangent: Tensor, targets: Tensor)
     return (weight * tangent).sum(dim=1)
 
 
+def chunks(n: int, micro_batch: int = 0) -> list[slice]:
+    """Candidate slices of at most ``micro_batch`` (0: all at once) for the extra passes: a pass
+    keeps its graph only until its input gradient is taken, so smaller slices, smaller peaks."""
+    size = n if micro_batch <= 0 or micro_batch >= n else micro_batch
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def jvp_directional(
-    model: nn.Module, inputs: Tensor, targets: Tensor, names: Sequence[str], params: Sequence[Tensor],
-    direction: Sequence[Tensor],
-) -> Tensor:
-    """Per-candidate ``d/deps CE_i(inputs; theta + eps s)`` by forward-mode AD, differentiable in
-    ``inputs``: one forward carrying primal and tangent (only the covered parameters are duals)."""
-    with forward_ad.dual_level():
-        duals = {n: forward_ad.make_dual(p.detach(), s) for n, p, s in zip(names, params, direction)}
-        logits, tangent = forward_ad.unpack_dual(functional_call(model, duals, (inputs,)))
-    if tangent is None:  # no covered parameter reaches the logits
-        return torch.zeros(inputs.shape[0], dtype=logits.dtype, device=logits.device)
-    return soft_cross_entropy_tangent(logits, tangent, targets)
+    model: nn.Module, inputs: Tensor, targets: Tensor, weights: Tensor, names: Sequence[str],
+    params: Sequence[Tensor], direction: Sequence[Tensor], need_x: bool = True, micro_batch: int = 0,
+) -> tuple[Tensor | None, Tensor]:
+    """(``grad_inputs sum_i w_i dCE_i`` or None, per-candidate ``dCE_i = d/deps CE_i(theta + eps s)``)
+    by forward-mode AD: a forward carrying primal and tangent (only the covered parameters are
+    duals), then one backward in the inputs through it."""
+    grads, tangents = [], []
+    for rows in chunks(inputs.shape[0], micro_batch):
+        with torch.enable_grad() if need_x else torch.no_grad():
+            seen = inputs.detach()[rows].requires_grad_(need_x)
+            with forward_ad.dual_level():  # left before the backward: it needs no tangents
+                duals = {n: forward_ad.make_dual(p.detach(), s) for n, p, s in zip(names, params, direction)}
+                logits, tangent = forward_ad.unpack_dual(functional_call(model, duals, (seen,)))
+            if tangent is None:  # no covered parameter reaches the logits
+                tangent = torch.zeros_like(logits)
+            dce = soft_cross_entropy_tangent(logits, tangent, targets[rows])
+            grad = torch.autograd.grad((weights[rows] * dce).sum(), seen)[0] if need_x else None
+        grads.append(grad)
+        tangents.append(dce.detach())
+    return (torch.cat(grads) if need_x else None), torch.cat(tangents)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,54 +81,99 @@ def jvp_directional(
 GATED = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU)  # nn.ReLU6 is a Hardtanh
 
 
-class _Gates:
-    """Forward hooks on the piecewise-linear activation modules of a model: ``record`` keeps each
-    call's gate pattern, ``replay`` applies the recorded patterns (call order) to new inputs."""
+def _gate_code(module: nn.Module, a: Tensor) -> Tensor:
+    """One byte per unit: 0 below the kink (or the lower one), 1 between, 2 above the upper one."""
+    if isinstance(module, nn.Hardtanh):
+        return (a > module.min_val).to(torch.uint8) + (a >= module.max_val).to(torch.uint8)
+    return (a > 0).to(torch.uint8)
 
-    def __init__(self) -> None:
-        self.mode = "off"
-        self.patterns: list[tuple[Tensor, ...]] = []
+
+def _apply_gates(module: nn.Module, a: Tensor, code: Tensor) -> Tensor:
+    """The activation as the recorded gates make it: linear in ``a``, exact where they agree."""
+    if isinstance(module, nn.Hardtanh):
+        out = a * (code == 1) + module.max_val * (code == 2)
+        return out + module.min_val * (code == 0) if module.min_val != 0 else out
+    if isinstance(module, nn.LeakyReLU):
+        return torch.where(code == 1, a, a * module.negative_slope)
+    return a * code
+
+
+class GateTracker:
+    """Hooks on a model's piecewise-linear activation modules (ReLU, ReLU6, Hardtanh, LeakyReLU).
+
+    ``track`` (the default): every forward of the model keeps its gate pattern, one byte per
+    unit, until the next forward (so the pattern of the forward that made a batch's logits is there
+    when the term sees the batch). ``record``: a pass keeps its own pattern. ``replay``: a pass
+    applies the kept pattern, call by call. Finite differences replay the pattern of theta in the
+    perturbed passes: without it, units crossing a kink add O(1/h) jumps to the estimate.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.mode = "track"
+        self.patterns: list[Tensor] = []
         self.cursor = 0
+        self.rows: slice | None = None  # replay these candidates of the kept pattern only
+        self._inputs = None
+        self.modules = [m for m in model.modules() if isinstance(m, GATED) and m is not model]
+        self._handles = [model.register_forward_pre_hook(self._start)]
+        for m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(self._record))
+            self._handles.append(m.register_forward_hook(self._replay))
 
-    def __call__(self, module: nn.Module, args: tuple, output: Tensor):
-        a = args[0]
-        if self.mode == "record":
-            if isinstance(module, nn.Hardtanh):
-                self.patterns.append(((a > module.min_val) & (a < module.max_val), a >= module.max_val, a <= module.min_val))
-            else:
-                self.patterns.append((a > 0,))
-            return None
+    def _start(self, module: nn.Module, args: tuple) -> None:
+        if self.mode == "track":
+            self.patterns = []
+            self._inputs = weakref.ref(args[0]) if args and isinstance(args[0], Tensor) else None
+
+    def _record(self, module: nn.Module, args: tuple) -> None:
+        if self.mode in ("track", "record"):  # before the call: an in-place activation overwrites a
+            self.patterns.append(_gate_code(module, args[0].detach()))
+
+    def _replay(self, module: nn.Module, args: tuple, output: Tensor):
         if self.mode != "replay":
             return None
-        pattern = self.patterns[self.cursor]
+        code = self.patterns[self.cursor]
         self.cursor += 1
-        if isinstance(module, nn.Hardtanh):
-            inside, top, bottom = pattern
-            return a * inside + module.max_val * top + module.min_val * bottom
-        if isinstance(module, nn.LeakyReLU):
-            return torch.where(pattern[0], a, a * module.negative_slope)
-        return a * pattern[0]
+        return _apply_gates(module, args[0], code if self.rows is None else code[self.rows])
+
+    def pattern_of(self, inputs: Tensor) -> list[Tensor] | None:
+        """The kept pattern if the model's latest forward was on ``inputs`` (and had gates)."""
+        seen = self._inputs() if self._inputs is not None else None
+        return self.patterns if seen is inputs and self.patterns else None
+
+    @contextlib.contextmanager
+    def passes(self) -> Iterator["GateTracker"]:
+        """Around the perturbed passes: in-place activations run out of place (the replay needs
+        the pre-activation); afterwards back to tracking, the kept pattern untouched."""
+        kept = self.patterns
+        flags = [getattr(m, "inplace", False) for m in self.modules]
+        for m in self.modules:
+            if hasattr(m, "inplace"):
+                m.inplace = False
+        try:
+            yield self
+        finally:
+            for m, flag in zip(self.modules, flags):
+                if hasattr(m, "inplace"):
+                    m.inplace = flag
+            self.mode, self.cursor, self.patterns, self.rows = "track", 0, kept, None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self.patterns, self._inputs = [], [], None
 
 
 @contextlib.contextmanager
-def frozen_gates(model: nn.Module) -> Iterator[_Gates]:
-    """Hooks on every gated activation module; in-place activations run out of place meanwhile
-    (a forward hook must still see the pre-activation)."""
-    gates = _Gates()
-    modules = [m for m in model.modules() if isinstance(m, GATED)]
-    inplace = [getattr(m, "inplace", False) for m in modules]
-    handles = [m.register_forward_hook(gates) for m in modules]
-    for m in modules:
-        if hasattr(m, "inplace"):
-            m.inplace = False
+def frozen_gates(model: nn.Module) -> Iterator[GateTracker]:
+    """A GateTracker for the time of a block, in ``record`` mode (then set ``replay``)."""
+    tracker = GateTracker(model)
     try:
-        yield gates
+        with tracker.passes():
+            tracker.mode = "record"
+            yield tracker
     finally:
-        for h in handles:
-            h.remove()
-        for m, flag in zip(modules, inplace):
-            if hasattr(m, "inplace"):
-                m.inplace = flag
+        tracker.remove()
 
 
 def fd_step(thetas: Sequence[Tensor], directions: Sequence[Tensor], eps: float = FD_EPS) -> float:
@@ -128,24 +190,54 @@ def fd_step(thetas: Sequence[Tensor], directions: Sequence[Tensor], eps: float =
 def finite_difference_directional(
     model: nn.Module, inputs: Tensor, targets: Tensor, weights: Tensor, names: Sequence[str],
     params: Sequence[Tensor], direction: Sequence[Tensor], step: float, need_x: bool = True,
+    gates: GateTracker | None = None, base: tuple[Tensor | None, Tensor] | None = None, micro_batch: int = 0,
 ) -> tuple[Tensor | None, Tensor]:
-    """Central differences along ``s``: (``grad_inputs sum_i w_i dCE_i`` or None, per-candidate
-    ``dCE_i``) from input gradients and CE values at ``theta +/- step * s``."""
+    """The directional derivative along ``s`` by differences: (``grad_inputs sum_i w_i dCE_i`` or
+    None, per-candidate ``dCE_i``).
+
+    With ``base`` = (input gradient, CE values) at theta and ``gates`` holding the pattern of that
+    forward: one-sided, one pass at ``theta + step * s`` replaying theta's gates. Otherwise central:
+    passes at ``theta +/- step * s``, the second replaying the gates of the first.
+    """
+    n = inputs.shape[0]
     if step == 0.0:  # s = 0: D is flat in G here
-        zero_ce = torch.zeros(inputs.shape[0], dtype=inputs.dtype, device=inputs.device)
-        return (torch.zeros_like(inputs) if need_x else None), zero_ce
-    sides = []
-    with frozen_gates(model) as gates:
-        for sign, mode in ((1.0, "record"), (-1.0, "replay")):
-            gates.mode = mode
-            moved = {n: p.detach() + (sign * step) * s for n, p, s in zip(names, params, direction)}
-            with torch.enable_grad() if need_x else torch.no_grad():
-                seen = inputs.detach().requires_grad_(need_x)
-                logits = functional_call(model, moved, (seen,))
-                ce = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
-                grad = torch.autograd.grad((weights * ce).sum(), seen)[0] if need_x else None
-            sides.append((grad, ce.detach()))
-        gates.patterns = []
-    (g_up, ce_up), (g_down, ce_down) = sides
-    grad_x = (g_up - g_down) / (2 * step) if need_x else None
-    return grad_x, (ce_up - ce_down) / (2 * step)
+        return (torch.zeros_like(inputs) if need_x else None), torch.zeros(n, dtype=inputs.dtype, device=inputs.device)
+    up = {k: p.detach() + step * s for k, p, s in zip(names, params, direction)}
+    down = {k: p.detach() - step * s for k, p, s in zip(names, params, direction)}
+
+    def one_pass(theta: dict, rows: slice, mode: str) -> tuple[Tensor | None, Tensor]:
+        tracker.mode, tracker.cursor = mode, 0
+        if mode == "record":
+            tracker.patterns = []
+        with torch.enable_grad() if need_x else torch.no_grad():
+            seen = inputs.detach()[rows].requires_grad_(need_x)
+            logits = functional_call(model, theta, (seen,))
+            ce = -(targets[rows] * torch.log_softmax(logits, dim=1)).sum(dim=1)
+            grad = torch.autograd.grad((weights[rows] * ce).sum(), seen)[0] if need_x else None
+        return grad, ce.detach()
+
+    own = gates is None
+    tracker = GateTracker(model) if own else gates
+    one_sided = base is not None and bool(tracker.patterns)
+    # a kept pattern is sliced per candidate: only where every gated tensor is batch-first
+    sliceable = not one_sided or all(code.dim() > 0 and code.shape[0] == n for code in tracker.patterns)
+    parts: list[tuple[Tensor | None, Tensor]] = []
+    try:
+        with tracker.passes():
+            for rows in chunks(n, micro_batch if sliceable else 0):
+                if one_sided:
+                    tracker.rows = rows if sliceable and (rows.start, rows.stop) != (0, n) else None
+                    parts.append(one_pass(up, rows, "replay"))
+                else:
+                    g_up, ce_up = one_pass(up, rows, "record")
+                    g_down, ce_down = one_pass(down, rows, "replay")
+                    parts.append(((g_up - g_down if need_x else None), ce_up - ce_down))
+    finally:
+        if own:
+            tracker.remove()
+    diff_x = torch.cat([g for g, _ in parts]) if need_x else None
+    diff_ce = torch.cat([c for _, c in parts])
+    if one_sided:
+        g_base, ce_base = base
+        return ((diff_x - g_base) / step if need_x else None), (diff_ce - ce_base) / step
+    return ((diff_x / (2 * step)) if need_x else None), diff_ce / (2 * step)

@@ -257,3 +257,79 @@ def test_unknown_mode_is_a_clear_error(digits_bundle):
     term = cfg.build(cfg.PluginSpec(name="stationarity", options={"mode": "finite_difference", "fd_eps": 1e-5}),
                      registry, source="p.toml", path="synthesis.losses[1]")
     assert term.mode == "finite_difference" and term.fd_eps == 1e-5
+
+
+def _term_gradients(term, model, x, t, lam, forward_between=None):
+    xg, lg = x.clone().requires_grad_(True), lam.clone().requires_grad_(True)
+    batch = kkt.KKTBatch(model, xg, model(xg), t, lg, torch.ones(len(x), dtype=torch.bool))
+    if forward_between is not None:
+        model(forward_between)  # another forward (an augmented copy): the kept gates are not this batch's
+    one_sided = term._gates is not None and term._gates.pattern_of(batch.inputs) is not None
+    return torch.autograd.grad(term(batch), [xg, lg]), one_sided
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_the_loss_term_takes_one_sided_differences_from_the_batch_forward(digits_bundle, dtype):
+    """Attached in finite_difference mode, the term keeps the gates of every forward: on the
+    batch of the latest forward one pass at theta + h s suffices (the input gradient at theta comes
+    with the backward for G); after another forward it falls back to central differences."""
+    x, t, lam = _candidates(digits_bundle, n=8, dtype=dtype)
+    torch.manual_seed(0)
+    model = _freeze(ConvNet(1, 8, 10, width=32, depth=2).to(dtype))
+    exact = Stationarity(params="all", mode="exact")
+    exact.attach(model)
+    (ref_x, ref_l), _ = _term_gradients(exact, model, x, t, lam)
+    exact.detach()
+    term = Stationarity(params="all", mode="finite_difference")
+    term.attach(model)
+    for between in (None, x.flip(dims=[3])):
+        (gx, gl), one_sided = _term_gradients(term, model, x, t, lam, forward_between=between)
+        assert one_sided == (between is None)
+        assert _cosine(gx, ref_x) > (0.999999 if dtype == F64 else 0.999), (between is None, _cosine(gx, ref_x))
+        assert _cosine(gl, ref_l) > (0.999999 if dtype == F64 else 0.999)
+    term.detach()
+    assert not model._forward_pre_hooks and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_gate_tracking_sees_in_place_activations_before_they_overwrite():
+    torch.manual_seed(0)
+    model = _freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU6(inplace=True),
+                                  nn.Linear(8, 3)).double())
+    tracker = kkt_modes.GateTracker(model)
+    a = torch.randn(6, 4, dtype=F64)
+    out = model(a)
+    relu_code, relu6_code = tracker.pattern_of(a)
+    pre1 = model[0](a)
+    assert torch.equal(relu_code, (pre1 > 0).to(torch.uint8))
+    pre2 = model[2](torch.relu(pre1))
+    assert torch.equal(relu6_code, (pre2 > 0).to(torch.uint8) + (pre2 >= 6).to(torch.uint8))
+    assert tracker.pattern_of(a.clone()) is None  # another tensor: not this forward's pattern
+    with tracker.passes():
+        assert not model[1].inplace
+        tracker.mode = "replay"
+        assert torch.equal(model(a), out)
+    assert model[1].inplace and model[3].inplace and tracker.mode == "track"
+    assert tracker.pattern_of(a) is not None  # the kept pattern survives the passes
+    tracker.remove()
+    model(a)
+    assert tracker.pattern_of(a) is None
+
+
+@pytest.mark.parametrize("mode", FAST)
+def test_micro_batches_give_the_same_gradients(digits_bundle, mode):
+    """Extra passes over 2 candidates at a time (the last one alone): the same value and gradients
+    as one pass over all 5, for the one-sided (kept gates sliced per candidate) and central schemes."""
+    x, t, lam = _candidates(digits_bundle, n=5)
+    model = _convnet()
+    results = {}
+    for micro_batch in (0, 2):
+        term = Stationarity(params="all", mode=mode, micro_batch=micro_batch, distance="l2")
+        term.attach(model)
+        for between in (None, x.flip(dims=[3])):  # one-sided, then central (finite_difference)
+            (gx, gl), _ = _term_gradients(term, model, x, t, lam, forward_between=between)
+            results[micro_batch, between is None] = (gx, gl)
+        term.detach()
+    for one_sided in (True, False):
+        (ax, al), (bx, bl) = results[0, one_sided], results[2, one_sided]
+        assert torch.allclose(ax, bx, rtol=1e-7, atol=1e-12 * ax.abs().max())
+        assert torch.allclose(al, bl, rtol=1e-7, atol=1e-12 * al.abs().max())

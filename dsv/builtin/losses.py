@@ -44,17 +44,36 @@ class Stationarity:
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
     mode: str = attrs.field(default="jvp", validator=attrs.validators.in_(kkt.STATIONARITY_MODES))
     fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
+    # candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
+    micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _reference: float = attrs.field(default=0.0, init=False, repr=False)
+    _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
+    _gates: kkt_modes.GateTracker | None = attrs.field(default=None, init=False, repr=False)
 
     def attach(self, model: nn.Module) -> None:
         self._selected = kkt.select_parameters(model, self.params)
         for _, p in self._selected:
             p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
         self._reference = float(kkt.zero_multiplier_distance(self.tensors, self.distance))
+        self._model = model
+        self._gate_tracker()  # from the first forward on
 
     def detach(self) -> None:
         self._selected = []
+        self._model = None
+        if self._gates is not None:
+            self._gates.remove()
+            self._gates = None
+
+    def _gate_tracker(self) -> kkt_modes.GateTracker | None:
+        """finite_difference: hooks that keep each forward's activation gates, so the step can be
+        one-sided from the batch's own forward (set up on first use; removed by detach)."""
+        if self.mode != "finite_difference" or self._model is None:
+            return None
+        if self._gates is None:
+            self._gates = kkt_modes.GateTracker(self._model)
+        return self._gates
 
     @property
     def tensors(self) -> list[Tensor]:
@@ -73,7 +92,8 @@ class Stationarity:
             rows, covered, reference = None, params, self._reference
         scale = 1.0 / reference if self.relative and reference > 0 else 1.0
         loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=self.mode,
-                                     rows=rows, scale=scale, fd_eps=self.fd_eps)
+                                     rows=rows, scale=scale, fd_eps=self.fd_eps,
+                                     gates=self._gate_tracker(), micro_batch=self.micro_batch)
         return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
