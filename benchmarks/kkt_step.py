@@ -35,7 +35,7 @@ FULL = [
     ("convnet", 28, 10, "all"), ("convnet", 28, 100, "all"), ("convnet", 28, 100, "head"),
     ("efficientnet-lite0", 112, 4, "all"), ("efficientnet-lite0", 112, 16, "all"),
     ("efficientnet-lite0", 224, 4, "all"), ("efficientnet-lite0", 224, 16, "all"),
-    ("efficientnet-lite0", 224, 4, "head"), ("efficientnet-lite0", 224, 4, "blocks.15.*"),
+    ("efficientnet-lite0", 224, 4, "head"), ("efficientnet-lite0", 224, 4, "_blocks.15.*"),
 ]
 QUICK = [("convnet", 28, 10, "all"), ("efficientnet-lite0", 112, 4, "all"), ("efficientnet-lite0", 224, 4, "all")]
 
@@ -98,7 +98,7 @@ def worker(spec: dict) -> dict:
     lambdas = (0.5 + torch.rand(n, generator=gen)).requires_grad_(True)
     alive = torch.ones(n, dtype=torch.bool)
     term = Stationarity(params=spec["params"] if spec["params"] in ("all", "head") else [spec["params"]],
-                        mode=spec["mode"], distance="l1")
+                        mode=spec["mode"], distance="l1", micro_batch=spec["micro_batch"])
     term.attach(model)
     selected = [p for p in model.parameters() if p.requires_grad]
 
@@ -159,7 +159,7 @@ def run_one(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-HEADER = (f"{'model':<19}{'px':>4}{'batch':>6} {'params':<12}{'P':>9} {'mode':<18}"
+HEADER = (f"{'model':<19}{'px':>4}{'batch':>6} {'params':<12}{'P':>9} {'mode':<18}{'mb':>3}"
           f"{'step/fb':>8}{'mem/fb':>8}{'cos x':>10}{'cos lam':>10}{'fb s':>8}")
 
 
@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 1], metavar="N",
+                    help="candidates per extra pass of the fast modes (0: all at once)")
     ap.add_argument("--only", nargs="+", metavar="MODEL:PX:BATCH:PARAMS",
                     help="measure these configurations instead, e.g. efficientnet-lite0:224:4:all")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -190,19 +192,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k, (model, res, batch, params) in enumerate(configs):
             reference = str(Path(tmp) / f"exact-{k}.pt")
-            for mode in modes:
+            variants = [(m, mb) for m in modes for mb in (args.micro_batch if m != "exact" else [0])
+                        if mb < batch]
+            for mode, micro_batch in variants:
                 spec = dict(model=model, resolution=res, batch=batch, params=params, mode=mode,
-                            threads=args.threads, repeats=repeats, reference=reference)
+                            micro_batch=micro_batch, threads=args.threads, repeats=repeats, reference=reference)
                 r = run_one(spec)
                 row = {
                     "model": model, "resolution": res, "batch": batch, "params": params, "mode": mode,
+                    "micro_batch": micro_batch,
                     "step_over_fwd_bwd": r["ratio"],
                     "peak_mem_over_fwd_bwd": r["step_peak_mib"] / max(r["fwd_bwd_peak_mib"], 1e-3),
                     "grad_cosine_vs_exact": min(r.get("cosine_x", float("nan")), r.get("cosine_lambda", float("nan"))),
                     **r,
                 }
                 rows.append(row)
-                print(f"{model:<19}{res:>4}{batch:>6} {params:<12}{r['stationarity_params']:>9} {mode:<18}"
+                print(f"{model:<19}{res:>4}{batch:>6} {params:<12}{r['stationarity_params']:>9} {mode:<18}{micro_batch:>3}"
                       f"{row['step_over_fwd_bwd']:>8.2f}{row['peak_mem_over_fwd_bwd']:>8.2f}"
                       f"{r.get('cosine_x', float('nan')):>10.6f}{r.get('cosine_lambda', float('nan')):>10.6f}"
                       f"{r['fwd_bwd_s']:>8.3f}", flush=True)

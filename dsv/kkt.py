@@ -184,18 +184,30 @@ def stationarity_term(
         grads = torch.autograd.grad(weighted, [*params, *([batch.inputs] if with_inputs else [])],
                                     retain_graph=True, allow_unused=True)
     base = ((grads[-1] if with_inputs else None), ce.detach()) if one_sided else None
-    grads = grads[:len(params)]
-    residuals = [p.detach() + g if g is not None else p.detach().clone() for p, g in zip(params, grads)]
-    count = sum(t.numel() for t in covered_parameters(params, rows))
-    # entries outside the covered rows: out of the distance and of the direction
-    keep = [(rows.view(-1, *([1] * (p.dim() - 1))) if _class_shaped(p, rows) else None) for p in params]
-    covered = [r if k is None else r * k for r, k in zip(residuals, keep)]
-    if distance == "l1":
-        value = sum(r.abs().sum() for r in covered) / max(count, 1)
-        direction = [torch.sign(r) * (scale / max(count, 1)) for r in covered]
-    else:
-        value = sum(r.pow(2).sum() for r in covered) / max(count, 1)
-        direction = [r * (2 * scale / max(count, 1)) for r in covered]
+    seen_storage = {grads[-1].data_ptr()} if with_inputs and grads[-1] is not None else set()
+    grads = list(grads[:len(params)])
+    for i, g in enumerate(grads):  # modified in place below: no gradient may share storage
+        if g is not None:
+            if g.data_ptr() in seen_storage:
+                grads[i] = g = g.clone()
+            seen_storage.add(g.data_ptr())
+    # residuals theta + G, then the direction s, in the storage of G (parameter-sized temporaries
+    # weigh as much as the activations of a small batch); entries outside the covered rows drop out
+    count = max(sum(t.numel() for t in covered_parameters(params, rows)), 1)
+    direction = []
+    value = torch.zeros((), dtype=batch.logits.dtype, device=batch.logits.device)
+    for p, g in zip(params, grads):
+        r = g.add_(p.detach()) if g is not None else p.detach().clone()
+        if _class_shaped(p, rows):
+            r.mul_(rows.view(-1, *([1] * (p.dim() - 1))))
+        if distance == "l1":
+            value = value + r.abs().sum()
+            direction.append(r.sign_().mul_(scale / count))
+        else:
+            value = value + r.pow(2).sum()
+            direction.append(r.mul_(2 * scale / count))
+    del grads
+    value = value / count
     value = (value * scale).detach()
     if not (need_x or need_lambda):
         return value

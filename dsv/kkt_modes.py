@@ -202,16 +202,16 @@ def finite_difference_directional(
     n = inputs.shape[0]
     if step == 0.0:  # s = 0: D is flat in G here
         return (torch.zeros_like(inputs) if need_x else None), torch.zeros(n, dtype=inputs.dtype, device=inputs.device)
-    up = {k: p.detach() + step * s for k, p, s in zip(names, params, direction)}
-    down = {k: p.detach() - step * s for k, p, s in zip(names, params, direction)}
+    def moved(sign: float) -> dict[str, Tensor]:
+        return {k: p.detach() + (sign * step) * s for k, p, s in zip(names, params, direction)}
 
-    def one_pass(theta: dict, rows: slice, mode: str) -> tuple[Tensor | None, Tensor]:
+    def one_pass(sign: float, rows: slice, mode: str) -> tuple[Tensor | None, Tensor]:
         tracker.mode, tracker.cursor = mode, 0
         if mode == "record":
             tracker.patterns = []
         with torch.enable_grad() if need_x else torch.no_grad():
             seen = inputs.detach()[rows].requires_grad_(need_x)
-            logits = functional_call(model, theta, (seen,))
+            logits = functional_call(model, moved(sign), (seen,))
             ce = -(targets[rows] * torch.log_softmax(logits, dim=1)).sum(dim=1)
             grad = torch.autograd.grad((weights[rows] * ce).sum(), seen)[0] if need_x else None
         return grad, ce.detach()
@@ -227,10 +227,10 @@ def finite_difference_directional(
             for rows in chunks(n, micro_batch if sliceable else 0):
                 if one_sided:
                     tracker.rows = rows if sliceable and (rows.start, rows.stop) != (0, n) else None
-                    parts.append(one_pass(up, rows, "replay"))
+                    parts.append(one_pass(1.0, rows, "replay"))
                 else:
-                    g_up, ce_up = one_pass(up, rows, "record")
-                    g_down, ce_down = one_pass(down, rows, "replay")
+                    g_up, ce_up = one_pass(1.0, rows, "record")
+                    g_down, ce_down = one_pass(-1.0, rows, "replay")
                     parts.append(((g_up - g_down if need_x else None), ce_up - ce_down))
     finally:
         if own:

@@ -333,3 +333,21 @@ def test_micro_batches_give_the_same_gradients(digits_bundle, mode):
         (ax, al), (bx, bl) = results[0, one_sided], results[2, one_sided]
         assert torch.allclose(ax, bx, rtol=1e-7, atol=1e-12 * ax.abs().max())
         assert torch.allclose(al, bl, rtol=1e-7, atol=1e-12 * al.abs().max())
+
+
+def test_auto_mode_is_exact_on_the_head_and_finite_differences_deeper():
+    model = _convnet()
+    cases = {"head": "exact", ("classifier.weight",): "exact", "all": "finite_difference",
+             ("features.4.*", "classifier.*"): "finite_difference"}
+    for selection, expected in cases.items():
+        term = Stationarity(params=selection if isinstance(selection, str) else list(selection))
+        assert term.mode == "auto"
+        term.attach(model)
+        assert term.resolved_mode == expected, selection
+        assert (term._gates is not None) == (expected == "finite_difference")
+        term.detach()
+    bare = _freeze(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten()).double())
+    term = Stationarity(params="all")
+    term.attach(bare)
+    assert term.resolved_mode == "finite_difference"
+    term.detach()

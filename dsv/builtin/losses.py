@@ -28,9 +28,14 @@ class Stationarity:
     ``params``: ``"head"`` (default: the last linear layer, the part of theta that candidates can
     explain), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
     averaged per scalar parameter. ``mode``: how the mixed derivative d/dx grad_theta is taken:
-    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact, faster) or
-    ``finite_difference`` (input gradients at theta +/- h s, step ``fd_eps`` relative to the
-    parameters' RMS); see dsv/kkt_modes.py and benchmarks/kkt_step.py.
+    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
+    ``finite_difference`` (input gradients at theta + h s against theta's, step ``fd_eps``
+    relative to the parameters' RMS, activation gates kept); ``auto``: ``exact`` when the covered
+    parameters all belong to the classifier head (the double backward then stops at the head,
+    about one forward+backward), ``finite_difference`` otherwise (benchmarks/kkt_step.py).
+    ``finite_difference`` keeps the gates of ReLU, ReLU6, Hardtanh and LeakyReLU *modules*; a
+    model with other kinks (functional relu, max pooling, hardswish) gets a rougher estimate there:
+    prefer ``jvp`` for it.
     """
 
     # defaults chosen by measurement (benchmarks/stationarity_choice.py): the head is the part of
@@ -42,7 +47,7 @@ class Stationarity:
     augmented: bool = False  # also evaluated on the augmented copies
     # "targets": only the head rows of the candidates' target classes (few classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
-    mode: str = attrs.field(default="jvp", validator=attrs.validators.in_(kkt.STATIONARITY_MODES))
+    mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
     fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
     # candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
     micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -59,6 +64,17 @@ class Stationarity:
         self._model = model
         self._gate_tracker()  # from the first forward on
 
+    @property
+    def resolved_mode(self) -> str:
+        """The mode in use: ``auto`` resolved against the attached model's parameters."""
+        if self.mode != "auto":
+            return self.mode
+        if self._model is None:
+            raise RuntimeError("Stationarity.attach(model) must be called before use")
+        head = kkt.classifier_head(self._model)[1] if _has_linear(self._model) else None
+        head_params = {id(p) for p in head.parameters()} if head is not None else set()
+        return "exact" if all(id(p) in head_params for _, p in self._selected) else "finite_difference"
+
     def detach(self) -> None:
         self._selected = []
         self._model = None
@@ -69,7 +85,7 @@ class Stationarity:
     def _gate_tracker(self) -> kkt_modes.GateTracker | None:
         """finite_difference: hooks that keep each forward's activation gates, so the step can be
         one-sided from the batch's own forward (set up on first use; removed by detach)."""
-        if self.mode != "finite_difference" or self._model is None:
+        if self._model is None or self.resolved_mode != "finite_difference":
             return None
         if self._gates is None:
             self._gates = kkt_modes.GateTracker(self._model)
@@ -91,7 +107,7 @@ class Stationarity:
         else:
             rows, covered, reference = None, params, self._reference
         scale = 1.0 / reference if self.relative and reference > 0 else 1.0
-        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=self.mode,
+        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=self.resolved_mode,
                                      rows=rows, scale=scale, fd_eps=self.fd_eps,
                                      gates=self._gate_tracker(), micro_batch=self.micro_batch)
         return loss, reference, int(sum(p.numel() for p in covered))
@@ -108,6 +124,10 @@ class Stationarity:
             "relative_stationarity": residual / reference if reference > 0 else float("nan"),
             "stationarity_params": covered,
         }
+
+
+def _has_linear(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in model.modules())
 
 
 @hookimpl
