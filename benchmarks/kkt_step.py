@@ -30,14 +30,15 @@ import time
 from pathlib import Path
 
 MODES = ("exact", "jvp", "finite_difference")
-# (model, resolution, batch, parameter set)
+# (model, resolution, batch, parameter set, with the micro-batch variants)
 FULL = [
-    ("convnet", 28, 10, "all"), ("convnet", 28, 100, "all"), ("convnet", 28, 100, "head"),
-    ("efficientnet-lite0", 112, 4, "all"), ("efficientnet-lite0", 112, 16, "all"),
-    ("efficientnet-lite0", 224, 4, "all"), ("efficientnet-lite0", 224, 16, "all"),
-    ("efficientnet-lite0", 224, 4, "head"), ("efficientnet-lite0", 224, 4, "_blocks.15.*"),
+    ("convnet", 28, 10, "all", False), ("convnet", 28, 100, "all", True), ("convnet", 28, 100, "head", False),
+    ("efficientnet-lite0", 112, 4, "all", True), ("efficientnet-lite0", 112, 16, "all", True),
+    ("efficientnet-lite0", 224, 4, "all", True), ("efficientnet-lite0", 224, 16, "all", True),
+    ("efficientnet-lite0", 224, 4, "head", False), ("efficientnet-lite0", 224, 4, "_blocks.15.*", False),
 ]
-QUICK = [("convnet", 28, 10, "all"), ("efficientnet-lite0", 112, 4, "all"), ("efficientnet-lite0", 224, 4, "all")]
+QUICK = [("convnet", 28, 10, "all", False), ("efficientnet-lite0", 112, 4, "all", False),
+         ("efficientnet-lite0", 224, 4, "all", False)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +118,13 @@ def worker(spec: dict) -> dict:
 
     grads = step()
     fwd_bwd()
+    start = time.perf_counter()
     mem_fb = _peak_growth_mib(fwd_bwd)
     mem_step = _peak_growth_mib(step)
+    pair = time.perf_counter() - start  # small problems get more pairs, up to about budget_s
+    repeats = max(spec["repeats"], min(25, int(spec["budget_s"] / max(pair, 1e-6))))
     times_fb, times_step = [], []
-    for _ in range(spec["repeats"]):
+    for _ in range(repeats):
         for fn, times in ((fwd_bwd, times_fb), (step, times_step)):
             start = time.perf_counter()
             fn()
@@ -130,7 +134,7 @@ def worker(spec: dict) -> dict:
         # each step against the forward+backward just before it: the machine's load moves slowly
         "ratio": statistics.median(s / f for s, f in zip(times_step, times_fb)),
         "fwd_bwd_peak_mib": mem_fb, "step_peak_mib": mem_step,
-        "stationarity_params": int(sum(p.numel() for p in selected)),
+        "stationarity_params": int(sum(p.numel() for p in selected)), "repeats": repeats,
     }
     ref_path = Path(spec["reference"])
     if spec["mode"] == "exact":
@@ -166,9 +170,9 @@ HEADER = (f"{'model':<19}{'px':>4}{'batch':>6} {'params':<12}{'P':>9} {'mode':<1
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the rows here")
-    ap.add_argument("--quick", action="store_true", help="three configurations, one repeat")
+    ap.add_argument("--quick", action="store_true", help="three configurations, fewer pairs (about 2 min)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="at least this many pairs (more where they are fast)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 1], metavar="N",
                     help="candidates per extra pass of the fast modes (0: all at once)")
@@ -181,22 +185,23 @@ def main() -> None:
         return
     configs = QUICK if args.quick else FULL
     if args.only:
-        configs = [(m, int(px), int(b), ps) for m, px, b, ps in (c.split(":", 3) for c in args.only)]
+        configs = [(m, int(px), int(b), ps, True) for m, px, b, ps in (c.split(":", 3) for c in args.only)]
     repeats = 1 if args.quick else args.repeats
     modes = ["exact"] + [m for m in args.modes if m != "exact"]  # the reference first
     rows = []
     start = time.time()
-    print(f"torch threads: {args.threads}, repeats: {repeats}; median of step / fwd+bwd pairs, same process\n")
+    print(f"torch threads: {args.threads}, at least {repeats} pairs; median of step / fwd+bwd pairs, same process\n")
     print(HEADER)
     print("-" * len(HEADER))
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (model, res, batch, params) in enumerate(configs):
+        for k, (model, res, batch, params, with_micro) in enumerate(configs):
             reference = str(Path(tmp) / f"exact-{k}.pt")
-            variants = [(m, mb) for m in modes for mb in (args.micro_batch if m != "exact" else [0])
-                        if mb < batch]
+            batches = args.micro_batch if with_micro else [0]
+            variants = [(m, mb) for m in modes for mb in (batches if m != "exact" else [0]) if mb < batch]
             for mode, micro_batch in variants:
                 spec = dict(model=model, resolution=res, batch=batch, params=params, mode=mode,
-                            micro_batch=micro_batch, threads=args.threads, repeats=repeats, reference=reference)
+                            micro_batch=micro_batch, threads=args.threads, repeats=repeats, reference=reference,
+                            budget_s=1.0 if args.quick else 3.0)
                 r = run_one(spec)
                 row = {
                     "model": model, "resolution": res, "batch": batch, "params": params, "mode": mode,

@@ -13,11 +13,14 @@ first (one backward in theta on the logits already there), then the directional 
 
 - ``jvp``: forward-mode AD in theta along ``s`` (dual parameters, one forward that carries
   primal and tangent), then one backward in x through that forward. Exact.
-- ``finite_difference``: input gradients at ``theta +/- h s`` (the DARTS trick), their difference
-  over ``2h``; the lambda gradient from the same two passes. Piecewise-linear activations
-  (ReLU, ReLU6, Hardtanh, LeakyReLU modules) keep in the second pass the gates the first pass saw:
-  otherwise units that cross a kink between the two passes add jumps of size O(1/h) and the
-  estimate is far from the derivative that autograd (and ``exact``) computes.
+- ``finite_difference``: the input gradient at ``theta + h s`` against the one at theta (which
+  comes with the backward for ``G``), over ``h`` (the DARTS trick, one extra pass); the lambda
+  gradient from the CE values of the same pass. The piecewise-linear activation modules (ReLU,
+  ReLU6, Hardtanh, LeakyReLU) keep in that pass the gates they had in the forward at theta (a
+  :class:`GateTracker` keeps the gates of each forward): otherwise units that cross a kink add
+  jumps of size O(1/h), and the estimate is far from the derivative that autograd (and ``exact``)
+  computes. Without the gates of theta's forward (another forward came between), central
+  differences: passes at ``theta +/- h s``, the second with the gates of the first.
 
 The fast modes return a surrogate scalar: its value is the distance, its gradient in x (through
 the inputs the model saw) and in lambda is the mode's.
@@ -82,20 +85,24 @@ GATED = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU)  # nn.ReLU6 is a Hardtanh
 
 
 def _gate_code(module: nn.Module, a: Tensor) -> Tensor:
-    """One byte per unit: 0 below the kink (or the lower one), 1 between, 2 above the upper one."""
+    """One byte per unit. ReLU, LeakyReLU: above the kink (bool). Hardtanh: 0 at or below the lower
+    kink, 1 between, 2 at or above the upper one (uint8, three passes over ``a``)."""
     if isinstance(module, nn.Hardtanh):
-        return (a > module.min_val).to(torch.uint8) + (a >= module.max_val).to(torch.uint8)
-    return (a > 0).to(torch.uint8)
+        return (a > module.min_val).view(torch.uint8).add_((a >= module.max_val).view(torch.uint8))
+    return a > 0
 
 
 def _apply_gates(module: nn.Module, a: Tensor, code: Tensor) -> Tensor:
     """The activation as the recorded gates make it: linear in ``a``, exact where they agree."""
     if isinstance(module, nn.Hardtanh):
-        out = a * (code == 1) + module.max_val * (code == 2)
-        return out + module.min_val * (code == 0) if module.min_val != 0 else out
+        inside = (code == 1).to(a.dtype)
+        fixed = (code == 2).to(a.dtype).mul_(module.max_val)
+        if module.min_val != 0:
+            fixed = fixed.add_((code == 0).to(a.dtype).mul_(module.min_val))
+        return a * inside + fixed
     if isinstance(module, nn.LeakyReLU):
-        return torch.where(code == 1, a, a * module.negative_slope)
-    return a * code
+        return a * (code.to(a.dtype) * (1 - module.negative_slope) + module.negative_slope)
+    return a * code.to(a.dtype)
 
 
 class GateTracker:
@@ -134,7 +141,10 @@ class GateTracker:
             return None
         code = self.patterns[self.cursor]
         self.cursor += 1
-        return _apply_gates(module, args[0], code if self.rows is None else code[self.rows])
+        code = code if self.rows is None else code[self.rows]
+        if torch.equal(_gate_code(module, args[0].detach()), code):
+            return None  # no unit crossed a kink here: the module's own output is the frozen one
+        return _apply_gates(module, args[0], code)
 
     def pattern_of(self, inputs: Tensor) -> list[Tensor] | None:
         """The kept pattern if the model's latest forward was on ``inputs`` (and had gates)."""
