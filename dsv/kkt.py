@@ -7,12 +7,15 @@ Notation (DeepKKT, Lee et al. 2024, Eq. 7-9): candidates ``x_i`` with soft targe
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dsv.kkt_modes import GateTracker
 
 DISTANCES = ("l1", "l2")
 
@@ -141,7 +144,7 @@ def stationarity_term(
     rows: Tensor | None = None,
     scale: float = 1.0,
     fd_eps: float | None = None,
-    gates=None,
+    gates: GateTracker | None = None,
     micro_batch: int = 0,
 ) -> Tensor:
     """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
