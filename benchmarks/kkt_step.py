@@ -86,7 +86,7 @@ def _model(name: str, seed: int = 0):
 def worker(spec: dict) -> dict:
     import torch
 
-    from dsv import kkt
+    from dsv import kkt, kkt_modes
     from dsv.builtin.losses import Stationarity
 
     torch.set_num_threads(spec["threads"])
@@ -138,6 +138,9 @@ def worker(spec: dict) -> dict:
         "fwd_bwd_peak_mib": mem_fb, "step_peak_mib": mem_step,
         "stationarity_params": int(sum(p.numel() for p in selected)), "repeats": repeats,
     }
+    behind = kkt_modes.work_behind(model, x[:1].detach(), selected)
+    out["work_behind"] = behind
+    out["auto_picks"] = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "finite_difference"
     ref_path = Path(spec["reference"])
     if spec["mode"] == "exact":
         torch.save([g.detach() for g in grads], ref_path)
@@ -214,10 +217,12 @@ def main() -> None:
                     **r,
                 }
                 rows.append(row)
+                auto = f"{r['auto_picks']} (work behind the first covered module: {r['work_behind']:.3f})"
                 print(f"{model:<19}{res:>4}{batch:>6} {params:<12}{r['stationarity_params']:>9} {mode:<18}{micro_batch:>3}"
                       f"{row['step_over_fwd_bwd']:>8.2f}{row['peak_mem_over_fwd_bwd']:>8.2f}"
                       f"{r.get('cosine_x', float('nan')):>10.6f}{r.get('cosine_lambda', float('nan')):>10.6f}"
                       f"{1000 * r['fwd_bwd_s']:>8.0f}", flush=True)
+            print(f"{'':<19}auto picks {auto}")
     print(f"\n{time.time() - start:.0f} s in all. step/fb: one stationarity step (forward, term, gradient "
           "in x and lambda) over one plain forward+backward; mem/fb: peak resident growth, same ratio; "
           "grad_cosine_vs_exact in the JSON is min(cos x, cos lam).")

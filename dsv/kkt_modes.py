@@ -38,6 +38,37 @@ from torch.autograd import forward_ad
 from torch.func import functional_call
 
 FD_EPS = 3e-6  # step of finite_difference, relative to the RMS of the covered parameters
+# auto: exact while the double backward covers at most this fraction of the forward's work
+# (benchmarks/kkt_step.py: exact costs about 1 + 7 f forward+backwards, finite_difference 2.5 to 3)
+AUTO_EXACT_BELOW = 0.2
+
+
+def work_behind(model: nn.Module, sample: Tensor, params: Sequence[Tensor]) -> float:
+    """Fraction of the forward's multiply-adds done in and after the first module (in execution
+    order) that holds one of ``params``: the stretch a double backward runs through twice.
+    Counted on one forward of ``sample`` (no grad): output elements times fan-in of each module
+    with a weight matrix or kernel."""
+    covered = {id(p) for p in params}
+    work: list[tuple[int, bool]] = []
+
+    def count(module: nn.Module, args: tuple, output) -> None:
+        weight = getattr(module, "weight", None)
+        macs = 0
+        if isinstance(weight, Tensor) and weight.dim() >= 2 and isinstance(output, Tensor):
+            macs = output.numel() * (weight.numel() // weight.shape[0])
+        work.append((macs, any(id(p) in covered for p in module.parameters(recurse=False))))
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    total = sum(m for m, _ in work)
+    first = next((i for i, (_, holds) in enumerate(work) if holds), len(work))
+    return sum(m for m, _ in work[first:]) / total if total > 0 else 1.0
 
 
 def soft_cross_entropy_tangent(logits: Tensor, tangent: Tensor, targets: Tensor) -> Tensor:
@@ -167,6 +198,15 @@ class GateTracker:
                 if hasattr(m, "inplace"):
                     m.inplace = flag
             self.mode, self.cursor, self.patterns, self.rows = "track", 0, kept, None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator["GateTracker"]:
+        """A forward that is none of the batches': the kept pattern stays as it is."""
+        mode, self.mode = self.mode, "off"
+        try:
+            yield self
+        finally:
+            self.mode = mode
 
     def remove(self) -> None:
         for h in self._handles:

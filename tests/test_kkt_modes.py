@@ -336,22 +336,30 @@ def test_micro_batches_give_the_same_gradients(digits_bundle, mode):
         assert torch.allclose(al, bl, rtol=1e-7, atol=1e-12 * al.abs().max())
 
 
-def test_auto_mode_is_exact_on_the_head_and_finite_differences_deeper():
-    model = _convnet()
-    cases = {"head": "exact", ("classifier.weight",): "exact", "all": "finite_difference",
+def test_auto_mode_is_exact_near_the_output_and_finite_differences_deeper(digits_bundle):
+    """auto weighs the stretch of the forward a double backward would run through twice: the
+    multiply-adds from the first module holding a covered parameter on (execution order)."""
+    x, t, lam = _candidates(digits_bundle, n=2)
+    model = _convnet()  # 8x8: conv 1->6 (64 * 9 MACs per channel), pool, conv 6->6 at 4x4, pool, linear 24->10
+    first, second, head = 64 * 6 * 9, 16 * 6 * 54, 10 * 24
+    assert kkt_modes.work_behind(model, x[:1], [model.classifier.weight]) == pytest.approx(head / (first + second + head))
+    assert kkt_modes.work_behind(model, x[:1], list(model.features[4].parameters())) == pytest.approx(
+        (second + head) / (first + second + head))
+    assert kkt_modes.work_behind(model, x[:1], list(model.parameters())) == 1.0
+    cases = {"head": "exact", ("classifier.weight",): "exact", ("features.5.*",): "exact", "all": "finite_difference",
              ("features.4.*", "classifier.*"): "finite_difference"}
     for selection, expected in cases.items():
         term = Stationarity(params=selection if isinstance(selection, str) else list(selection))
         assert term.mode == "auto"
         term.attach(model)
-        assert term.resolved_mode == expected, selection
+        batch = kkt.KKTBatch(model, x, model(x), t, lam, torch.ones(2, dtype=torch.bool))
+        term(batch)
+        assert term.resolved_mode(batch) == expected, selection
         assert (term._gates is not None) == (expected == "finite_difference")
+        if expected == "finite_difference":  # the deciding forward left the batch's gates alone
+            assert term._gates.pattern_of(batch.inputs) is not None
         term.detach()
-    bare = _freeze(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten()).double())
-    term = Stationarity(params="all")
-    term.attach(bare)
-    assert term.resolved_mode == "finite_difference"
-    term.detach()
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_an_engine_step_with_augmentation_gets_the_exact_gradient_from_every_mode(make_run):

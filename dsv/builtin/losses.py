@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 import torch
 from torch import Tensor, nn
@@ -30,9 +32,10 @@ class Stationarity:
     averaged per scalar parameter. ``mode``: how the mixed derivative d/dx grad_theta is taken:
     ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
     ``finite_difference`` (input gradients at theta + h s against theta's, step ``fd_eps``
-    relative to the parameters' RMS, activation gates kept); ``auto``: ``exact`` when the covered
-    parameters all belong to the classifier head (the double backward then stops at the head,
-    about one forward+backward), ``finite_difference`` otherwise (benchmarks/kkt_step.py).
+    relative to the parameters' RMS, activation gates kept); ``auto``: ``exact`` while the covered
+    parameters sit in the last fifth of the forward's work (the head, the last block: the double
+    backward stays short, about one forward+backward), ``finite_difference`` otherwise
+    (benchmarks/kkt_step.py).
     ``finite_difference`` keeps the gates of ReLU, ReLU6, Hardtanh and LeakyReLU *modules*; a
     model with other kinks (functional relu, max pooling, hardswish) gets a rougher estimate there:
     prefer ``jvp`` for it.
@@ -55,6 +58,7 @@ class Stationarity:
     _reference: float = attrs.field(default=0.0, init=False, repr=False)
     _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
     _gates: kkt_modes.GateTracker | None = attrs.field(default=None, init=False, repr=False)
+    _auto: str | None = attrs.field(default=None, init=False, repr=False)
 
     def attach(self, model: nn.Module) -> None:
         self._selected = kkt.select_parameters(model, self.params)
@@ -62,30 +66,48 @@ class Stationarity:
             p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
         self._reference = float(kkt.zero_multiplier_distance(self.tensors, self.distance))
         self._model = model
-        self._gate_tracker()  # from the first forward on
-
-    @property
-    def resolved_mode(self) -> str:
-        """The mode in use: ``auto`` resolved against the attached model's parameters."""
-        if self.mode != "auto":
-            return self.mode
-        if self._model is None:
-            raise RuntimeError("Stationarity.attach(model) must be called before use")
-        head = kkt.classifier_head(self._model)[1] if _has_linear(self._model) else None
-        head_params = {id(p) for p in head.parameters()} if head is not None else set()
-        return "exact" if all(id(p) in head_params for _, p in self._selected) else "finite_difference"
+        self._auto = None
+        if self.mode == "finite_difference" or (self.mode == "auto" and not self._only_head()):
+            self._gates = kkt_modes.GateTracker(model)  # gates from the first forward on
 
     def detach(self) -> None:
         self._selected = []
         self._model = None
+        self._auto = None
         if self._gates is not None:
             self._gates.remove()
             self._gates = None
 
-    def _gate_tracker(self) -> kkt_modes.GateTracker | None:
+    def resolved_mode(self, batch: kkt.KKTBatch) -> str:
+        """The mode in use. ``auto``, decided once from the first batch's shape: ``exact`` while the
+        covered parameters sit where the double backward stays short (kkt_modes.work_behind)."""
+        if self.mode != "auto":
+            return self.mode
+        if self._auto is None:
+            if self._model is None:
+                raise RuntimeError("Stationarity.attach(model) must be called before use")
+            if self._only_head():  # the usual case, without a counting forward
+                self._auto = "exact"
+            else:
+                sample = batch.inputs[:1].detach()
+                with self._gates.paused() if self._gates is not None else contextlib.nullcontext():
+                    behind = kkt_modes.work_behind(self._model, sample, self.tensors)
+                self._auto = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "finite_difference"
+        return self._auto
+
+    def _only_head(self) -> bool:
+        if not any(isinstance(m, nn.Linear) for m in self._model.modules()):
+            return False
+        head = {id(p) for p in kkt.classifier_head(self._model)[1].parameters()}
+        return all(id(p) in head for p in self.tensors)
+
+    def _gate_tracker(self, mode: str) -> kkt_modes.GateTracker | None:
         """finite_difference: hooks that keep each forward's activation gates, so the step can be
-        one-sided from the batch's own forward (set up on first use; removed by detach)."""
-        if self._model is None or self.resolved_mode != "finite_difference":
+        one-sided from the batch's own forward (set up at attach, or on first use); none otherwise."""
+        if mode != "finite_difference":
+            if self._gates is not None:
+                self._gates.remove()
+                self._gates = None
             return None
         if self._gates is None:
             self._gates = kkt_modes.GateTracker(self._model)
@@ -107,9 +129,10 @@ class Stationarity:
         else:
             rows, covered, reference = None, params, self._reference
         scale = 1.0 / reference if self.relative and reference > 0 else 1.0
-        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=self.resolved_mode,
-                                     rows=rows, scale=scale, fd_eps=self.fd_eps,
-                                     gates=self._gate_tracker(), micro_batch=self.micro_batch)
+        mode = self.resolved_mode(batch)
+        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=mode, rows=rows,
+                                     scale=scale, fd_eps=self.fd_eps, gates=self._gate_tracker(mode),
+                                     micro_batch=self.micro_batch)
         return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
@@ -124,10 +147,6 @@ class Stationarity:
             "relative_stationarity": residual / reference if reference > 0 else float("nan"),
             "stationarity_params": covered,
         }
-
-
-def _has_linear(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Linear) for m in model.modules())
 
 
 @hookimpl
