@@ -7,12 +7,15 @@ Notation (DeepKKT, Lee et al. 2024, Eq. 7-9): candidates ``x_i`` with soft targe
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dsv.kkt_modes import GateTracker
 
 DISTANCES = ("l1", "l2")
 
@@ -53,6 +56,7 @@ def lagrangian_gradient(
     params: Sequence[Tensor],
     *,
     create_graph: bool = True,
+    retain_graph: bool | None = None,
 ) -> list[Tensor]:
     """``sum_i lambda_i grad_theta CE(Phi(x_i), t_i)`` for each parameter tensor.
 
@@ -60,7 +64,8 @@ def lagrangian_gradient(
     second derivative the stationarity term needs (double backward).
     """
     weighted = (lambdas * soft_cross_entropy(logits, targets)).sum()
-    return list(torch.autograd.grad(weighted, params, create_graph=create_graph, allow_unused=True))
+    return list(torch.autograd.grad(weighted, params, create_graph=create_graph, retain_graph=retain_graph,
+                                    allow_unused=True))
 
 
 def stationarity_distance(
@@ -111,6 +116,120 @@ def class_rows(params: Sequence[Tensor], grads: Sequence[Tensor | None], rows: T
 def zero_multiplier_distance(params: Sequence[Tensor], distance: str = "l1") -> Tensor:
     """The stationarity distance with every lambda = 0 (the reference of relative stationarity)."""
     return stationarity_distance(params, [None] * len(params), distance)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stationarity term with a choice of how its mixed derivative is taken (see dsv/kkt_modes.py)
+# --------------------------------------------------------------------------------------------------
+
+STATIONARITY_MODES = ("exact", "jvp", "finite_difference")
+
+
+def _class_shaped(theta: Tensor, rows: Tensor | None) -> bool:
+    return rows is not None and theta.dim() > 0 and theta.shape[0] == rows.shape[0]
+
+
+def covered_parameters(params: Sequence[Tensor], rows: Tensor | None = None) -> list[Tensor]:
+    """The parameter entries a stationarity term covers (detached): all, or with ``rows`` (K,) bool
+    only those rows of the tensors whose first dimension is the class count (see class_rows)."""
+    return [p.detach()[rows] if _class_shaped(p, rows) else p.detach() for p in params]
+
+
+def stationarity_term(
+    batch: KKTBatch,
+    named_params: Sequence[tuple[str, Tensor]],
+    *,
+    distance: str = "l1",
+    mode: str = "exact",
+    rows: Tensor | None = None,
+    scale: float = 1.0,
+    fd_eps: float | None = None,
+    gates: GateTracker | None = None,
+    micro_batch: int = 0,
+) -> Tensor:
+    """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
+    ``rows`` only where class-shaped), dead candidates counting lambda = 0.
+
+    ``mode`` says how its gradient in ``x`` (through ``batch.inputs``) and ``lambda`` is taken:
+    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
+    ``finite_difference`` (step ``fd_eps`` relative to the parameters' RMS; one-sided when ``gates``,
+    a :class:`dsv.kkt_modes.GateTracker` on the model, kept the gates of the forward that made
+    ``batch.logits``, central otherwise). The fast modes return a surrogate whose value is the
+    distance and whose gradient is the mode's; their extra passes take ``micro_batch`` candidates
+    at a time (0: all), which bounds the memory they add. Under ``no_grad``
+    or with neither inputs nor lambdas requiring grad, only the value is computed.
+    """
+    from dsv import kkt_modes
+
+    if mode not in STATIONARITY_MODES:
+        raise ValueError(f"unknown stationarity mode {mode!r} (known: {', '.join(STATIONARITY_MODES)})")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown stationarity distance {distance!r} (known: {', '.join(DISTANCES)})")
+    names = [n for n, _ in named_params]
+    params = [p for _, p in named_params]
+    lam = batch.lambdas * batch.alive.to(batch.lambdas.dtype)
+    grad_on = torch.is_grad_enabled()
+    need_x = grad_on and batch.inputs.requires_grad
+    need_lambda = grad_on and batch.lambdas.requires_grad
+    if mode == "exact":
+        with torch.enable_grad():
+            grads = lagrangian_gradient(batch.logits, batch.targets, lam, params, create_graph=need_x or need_lambda,
+                                        retain_graph=True)  # the logits' graph stays for the other terms
+        covered, grads = class_rows(params, grads, rows) if rows is not None else (params, grads)
+        return stationarity_distance(covered, grads, distance) * scale
+    # G = sum_i lambda_i grad_theta CE_i on the logits already there (the graph stays for the others);
+    # one-sided differences also take the input gradient at theta from this backward
+    one_sided = mode == "finite_difference" and gates is not None and gates.pattern_of(batch.inputs) is not None
+    with_inputs = one_sided and need_x
+    with torch.enable_grad():
+        ce = soft_cross_entropy(batch.logits, batch.targets)
+        weighted = (lam.detach() * ce).sum()
+        grads = torch.autograd.grad(weighted, [*params, *([batch.inputs] if with_inputs else [])],
+                                    retain_graph=True, allow_unused=True)
+    base = ((grads[-1] if with_inputs else None), ce.detach()) if one_sided else None
+    seen_storage = {grads[-1].data_ptr()} if with_inputs and grads[-1] is not None else set()
+    grads = list(grads[:len(params)])
+    for i, g in enumerate(grads):  # modified in place below: no gradient may share storage
+        if g is not None:
+            if g.data_ptr() in seen_storage:
+                grads[i] = g = g.clone()
+            seen_storage.add(g.data_ptr())
+    # residuals theta + G, then the direction s, in the storage of G (parameter-sized temporaries
+    # weigh as much as the activations of a small batch); entries outside the covered rows drop out
+    count = max(sum(t.numel() for t in covered_parameters(params, rows)), 1)
+    direction = []
+    value = torch.zeros((), dtype=batch.logits.dtype, device=batch.logits.device)
+    for p, g in zip(params, grads):
+        r = g.add_(p.detach()) if g is not None else p.detach().clone()
+        if _class_shaped(p, rows):
+            r.mul_(rows.view(-1, *([1] * (p.dim() - 1))))
+        if distance == "l1":
+            value = value + r.abs().sum()
+            direction.append(r.sign_().mul_(scale / count))
+        else:
+            value = value + r.pow(2).sum()
+            direction.append(r.mul_(2 * scale / count))
+    del grads
+    value = value / count
+    value = (value * scale).detach()
+    if not (need_x or need_lambda):
+        return value
+    if mode == "jvp":
+        grad_x, tangent = kkt_modes.jvp_directional(
+            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, need_x, micro_batch
+        )
+    else:
+        step = kkt_modes.fd_step(covered_parameters(params, rows), covered_parameters(direction, rows),
+                                 kkt_modes.FD_EPS if fd_eps is None else fd_eps)
+        grad_x, tangent = kkt_modes.finite_difference_directional(
+            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, step, need_x,
+            gates=gates, base=base, micro_batch=micro_batch,
+        )
+    with torch.enable_grad():  # d/dx through what the model saw, d/dlambda_i = alive_i dCE_i
+        surrogate = (lam * tangent).sum()
+        if need_x:
+            surrogate = surrogate + (batch.inputs * grad_x).sum()
+    return value + (surrogate - surrogate.detach())
 
 
 def total_variation(x: Tensor) -> Tensor:

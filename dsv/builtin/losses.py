@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
+import torch
 from torch import Tensor, nn
 
-from dsv import kkt
+from dsv import kkt, kkt_modes
 from dsv.hookspecs import hookimpl
 
 
@@ -26,7 +29,16 @@ class Stationarity:
 
     ``params``: ``"head"`` (default: the last linear layer, the part of theta that candidates can
     explain), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
-    averaged per scalar parameter.
+    averaged per scalar parameter. ``mode``: how the mixed derivative d/dx grad_theta is taken:
+    ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
+    ``finite_difference`` (input gradients at theta + h s against theta's, step ``fd_eps``
+    relative to the parameters' RMS, activation gates kept); ``auto``: ``exact`` while the covered
+    parameters sit in the last fifth of the forward's work (the head, the last block: the double
+    backward stays short, about one forward+backward), ``finite_difference`` otherwise
+    (benchmarks/kkt_step.py).
+    ``finite_difference`` keeps the gates of ReLU, ReLU6, Hardtanh and LeakyReLU *modules*; a
+    model with other kinks (functional relu, max pooling, hardswish) gets a rougher estimate there:
+    prefer ``jvp`` for it.
     """
 
     # defaults chosen by measurement (benchmarks/stationarity_choice.py): the head is the part of
@@ -38,17 +50,68 @@ class Stationarity:
     augmented: bool = False  # also evaluated on the augmented copies
     # "targets": only the head rows of the candidates' target classes (few classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
+    mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
+    fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
+    # candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
+    micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _reference: float = attrs.field(default=0.0, init=False, repr=False)
+    _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
+    _gates: kkt_modes.GateTracker | None = attrs.field(default=None, init=False, repr=False)
+    _auto: str | None = attrs.field(default=None, init=False, repr=False)
 
     def attach(self, model: nn.Module) -> None:
         self._selected = kkt.select_parameters(model, self.params)
         for _, p in self._selected:
             p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
         self._reference = float(kkt.zero_multiplier_distance(self.tensors, self.distance))
+        self._model = model
+        self._auto = None
+        if self.mode == "finite_difference" or (self.mode == "auto" and not self._only_head()):
+            self._gates = kkt_modes.GateTracker(model)  # gates from the first forward on
 
     def detach(self) -> None:
         self._selected = []
+        self._model = None
+        self._auto = None
+        if self._gates is not None:
+            self._gates.remove()
+            self._gates = None
+
+    def resolved_mode(self, batch: kkt.KKTBatch) -> str:
+        """The mode in use. ``auto``, decided once from the first batch's shape: ``exact`` while the
+        covered parameters sit where the double backward stays short (kkt_modes.work_behind)."""
+        if self.mode != "auto":
+            return self.mode
+        if self._auto is None:
+            if self._model is None:
+                raise RuntimeError("Stationarity.attach(model) must be called before use")
+            if self._only_head():  # the usual case, without a counting forward
+                self._auto = "exact"
+            else:
+                sample = batch.inputs[:1].detach()
+                with self._gates.paused() if self._gates is not None else contextlib.nullcontext():
+                    behind = kkt_modes.work_behind(self._model, sample, self.tensors)
+                self._auto = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "finite_difference"
+        return self._auto
+
+    def _only_head(self) -> bool:
+        if not any(isinstance(m, nn.Linear) for m in self._model.modules()):
+            return False
+        head = {id(p) for p in kkt.classifier_head(self._model)[1].parameters()}
+        return all(id(p) in head for p in self.tensors)
+
+    def _gate_tracker(self, mode: str) -> kkt_modes.GateTracker | None:
+        """finite_difference: hooks that keep each forward's activation gates, so the step can be
+        one-sided from the batch's own forward (set up at attach, or on first use); none otherwise."""
+        if mode != "finite_difference":
+            if self._gates is not None:
+                self._gates.remove()
+                self._gates = None
+            return None
+        if self._gates is None:
+            self._gates = kkt_modes.GateTracker(self._model)
+        return self._gates
 
     @property
     def tensors(self) -> list[Tensor]:
@@ -56,27 +119,33 @@ class Stationarity:
             raise RuntimeError("Stationarity.attach(model) must be called before use")
         return [p for _, p in self._selected]
 
-    def _distances(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, list[Tensor]]:
-        """(residual distance, its value at lambda = 0, the parameters it covers)."""
+    def _scaled(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, int]:
+        """(the distance, over its value at lambda = 0 if relative; that reference; entries covered)."""
         params = self.tensors
-        grads = kkt.lagrangian_gradient(batch.logits, batch.targets, batch.lambdas * batch.alive.to(batch.lambdas.dtype), params)
         if self.rows == "targets":
-            params, grads = kkt.class_rows(params, grads, batch.targets.sum(dim=0) > 0)
-            reference = float(kkt.zero_multiplier_distance(params, self.distance))
+            rows = batch.targets.sum(dim=0) > 0
+            covered = kkt.covered_parameters(params, rows)
+            reference = float(kkt.zero_multiplier_distance(covered, self.distance))
         else:
-            reference = self._reference
-        return kkt.stationarity_distance(params, grads, self.distance), reference, params
+            rows, covered, reference = None, params, self._reference
+        scale = 1.0 / reference if self.relative and reference > 0 else 1.0
+        mode = self.resolved_mode(batch)
+        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=mode, rows=rows,
+                                     scale=scale, fd_eps=self.fd_eps, gates=self._gate_tracker(mode),
+                                     micro_batch=self.micro_batch)
+        return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
-        residual, reference, _ = self._distances(batch)
-        return residual / reference if self.relative and reference > 0 else residual
+        return self._scaled(batch)[0]
 
     def summary(self, batch: kkt.KKTBatch) -> dict[str, float]:
         """relative_stationarity: residual over its value with every lambda = 0 (1.0 = explains nothing)."""
-        residual, reference, params = self._distances(batch)
+        with torch.no_grad():  # the value only, whatever the mode
+            loss, reference, covered = self._scaled(batch)
+        residual = float(loss) * reference if self.relative and reference > 0 else float(loss)
         return {
-            "relative_stationarity": float(residual.detach()) / reference if reference > 0 else float("nan"),
-            "stationarity_params": int(sum(p.numel() for p in params)),
+            "relative_stationarity": residual / reference if reference > 0 else float("nan"),
+            "stationarity_params": covered,
         }
 
 
