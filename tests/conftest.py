@@ -98,3 +98,20 @@ def register_after_construction(pm: DsvPluginManager, plugin, name: str) -> None
     """Register a plugin on a built manager (kept for the tests that import it; new tests call
     :meth:`DsvPluginManager.register` directly)."""
     pm.register(plugin, name)
+
+
+def digits_run_tables(name: str, cache_dir, *, store=None, stages=("train", "synthesize"),
+                      model_source: str = "convnet", model_options: str = "{ width = 8, depth = 2 }",
+                      seed: int = 0) -> str:
+    """The [run], [data], [model] and [train] tables of a tiny digits pipeline: a small model
+    trained one epoch (weights cached in ``cache_dir``). Tests append their own [synthesis]."""
+    store_line = f'store = "{store.as_posix()}"\n' if store is not None else ""
+    options_line = f"options = {model_options}\n" if model_source == "convnet" else ""
+    stage_list = ", ".join(f'"{s}"' for s in stages)
+    return (
+        f'[run]\nname = "{name}"\nseed = {seed}\ndevice = "cpu"\n{store_line}stages = [{stage_list}]\n\n'
+        f'[data]\nname = "digits"\n\n'
+        f'[model]\nsource = "{model_source}"\n{options_line}\n'
+        f'[train]\nretrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}\n'
+        f'cache_dir = "{cache_dir.as_posix()}"\n\n'
+    )

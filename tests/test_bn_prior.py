@@ -29,7 +29,7 @@ from dsv.pipeline import Pipeline
 from dsv.plugins import DsvPluginManager
 from dsv.store import RunStore
 
-from conftest import REPO_ROOT, plugin_module
+from conftest import REPO_ROOT, digits_run_tables, plugin_module
 
 PLUGIN_DIR = REPO_ROOT / "plugins" / "dsv-bn-prior"
 DIST = "dsv-bn-prior"
@@ -248,23 +248,7 @@ def bn_models(tmp_path_factory) -> Path:
 
 def bn_pipeline(root: Path, priors: str, iterations: int, models: Path) -> Path:
     path = root / "bn.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [run]
-        name = "bn"
-        device = "cpu"
-        store = "{(root / 'bn.zarr').as_posix()}"
-        stages = ["train", "synthesize"]
-
-        [data]
-        name = "digits"
-
-        [model]
-        source = "module:test_bn_prior:bn_net"
-
-        [train]
-        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
-        cache_dir = "{models.as_posix()}"
-
+    path.write_text(digits_run_tables("bn", models, store=root / "bn.zarr", model_source="module:test_bn_prior:bn_net") + textwrap.dedent(f"""\
         [synthesis]
         iterations = {iterations}
         lambda_warmup = 5

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import digits_run_tables
 from dsv import cli
 from dsv.store import RunStore, is_store
 
@@ -19,35 +20,17 @@ SHOW_KEYS = {
 
 
 def pipeline_text(store, cache_dir) -> str:
-    return textwrap.dedent(f"""\
-        [run]
-        name = "digits_e2e"
-        seed = 0
-        device = "cpu"
-        store = "{store.as_posix()}"
-        stages = ["train", "synthesize", "export"]
-
-        [data]
-        name = "digits"
-
-        [model]
-        source = "convnet"
-        options = {{ width = 8, depth = 2 }}
-
-        [train]
-        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
-        cache_dir = "{cache_dir.as_posix()}"
-
+    return digits_run_tables("digits_e2e", cache_dir, store=store, stages=("train", "synthesize", "export")) + textwrap.dedent("""\
         [synthesis]
         iterations = 20
         record_every = 1
         checkpoint_every = 8
         losses = [
-          {{ name = "primal", weight = 1.0 }},
-          {{ name = "stationarity", weight = 1.0, distance = "l1", params = "head" }},
+          { name = "primal", weight = 1.0 },
+          { name = "stationarity", weight = 1.0, distance = "l1", params = "head" },
         ]
-        priors = [{{ name = "tv", weight = 1e-2 }}, {{ name = "norm", weight = 1e-3 }}]
-        augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.01 }}]
+        priors = [{ name = "tv", weight = 1e-2 }, { name = "norm", weight = 1e-3 }]
+        augmentations = [{ name = "flip", p = 0.5 }, { name = "noise", strength = 0.01 }]
 
         [export]
         png = "grid.png"

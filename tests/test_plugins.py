@@ -22,7 +22,7 @@ from dsv.pipeline import Pipeline
 from dsv.store import RunStore
 from dsv.plugins import KINDS, DsvPluginManager, PluginError, Registry, UnknownNameError, get_plugin_manager
 
-from conftest import plugin_module
+from conftest import digits_run_tables, plugin_module
 
 BUILTIN_NAMES = {
     "losses": {"primal", "stationarity"},
@@ -349,24 +349,7 @@ SHARP_SOURCE = """
 def tiny_pipeline(root, priors="[]", iterations=6, models=None):
     """Digits, a small ConvNet trained one epoch (cached), a few synthesis iterations."""
     path = root / "tiny.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [run]
-        name = "tiny"
-        device = "cpu"
-        store = "{(root / 'tiny.zarr').as_posix()}"
-        stages = ["train", "synthesize"]
-
-        [data]
-        name = "digits"
-
-        [model]
-        source = "convnet"
-        options = {{ width = 8, depth = 2 }}
-
-        [train]
-        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
-        cache_dir = "{(models or root / 'models').as_posix()}"
-
+    path.write_text(digits_run_tables("tiny", models or root / "models", store=root / "tiny.zarr") + textwrap.dedent(f"""\
         [synthesis]
         iterations = {iterations}
         lambda_warmup = 2

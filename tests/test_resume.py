@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import digits_run_tables
 from dsv import checkpoint, cli
 from dsv.store import SCHEMA_VERSION, RunStore
 
@@ -25,24 +26,7 @@ ITERATIONS = 24
 
 
 def pipeline_text(cache_dir) -> str:
-    return textwrap.dedent(f"""\
-        [run]
-        name = "digits_resume"
-        seed = 3
-        device = "cpu"
-        stages = ["train", "synthesize", "export"]
-
-        [data]
-        name = "digits"
-
-        [model]
-        source = "convnet"
-        options = {{ width = 8, depth = 2 }}
-
-        [train]
-        retrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}
-        cache_dir = "{cache_dir.as_posix()}"
-
+    return digits_run_tables("digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export")) + textwrap.dedent(f"""\
         [synthesis]
         iterations = {ITERATIONS}
         candidates_per_class = 1
