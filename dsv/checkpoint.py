@@ -113,6 +113,10 @@ FAULT_ENV = "DSV_FAULT"
 FAULTS = {"after-iteration": signal.SIGKILL, "in-checkpoint": signal.SIGKILL, "term-after-iteration": signal.SIGTERM}
 
 
+def faults_enabled() -> bool:
+    return bool(os.environ.get(FAULT_ENV))
+
+
 def fault_point(where: str, iteration: int) -> None:
     """Crash at a reproducible moment, for the crash tests; does nothing unless ``DSV_FAULT`` is
     set. ``after-iteration:K`` sends SIGKILL once iteration K completed (after its checkpoint, if

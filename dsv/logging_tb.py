@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dsv.errors import DsvError
+from dsv.export import to_images
 
 MISSING = (
     "TensorBoard logging (logging.tensorboard) needs the tensorboard package: "
@@ -36,10 +37,7 @@ def candidate_grid(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Model-space candidates (N, C, H, W) -> one (C, H', W') image in [0, 1], 10 per row."""
     from torchvision.utils import make_grid
 
-    x = x.detach().float().cpu()
-    mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    images = (x * std + mean).clamp(0, 1)
+    images = torch.from_numpy(to_images(x.detach().float().cpu().numpy(), mean, std)).permute(0, 3, 1, 2)
     return make_grid(images, nrow=min(len(images), 10), padding=1, pad_value=0.5)
 
 
