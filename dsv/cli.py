@@ -111,6 +111,9 @@ def cmd_show(args) -> int:
         print(f"  relative stationarity {s['relative_stationarity']:.4f} over {s['stationarity_params']} parameters")
     if s.get("entropy_start") is not None:
         print(f"  mean entropy {s['entropy_start']:.4f} -> {s['entropy_end']:.4f} nats")
+    for key, value in store.results.items():
+        text = json.dumps(value)
+        print(f"  {key}: {text if len(text) <= 100 else text[:97] + '...'}")
     return 0
 
 

@@ -23,7 +23,10 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from dsv.errors import ConfigError
 from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override  # noqa: F401
 
+# Every stage in the order a pipeline runs them (a file lists the ones it wants, in any order);
+# dsv.stages maps the names after synthesize to their functions.
 STAGES = ("train", "synthesize", "export")
+DEFAULT_STAGES = ("train", "synthesize", "export")
 
 
 @attrs.define(kw_only=True)
@@ -43,7 +46,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     store: str = ""  # default: stores/<name>.zarr
-    stages: list[str] = attrs.field(factory=lambda: list(STAGES))
+    stages: list[str] = attrs.field(factory=lambda: list(DEFAULT_STAGES))
 
 
 @attrs.define(kw_only=True)

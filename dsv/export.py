@@ -28,6 +28,7 @@ def summary(store: RunStore) -> dict[str, Any]:
     out["entropy_end"] = float(entropy[-1]) if entropy is not None and len(entropy) else None
     out["iterations"] = int(meta.get("committed_iteration", 0))
     out["config_hash"] = meta.get("config_hash")
+    out.update(store.results)  # e.g. verifier, pearson_lambda_accuracy, retrained accuracies
     if "candidates" not in out and "candidates" in store.group:
         c = store.candidates()
         out["candidates"] = int(len(c["alive"]))

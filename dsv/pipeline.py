@@ -21,7 +21,7 @@ from dsv.builtin.retrainers import Normalized
 from dsv.engine import SynthesisRun, build_engine
 from dsv.checkpoint import StopSignals
 from dsv.errors import ConfigError, Interrupted, StoreError
-from dsv.export import save_grid, save_npz, summary
+from dsv.export import summary
 from dsv.plugins import DsvPluginManager, get_plugin_manager
 from dsv.store import RunStore, is_store, remove_store
 
@@ -403,23 +403,18 @@ class Pipeline:
         store, _ = execute(run, meta, store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
         return store
 
-    # ---- export ------------------------------------------------------------------------------
-
-    def export(self, store: RunStore) -> list[Path]:
-        out = []
-        e = self.config.export
-        if e.png:
-            out.append(save_grid(store, store.export_path(e.png)))
-        if e.npz:
-            out.append(save_npz(store, store.export_path(e.npz)))
-        return out
-
     def run(self) -> PipelineResult:
+        from dsv.stages import AFTER_SYNTHESIS
+
         stages = self.config.run.stages
         loaded = self.model()  # runs the train stage when the model needs it
         if "synthesize" in stages:
             store = self.synthesize(loaded)
         else:
             store = RunStore.open(self.store_path, mode="a")
-        exports = self.export(store) if "export" in stages else []
-        return PipelineResult(store.path, summary(store), exports)
+        self.loaded_model = loaded
+        files: list[Path] = []
+        for name in cfg.STAGES:
+            if name in stages and name in AFTER_SYNTHESIS:
+                files += AFTER_SYNTHESIS[name](self, store)
+        return PipelineResult(store.path, summary(store), files)

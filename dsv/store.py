@@ -130,6 +130,17 @@ class RunStore:
         meta.update(values)
         self.group.attrs["dsv"] = meta
 
+    @property
+    def results(self) -> dict[str, Any]:
+        """What the stages after synthesis measured (JSON values by key; ``show --json`` lists them)."""
+        return dict(self.meta.get("results", {}))
+
+    def put_result(self, key: str, value: Any) -> None:
+        """Record one stage result (plain JSON: numbers, strings, lists, dicts) in one atomic write."""
+        meta = self.meta
+        meta["results"] = {**meta.get("results", {}), key: value}
+        self.group.attrs["dsv"] = meta
+
     # ---- candidates and the committed state -----------------------------------------------
 
     def init_candidates(self, x: np.ndarray, lambdas: np.ndarray, targets: np.ndarray, alive: np.ndarray,

@@ -1,0 +1,36 @@
+"""The stages that run after synthesis, by name.
+
+A stage is a function ``(pipeline, store) -> None`` that reads the run store the synthesize stage
+wrote (or an existing one), does its work, records what it measured with ``store.put_result`` (so
+``dsv-pipeline show --json`` lists it) and returns the files it wrote. :class:`dsv.pipeline.Pipeline`
+runs the stages a file lists in the order of :data:`dsv.config.STAGES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from dsv.pipeline import Pipeline
+    from dsv.store import RunStore
+
+StageFunction = Callable[["Pipeline", "RunStore"], "list[Path]"]
+
+
+def export(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.export import save_grid, save_npz
+
+    out = []
+    e = pipeline.config.export
+    if e.png:
+        out.append(save_grid(store, store.export_path(e.png)))
+    if e.npz:
+        out.append(save_npz(store, store.export_path(e.npz)))
+    return out
+
+
+# name -> function; train and synthesize are run by the pipeline itself (they make the store)
+AFTER_SYNTHESIS: dict[str, StageFunction] = {
+    "export": export,
+}
