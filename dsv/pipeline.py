@@ -16,10 +16,10 @@ import torch
 
 import dsv
 from dsv import config as cfg
+from dsv import distributed
 from dsv.builtin.initializers import InitContext
 from dsv.builtin.models import LoadedModel, ModelRequest, load_state_dict
 from dsv.builtin.retrainers import Normalized
-from dsv import distributed
 from dsv.engine import SynthesisRun
 from dsv.errors import ConfigError, StoreError
 from dsv.execution import detach_terms, execute_groups
@@ -317,14 +317,14 @@ class Pipeline:
                               store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
 
     def run(self) -> PipelineResult | None:
-        """Every stage of the file. Under several ranks each one synthesizes its groups; rank 0
-        alone trains (the others then load its cached weights) and runs the stages after
-        synthesis, and only rank 0 returns a result (the others None)."""
+        """Every stage of the file. Under several ranks each one synthesizes its groups; the first
+        rank of each machine trains first (the others then load its cached weights); rank 0 alone
+        runs the stages after synthesis and returns a result (the others None)."""
         from dsv.stages import AFTER_SYNTHESIS
 
         stages = self.config.run.stages
         self.device = distributed.rank_device(self.device)
-        with idist.one_rank_first(rank=0):  # one process fills the weights cache
+        with idist.one_rank_first(local=True):  # one process per machine fills the weights cache
             loaded = self.model()  # runs the train stage when the model needs it
         if "synthesize" in stages:
             store = self.synthesize(loaded)
