@@ -1,7 +1,7 @@
 """The Python API: :func:`synthesize` DSVs of any ``nn.Module`` classifier, :func:`open_store`,
 :func:`export_grid`. The same machinery as ``dsv-pipeline``: the options are the keys of a
 pipeline's ``[synthesis]`` table, checked the same way, and the run is built and executed by
-:func:`dsv.pipeline.build_run` and :func:`dsv.pipeline.execute`.
+:func:`dsv.pipeline.build_run` and :func:`dsv.execution.execute`.
 
     >>> result = dsv.synthesize(my_model, targets=range(10), input_shape=(1, 28, 28))
     >>> result.x.shape, result.alive.sum(), result.history["entropy"][-1]
@@ -25,10 +25,13 @@ from dsv import config as cfg
 from dsv.builtin.models import InputSpec, LoadedModel
 from dsv.errors import ConfigError, DsvError
 from dsv.export import save_grid, save_npz, summary, to_images
-from dsv.pipeline import (API_SOURCE, build_run, execute, memory_history, model_fingerprint, resolve_device,
-                          term_name)
+from dsv.execution import Hints, execute, memory_history
+from dsv.pipeline import API_SOURCE, build_run, model_fingerprint, resolve_device, term_name
 from dsv.plugins import DsvPluginManager, get_plugin_manager
 from dsv.store import RunStore
+
+API_HINTS = Hints(fresh="fresh=True", store="store path",
+                  resume=f"call {API_SOURCE} again with the same arguments and store")
 
 TERM_LISTS = ("losses", "priors", "augmentations")
 
@@ -148,8 +151,7 @@ def synthesize(
         run = build_run(module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE,
                         progress=progress)
         written, final = execute(run, meta, store_path=Path(store) if store is not None else None, fresh=fresh,
-                                 logging=log_cfg, fresh_hint="fresh=True", store_hint="store path",
-                                 resume_hint=f"call {API_SOURCE} again with the same arguments and store")
+                                 logging=log_cfg, hints=API_HINTS)
         history = written.history() if written is not None else memory_history(run)
         return SynthesisResult(
             x=run.x.detach().cpu().numpy().astype(np.float32), lambdas=run.lambdas.detach().cpu().numpy(),
@@ -334,6 +336,9 @@ def _synthesis_config(targets, num_classes, iterations, losses, priors, augmenta
     for key in ("targets", "classes"):
         if key in options:
             raise ConfigError(f"{API_SOURCE}: {key}: give the candidates' classes as the targets argument")
+    if options.get("groups", 1) != 1:  # groups split a run across ranks: a pipeline's business
+        raise ConfigError(f"{API_SOURCE}: groups: must be 1 here; grouped (multi-process) synthesis runs "
+                          "from a pipeline file (dsv-pipeline run FILE --nproc N)")
     table = {"targets": _target_entries(targets, num_classes), **options}
     if iterations is not None:
         table["iterations"] = iterations

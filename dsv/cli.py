@@ -15,6 +15,14 @@ def _add_plugin_flags(p: argparse.ArgumentParser) -> None:
                    help="do not load this plugin (entry point name or built-in module); repeatable")
 
 
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run N processes on this machine (torch.distributed through ignite.distributed), "
+                        "sharing the candidate groups of synthesis.groups; under torchrun leave it at 1")
+    p.add_argument("--backend", choices=("gloo", "nccl"),
+                   help="torch.distributed backend of a multi-process run (default: nccl with CUDA, else gloo)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dsv-pipeline", description="Deep Support Vectors of a trained classifier.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -29,11 +37,13 @@ def parser() -> argparse.ArgumentParser:
                           "same config is resumed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
+    _add_process_flags(run)
 
     resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     resume.add_argument("store", help="run store (its own stored config is used)")
     resume.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(resume)
+    _add_process_flags(resume)
 
     verify = sub.add_parser("verify", help="check a run store: schema, commit record, every array")
     verify.add_argument("store")
@@ -52,22 +62,64 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def cmd_run(args) -> int:
+def run_pipeline(args):
+    """The result of ``run`` in this process (None on a rank other than 0)."""
     from dsv.pipeline import Pipeline
     from dsv.plugins import get_plugin_manager
 
     pm = get_plugin_manager(args.disable_plugin)
     pipeline = Pipeline.from_toml(args.pipeline, overrides=args.overrides, store=args.store, plugins=pm,
                                   progress=not args.no_progress, fresh=args.fresh)
-    return _report(pipeline.run())
+    return pipeline.run()
 
 
-def cmd_resume(args) -> int:
+def resume_pipeline(args):
+    """The result of ``resume`` in this process (None on a rank other than 0)."""
     from dsv.pipeline import Pipeline
     from dsv.plugins import get_plugin_manager
 
     pm = get_plugin_manager(args.disable_plugin)
-    return _report(Pipeline.from_store(args.store, plugins=pm, progress=not args.no_progress).run())
+    return Pipeline.from_store(args.store, plugins=pm, progress=not args.no_progress).run()
+
+
+def cmd_run(args) -> int:
+    return _on_every_rank(run_pipeline, args)
+
+
+def cmd_resume(args) -> int:
+    return _on_every_rank(resume_pipeline, args)
+
+
+def _on_every_rank(work, args) -> int:
+    """``work(args)`` here, or on every rank of a multi-process run (``--nproc N`` or torchrun);
+    the exit code is that of the first rank that failed."""
+    from dsv import distributed
+
+    if args.nproc == 1 and not distributed.started_by_torchrun():
+        return _report(work(args))
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    try:
+        distributed.launch(_rank_main, work, args, nproc=args.nproc, backend=args.backend)
+    except ProcessExitedException as exc:  # that rank printed its error; a negative code is a signal
+        print(f"dsv-pipeline: {exc}", file=sys.stderr)
+        return exc.exit_code if exc.exit_code > 0 else 128 - exc.exit_code
+    except ProcessRaisedException as exc:
+        print(f"dsv-pipeline: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rank_main(local_rank: int, work, args) -> None:
+    """One rank: rank 0 reports the result; a failure leaves the process with its exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    code = _guarded(lambda: _report_if_any(work(args)))
+    if code:
+        raise SystemExit(code)
+
+
+def _report_if_any(result) -> int:
+    return _report(result) if result is not None else 0
 
 
 def cmd_verify(args) -> int:
@@ -157,8 +209,13 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "verify": cmd_verify, "show": 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return _guarded(lambda: COMMANDS[args.command](args))
+
+
+def _guarded(command) -> int:
+    """Run ``command()``; a dsv error, an interrupt or a plugin's failure becomes a message and an exit code."""
     try:
-        return COMMANDS[args.command](args)
+        return command()
     except Interrupted as exc:
         print(f"dsv-pipeline: {exc}", file=sys.stderr)
         return exc.exit_code

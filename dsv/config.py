@@ -92,6 +92,7 @@ class SynthesisConfig:
     resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
+    groups: int = 1  # candidates split into this many groups, optimized apart (dsv.groups); ranks share groups
 
 
 @attrs.define(kw_only=True)
@@ -367,7 +368,7 @@ def _check(config: PipelineConfig, source: str) -> None:
 def check_synthesis(s: SynthesisConfig) -> list[str]:
     """Range checks of a [synthesis] table (the pipeline's and ``dsv.synthesize``'s)."""
     problems = []
-    for key in ("iterations", "candidates_per_class", "record_every"):
+    for key in ("iterations", "candidates_per_class", "record_every", "groups"):
         if getattr(s, key) < 1:
             problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
     if s.checkpoint_every < 0:

@@ -126,7 +126,8 @@ def dsv_register_datasets(registry):
 
 @hookspec
 def dsv_run_started(run):
-    """Called once before the first synthesis iteration.
+    """Called once before the first synthesis iteration; with ``synthesis.groups`` > 1 once per
+    candidate group, in the process that runs it (each group is a run of its own candidates).
 
     :param dsv.engine.SynthesisRun run: the run (config, model, candidates, store).
     """
@@ -155,8 +156,9 @@ def dsv_candidate_pruned(run, indices, iteration):
 
 @hookspec
 def dsv_run_finished(run, summary):
-    """Called once after the last iteration, when the store holds the final state.
+    """Called once after the last iteration, when the store holds the final state (once per
+    candidate group, as :func:`dsv_run_started`).
 
     :param dsv.engine.SynthesisRun run: the run.
-    :param dict summary: the run summary (the same keys as ``dsv-pipeline show --json``).
+    :param dict summary: the run (or group) summary (the keys of ``dsv-pipeline show --json``).
     """

@@ -5,25 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
 import attrs
+import ignite.distributed as idist
 import numpy as np
 import torch
 
 import dsv
 from dsv import config as cfg
-from dsv import logging_tb
+from dsv import distributed
 from dsv.builtin.initializers import InitContext
 from dsv.builtin.models import LoadedModel, ModelRequest, load_state_dict
 from dsv.builtin.retrainers import Normalized
-from dsv.engine import SynthesisRun, build_engine
-from dsv.checkpoint import StopSignals
-from dsv.errors import ConfigError, Interrupted, StoreError
+from dsv.engine import SynthesisRun
+from dsv.errors import ConfigError, StoreError
+from dsv.execution import detach_terms, execute_groups
 from dsv.export import summary
+from dsv.groups import group_seed, group_slices
 from dsv.plugins import DsvPluginManager, get_plugin_manager
-from dsv.store import RunStore, is_store, remove_store
+from dsv.store import RunStore
 
 log = logging.getLogger("dsv")
 API_SOURCE = "dsv.synthesize"  # config_source of the stores the Python API writes
@@ -68,15 +71,26 @@ def model_fingerprint(module: torch.nn.Module) -> str:
 # ---- synthesis, shared by Pipeline and dsv.synthesize ----------------------------------------------
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run may draw from (the checkpoint saves all three), so a group's run does
+    not depend on what ran before it in the same process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def build_run(module: torch.nn.Module, spec, s: cfg.SynthesisConfig, *, plugins: DsvPluginManager,
-              device: torch.device, seed: int, data=None, source: str, progress: bool = True) -> SynthesisRun:
+              device: torch.device, seed: int, data=None, source: str, progress: bool = True,
+              candidates: slice = slice(None)) -> SynthesisRun:
     """The run of one [synthesis] table on ``module`` (frozen, moved to ``device``, eval mode).
 
     ``spec`` is the model's :class:`~dsv.builtin.models.InputSpec`. Entries of ``s.losses``,
     ``s.priors``, ``s.augmentations`` and ``s.init`` are plugin specs, or (from the Python API)
-    ready-made objects used as they are. Every problem is a ConfigError naming ``source`` and the key."""
+    ready-made objects used as they are. ``candidates``: the rows of the target matrix this run
+    optimizes (one group of a grouped synthesis), seeded by ``seed``. Every problem is a
+    ConfigError naming ``source`` and the key."""
     torch.manual_seed(seed)
-    targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, source)
+    targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, source)[candidates]
     n = targets.shape[0]
     size = s.resolutions[0][1] if s.resolutions and s.resolutions[0][0] <= 1 else spec.size
     shape = (n, spec.channels, size, size)
@@ -150,112 +164,6 @@ def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[t
         seen[base] = seen.get(base, 0) + 1
         out.append((base if seen[base] == 1 else f"{base}{seen[base]}", obj))
     return out
-
-
-def existing_store(path: Path, meta: dict[str, Any], fresh: bool, fresh_hint: str = "--fresh",
-                   store_hint: str = "run.store or --store") -> RunStore | None:
-    """The store to continue, or None to create one. An existing store is resumed when its
-    config (``meta["config_hash"]``) and model match, replaced when ``fresh`` (only ever a dsv
-    store), refused otherwise; the hints name the switches that change this."""
-    if not path.exists():
-        return None
-    if not is_store(path):
-        raise StoreError(f"{path}: exists and is not a dsv store; choose another {store_hint}")
-    if fresh:
-        remove_store(path)
-        return None
-    store = RunStore.open(path, mode="a")
-    stored = store.meta
-    if stored.get("config_hash") != meta["config_hash"]:
-        changes = cfg.changed_keys(stored.get("config", {}), meta["config"])
-        listed = "".join(f"\n  {c}" for c in changes) or " (none in the keys; the hash scheme differs)"
-        raise StoreError(
-            f"{path}: holds a run of another config; changed keys:{listed}\n"
-            f"pass {fresh_hint} to start over, or choose another {store_hint} for a new store"
-        )
-    if stored.get("model_fingerprint") not in (None, meta["model_fingerprint"]):
-        raise StoreError(
-            f"{path}: the model's weights differ from those the run started with "
-            f"({stored.get('model_fingerprint')} != {meta['model_fingerprint']}); pass {fresh_hint} to start over"
-        )
-    return store
-
-
-def execute(run: SynthesisRun, meta: dict[str, Any], *, store_path: Path | None = None, fresh: bool = False,
-            logging: cfg.LoggingConfig | None = None, fresh_hint: str = "--fresh",
-            store_hint: str = "run.store or --store",
-            resume_hint: str = "dsv-pipeline resume {path}") -> tuple[RunStore | None, dict[str, Any]]:
-    """Run the engine of ``run``: in a new store at ``store_path`` (with ``meta``), continuing the
-    run already there (from its last checkpoint, with the same result as if it had never
-    stopped), or without a store (the history then stays in ``run.pending``). ``logging``
-    attaches TensorBoard (:mod:`dsv.logging_tb`); a resumed run logs on from its iteration.
-    Returns the store and the run summary; ``run`` ends holding the final state either way."""
-    total = run.iterations
-    tensorboard = logging is not None and bool(logging.tensorboard)
-    try:
-        if tensorboard:
-            logging_tb.require()  # before a store exists
-        store, start = None, 0
-        if store_path is not None:
-            store = existing_store(Path(store_path), meta, fresh, fresh_hint, store_hint)
-            if store is None:
-                store = RunStore.create(store_path, meta)
-                store.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
-                                      run.targets.cpu().numpy(), run.alive.cpu().numpy(), state=run.state())
-            else:
-                start = int(store.meta.get("committed_iteration", 0))
-                run.restore(*store.read_state(), iteration=start)
-                if start >= total and store.meta.get("summary"):
-                    log.info("%s: synthesis already complete (%d iterations)", store.path, start)
-                    return store, summary(store)
-                store.update_meta(dsv_version=dsv.__version__)
-                log.info("%s: resuming after iteration %d of %d", store.path, start, total)
-        run.store = store
-        run.hooks.call_lifecycle("dsv_run_started", run=run)
-        with StopSignals() as signals:
-            run.stop_signals = signals
-            if start < total:
-                engine = build_engine(run, start_iteration=start)
-                logger = logging_tb.attach(engine, run, logging, meta["mean"], meta["std"]) if tensorboard else None
-                try:
-                    engine.run(data=None, max_epochs=1, epoch_length=total)
-                finally:
-                    if logger is not None:
-                        logger.close()
-        if signals.received is not None:
-            where = (f"checkpoint written to {store.path}.\nResume with: {resume_hint.format(path=store.path)}"
-                     if store is not None else "nothing was saved (no store was given)")
-            raise Interrupted(f"{signals.name} received: stopped after iteration {run.committed_iteration} of "
-                              f"{total}, {where}", exit_code=128 + int(signals.received))
-        final = run.summary()
-        if store is not None:
-            store.update_meta(summary=final)
-    finally:
-        run.stop_signals = None
-        detach_terms(run.losses + run.priors)
-    final = summary(store) if store is not None else memory_summary(run, final)
-    run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=final)
-    return store, final
-
-
-def memory_history(run: SynthesisRun) -> dict[str, np.ndarray]:
-    """The history a run without a store kept in memory, typed as a store keeps it."""
-    return {name: np.asarray(rows, dtype=np.int64 if name == "iteration" else np.float32)
-            for name, rows in sorted(run.pending.items())}
-
-
-def memory_summary(run: SynthesisRun, final: dict[str, Any]) -> dict[str, Any]:
-    """What :func:`dsv.export.summary` gives for a store, for a run without one."""
-    entropy = run.pending.get("entropy") or [None]
-    return {**final, "entropy_start": entropy[0], "entropy_end": entropy[-1],
-            "iterations": int(run.committed_iteration), "config_hash": None}
-
-
-def detach_terms(named: list[tuple[str, Any]]) -> None:
-    """Call ``detach()`` of every term that has one (it must be safe on a term never attached)."""
-    for _, term in named:
-        if hasattr(term, "detach"):
-            term.detach()
 
 
 @attrs.define
@@ -372,18 +280,23 @@ class Pipeline:
 
     # ---- synthesis ---------------------------------------------------------------------------
 
-    def build_run(self, loaded: LoadedModel, store: RunStore | None = None) -> SynthesisRun:
-        run = build_run(loaded.module, loaded.spec, self.config.synthesis, plugins=self.plugins, device=self.device,
-                        seed=self.config.run.seed, data=self.data(), source=self.source, progress=self.progress)
+    def build_run(self, loaded: LoadedModel, store: RunStore | None = None, group: int = 0) -> SynthesisRun:
+        """The run of candidate group ``group`` (:mod:`dsv.groups`), every RNG seeded for it."""
+        s = self.config.synthesis
+        count = len(target_matrix(s.targets, s.classes, s.candidates_per_class, loaded.spec.num_classes, self.source))
+        seed = group_seed(self.config.run.seed, group)
+        seed_everything(seed)
+        run = build_run(loaded.module, loaded.spec, s, plugins=self.plugins, device=self.device, seed=seed,
+                        data=self.data(), source=self.source, progress=self.progress and distributed.is_main_rank(),
+                        candidates=group_slices(count, s.groups, source=self.source)[group])
         run.store = store
         return run
 
     def synthesize(self, loaded: LoadedModel) -> RunStore:
-        """The synthesize stage: a new run, or the continuation of the one in the store (from its
-        last checkpoint, with the same result as if it had never stopped)."""
+        """The synthesize stage: a new run, or the continuation of the one in the store (each
+        group from its last checkpoint, with the same result as if it had never stopped). Every
+        rank runs the groups it owns; rank 0 writes the shared metadata."""
         spec = loaded.spec
-        fingerprint = model_fingerprint(loaded.module)
-        run = self.build_run(loaded, None)  # every config error surfaces before a store exists
         meta = {
             "name": self.config.run.name,
             "dsv_version": dsv.__version__,
@@ -396,22 +309,29 @@ class Pipeline:
             "mean": list(spec.mean),
             "std": list(spec.std),
             "model": self.config.model.source,
-            "model_fingerprint": fingerprint,
+            "model_fingerprint": model_fingerprint(loaded.module),
         }
         if getattr(self, "test_accuracy", None) is not None:
             meta["base_test_accuracy"] = self.test_accuracy
-        store, _ = execute(run, meta, store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
-        return store
+        return execute_groups(lambda g: self.build_run(loaded, None, g), self.config.synthesis.groups, meta,
+                              store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
 
-    def run(self) -> PipelineResult:
+    def run(self) -> PipelineResult | None:
+        """Every stage of the file. Under several ranks each one synthesizes its groups; the first
+        rank of each machine trains first (the others then load its cached weights); rank 0 alone
+        runs the stages after synthesis and returns a result (the others None)."""
         from dsv.stages import AFTER_SYNTHESIS
 
         stages = self.config.run.stages
-        loaded = self.model()  # runs the train stage when the model needs it
+        self.device = distributed.rank_device(self.device)
+        with idist.one_rank_first(local=True):  # one process per machine fills the weights cache
+            loaded = self.model()  # runs the train stage when the model needs it
         if "synthesize" in stages:
             store = self.synthesize(loaded)
-        else:
+        elif distributed.is_main_rank():
             store = RunStore.open(self.store_path, mode="a")
+        if not distributed.is_main_rank():
+            return None
         self.loaded_model = loaded
         files: list[Path] = []
         for name in cfg.STAGES:

@@ -14,7 +14,7 @@ import numpy as np
 
 from dsv import config as cfg
 from dsv.errors import DsvError
-from dsv.store import SCHEMA_VERSION, RunStore
+from dsv.store import Region, RunStore
 
 STATE_ARRAYS = ("x", "lambda", "alive", "rng_torch", "rng_numpy", "rng_python")
 
@@ -56,89 +56,105 @@ def verify(path: str | Path) -> Report:
     try:
         store = RunStore.open(path)
         meta = store.meta
+        regions = store.regions()
     except DsvError as exc:
         report.problems.append(str(exc))
         return report
     except Exception as exc:  # unreadable zarr.json and the like
         report.problems.append(f"{path}: cannot be opened as a Zarr group ({type(exc).__name__}: {exc})")
         return report
-    report.facts["schema_version"] = SCHEMA_VERSION
-    committed, length, slot = meta.get("committed_iteration"), meta.get("history_length"), meta.get("state_slot")
-    for key, value in (("committed_iteration", committed), ("history_length", length)):
-        _check(report, isinstance(value, int) and value >= 0, f"metadata {key}: expected an integer >= 0, got {value!r}")
-    _check(report, slot in ("a", "b"), f"metadata state_slot: expected 'a' or 'b', got {slot!r}")
+    report.facts["schema_version"] = store.schema_version
+    report.facts["groups"] = len(regions)
     config = meta.get("config")
     if isinstance(config, dict):
         _check(report, cfg.config_hash(config) == meta.get("config_hash"),
                f"metadata config_hash: {meta.get('config_hash')!r} does not match the stored config "
                f"({cfg.config_hash(config)})")
-        total = config.get("synthesis", {}).get("iterations")
-        report.facts["iterations"] = total
+        report.facts["iterations"] = config.get("synthesis", {}).get("iterations")
     else:
         report.problems.append("metadata config: missing")
     if report.problems:
         return report
-    report.facts.update(committed_iteration=committed, history_length=length)
+    counts = [verify_region(report, region) for region in regions]
+    if not report.problems:
+        report.facts.update(committed_iteration=meta["committed_iteration"], history_length=meta["history_length"],
+                            candidates=sum(counts))
+    return report
 
-    candidates = _group(report, store, "candidates")
-    state = _group(report, store, f"state/{slot}")
+
+def verify_region(report: Report, region: Region) -> int:
+    """Record every problem of one group's region; returns its candidate count (0 if unreadable)."""
+    where = f"{region.label}/" if region.label else ""
+    record = region.record
+    committed, length, slot = record.get("committed_iteration"), record.get("history_length"), record.get("state_slot")
+    before = len(report.problems)
+    for key, value in (("committed_iteration", committed), ("history_length", length)):
+        _check(report, isinstance(value, int) and value >= 0,
+               f"{where or 'metadata '}{key}: expected an integer >= 0, got {value!r}")
+    _check(report, slot in ("a", "b"), f"{where or 'metadata '}state_slot: expected 'a' or 'b', got {slot!r}")
+    if len(report.problems) > before:
+        return 0
+    candidates = _group(report, region, "candidates")
+    state = _group(report, region, f"state/{slot}")
     if candidates is None or state is None:
-        return report
-    targets = _read(report, candidates, "targets", "candidates/targets")
-    labels = _read(report, candidates, "labels", "candidates/labels")
-    arrays = {name: _read(report, state, name, f"state/{slot}/{name}") for name in STATE_ARRAYS}
+        return 0
+    targets = _read(report, candidates, "targets", f"{where}candidates/targets")
+    labels = _read(report, candidates, "labels", f"{where}candidates/labels")
+    arrays = {name: _read(report, state, name, f"{where}state/{slot}/{name}") for name in STATE_ARRAYS}
     for name in sorted(state.array_keys()):
         if name not in arrays:
-            arrays[name] = _read(report, state, name, f"state/{slot}/{name}")
-    if report.problems:
-        return report
+            arrays[name] = _read(report, state, name, f"{where}state/{slot}/{name}")
+    if len(report.problems) > before:
+        return 0
     n = len(labels)
-    report.facts["candidates"] = n
     _check(report, targets.shape[0] == n and np.array_equal(targets.argmax(1), labels),
-           "candidates/targets: does not match candidates/labels")
+           f"{where}candidates/targets: does not match {where}candidates/labels")
     x, lam = arrays["x"], arrays["lambda"]
-    _check(report, x.ndim == 4 and x.shape[0] == n, f"state/{slot}/x: shape {x.shape}, expected ({n}, C, H, W)")
+    _check(report, x.ndim == 4 and x.shape[0] == n, f"{where}state/{slot}/x: shape {x.shape}, expected ({n}, C, H, W)")
     _check(report, lam.shape == (n,) and arrays["alive"].shape == (n,),
-           f"state/{slot}: lambda {lam.shape} and alive {arrays['alive'].shape} must both be ({n},)")
-    _check(report, bool(np.isfinite(x).all()), f"state/{slot}/x: holds non-finite values")
-    _check(report, bool(np.isfinite(lam).all()), f"state/{slot}/lambda: holds non-finite values")
+           f"{where}state/{slot}: lambda {lam.shape} and alive {arrays['alive'].shape} must both be ({n},)")
+    _check(report, bool(np.isfinite(x).all()), f"{where}state/{slot}/x: holds non-finite values")
+    _check(report, bool(np.isfinite(lam).all()), f"{where}state/{slot}/lambda: holds non-finite values")
     for p, ref in (("x", x), ("lambda", lam)):
         for moment in ("exp_avg", "exp_avg_sq"):
             a = arrays.get(f"adam_{p}_{moment}")
             if a is not None:
-                _check(report, a.shape == ref.shape, f"state/{slot}/adam_{p}_{moment}: shape {a.shape} != {ref.shape}")
-
+                _check(report, a.shape == ref.shape,
+                       f"{where}state/{slot}/adam_{p}_{moment}: shape {a.shape} != {ref.shape}")
     if length:
-        history = _group(report, store, "history")
+        history = _group(report, region, "history")
         if history is None:
-            return report
-        iterations = _read(report, history, "iteration", "history/iteration", rows=length)
+            return n
+        iterations = _read(report, history, "iteration", f"{where}history/iteration", rows=length)
         for name in sorted(history.array_keys()):
             if name != "iteration":
-                _read(report, history, name, f"history/{name}", rows=length)
+                _read(report, history, name, f"{where}history/{name}", rows=length)
         if iterations is not None:
-            _check(report, bool(np.all(np.diff(iterations) > 0)), "history/iteration: not strictly increasing")
+            _check(report, bool(np.all(np.diff(iterations) > 0)), f"{where}history/iteration: not strictly increasing")
             _check(report, int(iterations[-1]) <= committed,
-                   f"history/iteration: ends at {int(iterations[-1])}, after the committed iteration {committed}")
-    return report
+                   f"{where}history/iteration: ends at {int(iterations[-1])}, after the committed iteration {committed}")
+    return n
 
 
-def _group(report: Report, store: RunStore, name: str):
+def _group(report: Report, region: Region, name: str):
+    label = f"{region.label}/{name}" if region.label else name
     try:
-        if name not in store.group:
-            report.problems.append(f"{name}: missing")
+        if name not in region.group:
+            report.problems.append(f"{label}: missing")
             return None
-        return store.group[name]
+        return region.group[name]
     except Exception as exc:
-        report.problems.append(f"{name}: cannot be opened ({type(exc).__name__}: {exc})")
+        report.problems.append(f"{label}: cannot be opened ({type(exc).__name__}: {exc})")
         return None
 
 
 def describe(report: Report, echo: Callable[[str], None] = print) -> None:
     if report.ok:
         f = report.facts
+        groups = f" in {f['groups']} groups" if f.get("groups", 1) > 1 else ""
         echo(f"ok: {report.path}: schema {f['schema_version']}, iteration {f['committed_iteration']} of "
-             f"{f.get('iterations', '?')}, {f.get('candidates', 0)} candidates, {f['history_length']} history rows")
+             f"{f.get('iterations', '?')}, {f.get('candidates', 0)} candidates{groups}, "
+             f"{f['history_length']} history rows")
         return
     echo(f"{report.path}: {len(report.problems)} problem(s)")
     for problem in report.problems:

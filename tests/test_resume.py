@@ -184,12 +184,13 @@ def test_verify_names_the_array_with_a_corrupted_chunk(reference, tmp_path, caps
 
     store = tmp_path / "damaged.zarr"
     shutil.copytree(reference["store"], store)
-    slot = RunStore.open(store).meta["state_slot"]
-    chunk = next(p for p in sorted((store / "state" / slot / "x").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    slot = RunStore.open(store).region(0).record["state_slot"]
+    x = store / "groups" / "0" / "state" / slot / "x"
+    chunk = next(p for p in sorted(x.rglob("*")) if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
     assert cli.main(["verify", str(store)]) == 1
     out = capsys.readouterr().out
-    assert f"state/{slot}/x: cannot be read" in out
+    assert f"groups/0/state/{slot}/x: cannot be read" in out
     assert "Traceback" not in out
 
 
@@ -199,9 +200,9 @@ def test_verify_reports_history_shorter_than_committed(reference, tmp_path, caps
     store = tmp_path / "short.zarr"
     shutil.copytree(reference["store"], store)
     opened = RunStore.open(store, mode="a")
-    opened.group["history"]["entropy"].resize((5,))
+    opened.region(0).group["history"]["entropy"].resize((5,))
     assert cli.main(["verify", str(store)]) == 1
-    assert f"history/entropy: has 5 rows, the commit record says {ITERATIONS}" in capsys.readouterr().out
+    assert f"groups/0/history/entropy: has 5 rows, the commit record says {ITERATIONS}" in capsys.readouterr().out
 
 
 def test_verify_refuses_a_newer_schema_and_a_non_store(reference, tmp_path, capsys):
