@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import tomllib
 
@@ -269,3 +270,15 @@ def test_the_pipeline_files_parse():
         loaded = cfg.load(path)
         assert loaded.config.evaluate is not None, path
         assert tomllib.loads(path.read_text())["model"]["source"] == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[interpolate]\nfrom_class = 1\nto_class = 2\nsteps = 1\n", "interpolate.steps: must be at least 2"),
+    ('[interpolate]\nfrom_class = 1\nto_class = 2\npng = "../x.png"\n', "interpolate.png: a file name inside the run store"),
+    ("[edit]\nedits = []\n", "edit.edits: give at least one"),
+    ('[edit]\nedits = [{ image = "a.png", target = "cat" }]\n', 'edit.edits[0].target: expected an integer, got "cat"'),
+    ("[evaluate]\nbatch_size = 0\n", "evaluate.batch_size: must be at least 1"),
+])
+def test_bad_generation_tables_name_the_key(table, message):
+    with pytest.raises(ConfigError, match=re.escape(f"t.toml: {message}")):
+        cfg.load_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
