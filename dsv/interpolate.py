@@ -3,6 +3,8 @@
 Candidate ``j`` of ``steps`` targets ``(1 - d_j) y_a + d_j y_b`` with ``d_j = j / (steps - 1)``;
 the strip is synthesized with the pipeline's [synthesis] table (its priors, augmentations and
 resolution schedule) in a sub-run of the store (:mod:`dsv.subrun`) and exported as one PNG row.
+With the ``noise`` initializer every candidate starts from the same noise image, so the strip
+differs by its targets only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from dsv import config as cfg
 from dsv.errors import ConfigError
 from dsv.export import save_rows, to_images
 from dsv.subrun import run_subsynthesis
@@ -39,9 +42,13 @@ def interpolate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
         if getattr(c, key) >= len(classes):
             raise ConfigError(f"{pipeline.source}: interpolate.{key}: class {getattr(c, key)} is out of range "
                               f"(the model has {len(classes)} classes)")
-    synthesis = attrs.evolve(pipeline.config.synthesis, classes=[], candidates_per_class=1,
+    s = pipeline.config.synthesis
+    init = s.init
+    if isinstance(init, cfg.PluginSpec) and init.name == "noise":  # one start: the strip varies by its targets
+        init = attrs.evolve(init, options={**init.options, "shared": True})
+    synthesis = attrs.evolve(s, classes=[], candidates_per_class=1, init=init,
                              targets=mixture_targets(c.from_class, c.to_class, c.steps),
-                             iterations=c.iterations or pipeline.config.synthesis.iterations)
+                             iterations=c.iterations or s.iterations)
     sub = run_subsynthesis(pipeline, store, "interpolate", synthesis, source=f"{pipeline.source} [interpolate]")
     x = sub.candidates()["x"]
     images = list(to_images(x, sub.meta["mean"], sub.meta["std"]))

@@ -282,3 +282,13 @@ def test_the_pipeline_files_parse():
 def test_bad_generation_tables_name_the_key(table, message):
     with pytest.raises(ConfigError, match=re.escape(f"t.toml: {message}")):
         cfg.load_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
+
+
+def test_the_strip_starts_every_candidate_from_the_same_noise():
+    from dsv.builtin.initializers import InitContext, NoiseInit
+
+    context = InitContext(torch.Generator().manual_seed(0), None)
+    x = NoiseInit(shared=True)((3, 1, 4, 4), torch.zeros(3), context)
+    assert torch.equal(x[0], x[2]) and x[0].std() > 0.5
+    y = NoiseInit()((3, 1, 4, 4), torch.zeros(3), InitContext(torch.Generator().manual_seed(0), None))
+    assert not torch.equal(y[0], y[2])

@@ -27,11 +27,15 @@ class InitContext:
 
 @attrs.define(kw_only=True)
 class NoiseInit:
-    """x ~ N(0, std^2) in model input space (Algorithm 1: "initialized from noise")."""
+    """x ~ N(0, std^2) in model input space (Algorithm 1: "initialized from noise"). ``shared``:
+    one noise image for every candidate (an interpolation strip then differs by its targets only)."""
 
     std: float = 1.0
+    shared: bool = False
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        if self.shared:
+            return (torch.randn((1, *shape[1:]), generator=context.generator) * self.std).expand(shape).clone()
         return torch.randn(shape, generator=context.generator) * self.std
 
 
