@@ -70,7 +70,8 @@ def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> 
     n = len(images)
     cols = columns or min(n, 10)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    cell = 1.6 if images.shape[1] < 100 else 2.6  # inches: large images keep their detail at 100 dpi
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.3) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
