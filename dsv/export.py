@@ -68,10 +68,11 @@ def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> 
     images = to_images(c["x"], meta["mean"], meta["std"])
     classes = meta.get("classes", [])
     n = len(images)
-    cols = columns or min(n, 10)
+    large = images.shape[1] >= 100  # e.g. ImageNet: fewer, larger cells keep the detail at 100 dpi
+    cols = columns or min(n, 5 if large else 10)
     rows = math.ceil(n / cols)
-    cell = 1.6 if images.shape[1] < 100 else 2.6  # inches: large images keep their detail at 100 dpi
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.3) * rows), squeeze=False)
+    cell = 2.6 if large else 1.6  # inches
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.4) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
