@@ -292,3 +292,15 @@ def test_the_strip_starts_every_candidate_from_the_same_noise():
     assert torch.equal(x[0], x[2]) and x[0].std() > 0.5
     y = NoiseInit()((3, 1, 4, 4), torch.zeros(3), InitContext(torch.Generator().manual_seed(0), None))
     assert not torch.equal(y[0], y[2])
+
+
+def test_a_changed_interpolate_table_replaces_only_the_strip(generated):
+    store_path = generated["store"]
+    main_before = RunStore.open(store_path).candidates()["x"].copy()
+    args = ["run", str(generated["pipeline"]), "--no-progress", "--set", 'run.stages=["train", "interpolate"]']  # train: the cached weights
+    assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0
+    sub = RunStore.open(store_path / "generated" / "interpolate")
+    assert sub.meta["committed_iteration"] == 5 and sub.history_length == 5
+    np.testing.assert_array_equal(RunStore.open(store_path).candidates()["x"], main_before)
+    assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0  # complete: reused as it is
+    assert RunStore.open(store_path / "generated" / "interpolate").history_length == 5
