@@ -18,9 +18,8 @@ import torch
 
 from dsv import config as cfg
 from dsv.builtin.initializers import InitContext
-from dsv.errors import ConfigError
 from dsv.export import save_rows, to_images
-from dsv.subrun import run_subsynthesis
+from dsv.subrun import check_class, run_subsynthesis
 
 if TYPE_CHECKING:
     from dsv.pipeline import Pipeline
@@ -49,9 +48,7 @@ def edit(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     e = pipeline.config.edit
     classes = pipeline.loaded_model.spec.classes
     for i, x in enumerate(e.edits):
-        if x.target >= len(classes):
-            raise ConfigError(f"{pipeline.source}: edit.edits[{i}].target: class {x.target} is out of range "
-                              f"(the model has {len(classes)} classes)")
+        check_class(pipeline, f"edit.edits[{i}].target", x.target)
     synthesis = edit_synthesis(pipeline)
     sub = run_subsynthesis(pipeline, store, "edit", synthesis, source=f"{pipeline.source} [edit]")
     after = sub.candidates()["x"]

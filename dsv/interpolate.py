@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from dsv import config as cfg
-from dsv.errors import ConfigError
 from dsv.export import save_rows, to_images
-from dsv.subrun import run_subsynthesis
+from dsv.subrun import check_class, run_subsynthesis
 
 if TYPE_CHECKING:
     from dsv.pipeline import Pipeline
@@ -39,9 +38,7 @@ def interpolate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     c = pipeline.config.interpolate
     classes = pipeline.loaded_model.spec.classes
     for key in ("from_class", "to_class"):
-        if getattr(c, key) >= len(classes):
-            raise ConfigError(f"{pipeline.source}: interpolate.{key}: class {getattr(c, key)} is out of range "
-                              f"(the model has {len(classes)} classes)")
+        check_class(pipeline, f"interpolate.{key}", getattr(c, key))
     s = pipeline.config.synthesis
     init = s.init
     if isinstance(init, cfg.PluginSpec) and init.name == "noise":  # one start: the strip varies by its targets

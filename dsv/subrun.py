@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import dsv
 from dsv import config as cfg
+from dsv.errors import ConfigError
 from dsv.pipeline import build_run, execute, model_fingerprint
 from dsv.rawconfig import config_hash
 from dsv.store import RunStore, is_store, remove_store
@@ -50,3 +51,10 @@ def run_subsynthesis(pipeline: "Pipeline", store: RunStore, name: str, synthesis
         remove_store(path)
     sub, _ = execute(run, meta, store_path=path, resume_hint=f"dsv-pipeline run {pipeline.source}")
     return sub
+
+
+def check_class(pipeline: "Pipeline", key: str, index: int) -> None:
+    """A class index of a generation table must be one of the model's classes (known only now)."""
+    count = len(pipeline.loaded_model.spec.classes)
+    if index >= count:
+        raise ConfigError(f"{pipeline.source}: {key}: class {index} is out of range (the model has {count} classes)")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from dsv import config as cfg
 from dsv.builtin.models import LoadedModel, ModelRequest
+from dsv.errors import ConfigError
 
 if TYPE_CHECKING:
     from dsv.pipeline import Pipeline
@@ -90,6 +91,9 @@ def evaluate_verifier(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
         return []
     verifier = load_verifier(pipeline)
     meta = store.meta
+    if verifier.spec.num_classes != len(meta.get("classes", [])):
+        raise ConfigError(f"{pipeline.source}: evaluate.model: {e.model!r} has {verifier.spec.num_classes} classes, "
+                          f"the generator {len(meta.get('classes', []))}; the verifier must name the same classes")
     candidates = store.candidates()
     probs = verifier_probabilities(candidates["x"], meta["mean"], meta["std"], verifier,
                                    batch_size=e.batch_size, device=pipeline.device)

@@ -304,3 +304,12 @@ def test_a_changed_interpolate_table_replaces_only_the_strip(generated):
     np.testing.assert_array_equal(RunStore.open(store_path).candidates()["x"], main_before)
     assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0  # complete: reused as it is
     assert RunStore.open(store_path / "generated" / "interpolate").history_length == 5
+
+
+def test_a_class_the_model_lacks_is_named_with_its_key(generated, tmp_path):
+    overrides = ['run.stages=["train", "synthesize", "interpolate"]', "synthesis.iterations=1",
+                 "interpolate.to_class=10"]
+    pipeline = Pipeline.from_toml(generated["pipeline"], overrides=overrides, store=str(tmp_path / "s.zarr"),
+                                  progress=False)
+    with pytest.raises(ConfigError, match=r"interpolate\.to_class: class 10 is out of range \(the model has 10 classes\)"):
+        pipeline.run()
