@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dsv import config as cfg
 from dsv.builtin.models import ModelRequest
 from dsv.pipeline import Pipeline
 from dsv.plugins import get_plugin_manager
 from dsv.store import RunStore, is_store
+from dsv.verifier import score, verifier_probabilities
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.toml"
 VERIFIER = "efficientnet-lite2"
@@ -69,26 +69,13 @@ def final_bn_stats(store: RunStore, model: torch.nn.Module, first_layer_multipli
         prior.detach()
 
 
-@torch.no_grad()
 def verify(store: RunStore, verifier) -> dict[str, float]:
     """Top-1 / top-5 of the targets and mean target probability under the verifier model."""
-    cands = store.candidates()
     meta = store.meta
-    x = torch.from_numpy(cands["x"])
-    labels = torch.from_numpy(cands["labels"])
-    mean, std = (torch.tensor(meta[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
-    images = x * std + mean  # pixel space
-    size = verifier.spec.size
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    vmean, vstd = (torch.tensor(v).view(1, -1, 1, 1) for v in (verifier.spec.mean, verifier.spec.std))
-    probs = verifier.module((images - vmean) / vstd).softmax(dim=1)
-    top5 = probs.topk(5, dim=1).indices
-    return {
-        "top1": float((top5[:, 0] == labels).float().mean()),
-        "top5": float((top5 == labels[:, None]).any(dim=1).float().mean()),
-        "p_target": float(probs.gather(1, labels[:, None]).mean()),
-    }
+    cands = store.candidates()
+    probs = verifier_probabilities(cands["x"], meta["mean"], meta["std"], verifier)
+    result = score(probs, cands["targets"], meta["classes"])
+    return {key: result[key] for key in ("top1", "top5", "p_target")}
 
 
 def main() -> None:

@@ -21,11 +21,12 @@ from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from dsv.errors import ConfigError
+from dsv.generate_config import EditConfig, EvaluateConfig, InterpolateConfig, check_generate, export_names
 from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override  # noqa: F401
 
 # Every stage in the order a pipeline runs them (a file lists the ones it wants, in any order);
 # dsv.stages maps the names after synthesize to their functions.
-STAGES = ("train", "synthesize", "export")
+STAGES = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
 DEFAULT_STAGES = ("train", "synthesize", "export")
 
 
@@ -119,6 +120,9 @@ class PipelineConfig:
     synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
     export: ExportConfig = attrs.field(factory=ExportConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    evaluate: EvaluateConfig | None = None
+    interpolate: InterpolateConfig | None = None
+    edit: EditConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,10 +361,14 @@ def _check(config: PipelineConfig, source: str) -> None:
     if "train" in config.run.stages and config.train is not None and config.data is None:
         problems.append("train: the train stage needs a [data] table")
     problems += check_synthesis(config.synthesis) + check_logging(config.logging)
-    for key in ("png", "npz"):
-        name = getattr(config.export, key)
+    problems += check_generate(config.evaluate, config.interpolate, config.edit)
+    for stage in ("interpolate", "edit"):
+        if stage in config.run.stages and getattr(config, stage) is None:
+            problems.append(f"run.stages: the {stage} stage needs an [{stage}] table")
+    names = {f"export.{key}": getattr(config.export, key) for key in ("png", "npz")}
+    for key, name in {**names, **export_names(config.interpolate, config.edit)}.items():
         if name and not _is_plain_file_name(name):
-            problems.append(f"export.{key}: a file name inside the run store, not a path, got {name!r}")
+            problems.append(f"{key}: a file name inside the run store, not a path, got {name!r}")
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
 

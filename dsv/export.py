@@ -51,6 +51,11 @@ def _title(classes: list[str], target_row: np.ndarray) -> str:
     return " / ".join(f"{target_row[i]:.1f} {classes[i] if i < len(classes) else i}" for i in parts)
 
 
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+
+
 def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> Path:
     """A grid of the candidates, each titled with its target class and its lambda."""
     import matplotlib
@@ -63,18 +68,43 @@ def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> 
     images = to_images(c["x"], meta["mean"], meta["std"])
     classes = meta.get("classes", [])
     n = len(images)
-    cols = columns or min(n, 10)
+    large = images.shape[1] >= 100  # e.g. ImageNet: fewer, larger cells keep the detail at 100 dpi
+    cols = columns or min(n, 5 if large else 10)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    cell = 2.6 if large else 1.6  # inches
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.4) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
-        img = images[i]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                  vmin=0, vmax=1, interpolation="nearest")
+        _show(ax, images[i])
         status = f"λ={c['lambda'][i]:.2g}" if c["alive"][i] else "dead"
         ax.set_title(f"{_title(classes, c['targets'][i])}\n{status}", fontsize=7)
     fig.suptitle(f"{meta.get('name', 'run')}: {int(c['alive'].sum())}/{n} alive", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_rows(images: list[list[np.ndarray]], titles: list[list[str]], path: str | Path, title: str = "") -> Path:
+    """Rows of displayable images (H, W, C in [0, 1], see :func:`to_images`), each titled: an
+    interpolation strip is one row, before/after edit pairs are one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (row, names) in enumerate(zip(images, titles)):
+        for c, (img, name) in enumerate(zip(row, names)):
+            _show(axes[r, c], img)
+            axes[r, c].set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -30,7 +30,29 @@ def export(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     return out
 
 
+def evaluate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    """Each part measures what its table asks for and does nothing without it."""
+    from dsv.verifier import evaluate_verifier
+
+    return evaluate_verifier(pipeline, store)
+
+
+def interpolate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.interpolate import interpolate as run_interpolation
+
+    return run_interpolation(pipeline, store)
+
+
+def edit(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.edit import edit as run_edits
+
+    return run_edits(pipeline, store)
+
+
 # name -> function; train and synthesize are run by the pipeline itself (they make the store)
 AFTER_SYNTHESIS: dict[str, StageFunction] = {
+    "evaluate": evaluate,
+    "interpolate": interpolate,
+    "edit": edit,
     "export": export,
 }

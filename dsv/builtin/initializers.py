@@ -1,8 +1,11 @@
-"""Built-in candidate initializers: Gaussian noise and real samples of the target class."""
+"""Built-in candidate initializers: Gaussian noise, real samples of the target class, image files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,11 +27,15 @@ class InitContext:
 
 @attrs.define(kw_only=True)
 class NoiseInit:
-    """x ~ N(0, std^2) in model input space (Algorithm 1: "initialized from noise")."""
+    """x ~ N(0, std^2) in model input space (Algorithm 1: "initialized from noise"). ``shared``:
+    one noise image for every candidate (an interpolation strip then differs by its targets only)."""
 
     std: float = 1.0
+    shared: bool = False
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        if self.shared:
+            return (torch.randn((1, *shape[1:]), generator=context.generator) * self.std).expand(shape).clone()
         return torch.randn(shape, generator=context.generator) * self.std
 
 
@@ -56,7 +63,43 @@ class RealInit:
         return out
 
 
+def read_image(path: str | Path, channels: int, size: int) -> Tensor:
+    """A PNG or JPEG file as a (channels, size, size) tensor in [0, 1], resized (antialiased) to
+    ``size`` x ``size`` after a center crop to a square. Errors name the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    except FileNotFoundError:
+        raise DsvError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DsvError(f"{path}: not a readable image ({exc})") from None
+    pixels = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
+    side = min(pixels.shape[-2:])
+    top, left = (pixels.shape[-2] - side) // 2, (pixels.shape[-1] - side) // 2
+    square = pixels[:, top: top + side, left: left + side]
+    return torch.nn.functional.interpolate(square[None], size=(size, size), mode="bilinear",
+                                           align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+@attrs.define(kw_only=True)
+class ImageInit:
+    """Start candidate ``i`` from image file ``paths[i]`` (PNG or JPEG): the start of an edit."""
+
+    paths: list[str]
+
+    def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        if len(self.paths) != shape[0]:
+            raise DsvError(f"init 'image': {len(self.paths)} image files for {shape[0]} candidates")
+        images = torch.stack([read_image(p, shape[1], shape[-1]) for p in self.paths])
+        return context.normalize(images)
+
+
 @hookimpl
 def dsv_register_initializers(registry):
     registry.add("noise", NoiseInit)
     registry.add("real", RealInit)
+    registry.add("image", ImageInit)

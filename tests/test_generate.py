@@ -1,0 +1,315 @@
+"""Generation stages on digits: evaluate (verifier), interpolate (mixture targets), edit (from an image file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT, digits_run_tables
+from dsv import cli
+from dsv import config as cfg
+from dsv.builtin.datasets import digits as load_digits_bundle
+from dsv.builtin.models import ModelRequest, load_state_dict
+from dsv.errors import ConfigError, DsvError
+from dsv.export import to_images
+from dsv.interpolate import mixture_targets
+from dsv.pipeline import Pipeline, target_matrix
+from dsv.store import RunStore
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def synthesis_table(iterations: int = 12) -> str:
+    return textwrap.dedent(f"""\
+        [synthesis]
+        classes = [0, 3, 7]
+        iterations = {iterations}
+        checkpoint_every = 0
+        resolutions = [[1, 8], [6, 16]]
+        losses = [{{ name = "primal" }}, {{ name = "stationarity", distance = "l1", params = "head" }}]
+        priors = [{{ name = "tv", weight = 1e-2 }}]
+        """)
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    """A real digit (a 3 of the digits data set) as an 8 wide, 12 tall grey PNG: the 8x8 digit
+    between two white bars of 2 rows, which a center crop to a square removes."""
+    bundle = load_digits_bundle()
+    images, labels = bundle.tensors("test")
+    three = images[(labels == 3).nonzero()[0, 0], 0].numpy()
+    framed = np.ones((12, 8), dtype=np.float32)
+    framed[2:10] = three
+    path = tmp_path_factory.mktemp("img") / "three.png"
+    Image.fromarray(np.round(framed * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, digit_png):
+    """One run of every generation stage (train cached, 12 iterations each; a few seconds)."""
+    root = tmp_path_factory.mktemp("gen")
+    store, cache = root / "run.zarr", root / "models"
+    stages = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
+    text = digits_run_tables("gen", cache, store=store, stages=("train", "synthesize")) + synthesis_table()
+    first = root / "train.toml"
+    first.write_text(text)
+    assert cli.main(["run", str(first), "--no-progress"]) == 0  # trains and caches the generator's weights
+    weights = next(cache.glob("*.pt"))
+    text = digits_run_tables("gen", cache, store=store, stages=stages) + synthesis_table() + textwrap.dedent(f"""\
+        [evaluate]
+        model = "convnet"
+        weights_path = "{weights.as_posix()}"
+        options = {{ width = 8, depth = 2 }}
+
+        [interpolate]
+        from_class = 0
+        to_class = 7
+        steps = 4
+        iterations = 8
+        png = "strip.png"
+
+        [edit]
+        edits = [{{ image = "{digit_png.as_posix()}", target = 8 }}]
+        iterations = 10
+        png = "edits.png"
+        """)
+    pipeline = root / "gen.toml"
+    pipeline.write_text(text)
+    assert cli.main(["run", str(pipeline), "--no-progress"]) == 0
+    return {"root": root, "store": store, "weights": weights, "pipeline": pipeline}
+
+
+# ---- mixture targets ---------------------------------------------------------------------------
+
+
+def test_a_mixture_target_parses_and_becomes_a_normalized_row():
+    loaded = cfg.load_text('[model]\nsource = "convnet"\n[synthesis]\ntargets = [{ 2 = 0.4, 5 = 0.6 }, 1, { 3 = 2, 4 = 2 }]\n',
+                           source="t.toml")
+    rows = target_matrix(loaded.config.synthesis.targets, [], 2, 10, "t.toml")
+    assert rows.shape == (6, 10)
+    assert torch.allclose(rows.sum(1), torch.ones(6))
+    assert rows[0, 2] == pytest.approx(0.4) and rows[1, 5] == pytest.approx(0.6)
+    assert rows[2, 1] == 1 and rows[4, 3] == pytest.approx(0.5)
+
+
+def test_a_mixture_with_a_class_out_of_range_names_the_key():
+    with pytest.raises(ConfigError, match=r"synthesis\.targets\[0\]: class 12 is out of range"):
+        target_matrix([{"1": 0.5, "12": 0.5}], [], 1, 10, "t.toml")
+
+
+def test_mixture_targets_go_from_one_class_to_the_other():
+    strip = mixture_targets(2, 5, 5)
+    assert strip[0] == {"2": 1.0} and strip[-1] == {"5": 1.0}
+    assert [row.get("5", 0.0) for row in strip] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+    assert all(sum(row.values()) == pytest.approx(1) for row in strip)
+
+
+def test_interpolate_runs_the_strip_and_exports_it(generated):
+    sub = RunStore.open(generated["store"] / "generated" / "interpolate")
+    targets = sub.candidates()["targets"]
+    assert targets.shape == (4, 10)
+    np.testing.assert_allclose(targets[:, 7], [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+    np.testing.assert_allclose(targets[:, 0] + targets[:, 7], 1, atol=1e-6)
+    assert sub.meta["committed_iteration"] == 8
+    assert (generated["store"] / "exports" / "strip.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ---- the resolution schedule -------------------------------------------------------------------
+
+
+def test_the_schedule_ends_at_the_last_size(generated):
+    x = RunStore.open(generated["store"]).candidates()["x"]
+    assert x.shape == (3, 1, 16, 16)  # started at 8x8 (resolutions = [[1, 8], [6, 16]])
+    sub = RunStore.open(generated["store"] / "generated" / "interpolate").candidates()["x"]
+    assert sub.shape[-1] == 16  # the strip runs the same schedule
+
+
+def test_imagenet_gen_starts_small_and_ends_at_the_model_size():
+    for name in ("imagenet_gen.toml", "imagenet_gen_gpu.toml"):
+        loaded = cfg.load(REPO_ROOT / "pipelines" / name)
+        schedule = loaded.config.synthesis.resolutions
+        sizes = [size for _, size in schedule]
+        starts = [start for start, _ in schedule]
+        assert sizes == sorted(sizes) and sizes[0] < 224 and sizes[-1] == 224, name
+        assert starts == sorted(starts) and starts[-1] < loaded.config.synthesis.iterations, name
+
+
+# ---- editing from an image file ----------------------------------------------------------------
+
+
+def test_edit_starts_from_the_image_file_and_exports_before_after(generated, digit_png):
+    store = RunStore.open(generated["store"])
+    edits = store.results["edits"]
+    assert [e["target"] for e in edits] == ["8"]
+    sub = RunStore.open(generated["store"] / "generated" / "edit")
+    assert sub.candidates()["x"].shape == (1, 1, 8, 8)  # the model's size, no schedule
+    assert sub.meta["committed_iteration"] == 10
+    png = generated["store"] / "exports" / "edits.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert Image.open(png).size[0] > Image.open(png).size[1]  # before and after side by side
+
+
+def test_the_image_initializer_reads_the_file_into_model_space(digit_png):
+    from dsv.builtin.initializers import ImageInit, InitContext
+    from dsv.builtin.models import InputSpec
+
+    spec = InputSpec(1, 8, (0.5,), (0.25,), [str(i) for i in range(10)])
+    x = ImageInit(paths=[str(digit_png)])((1, 1, 8, 8), torch.zeros(1), InitContext(torch.Generator(), spec))
+    pixels = to_images(x.numpy(), spec.mean, spec.std)[0, ..., 0]
+    original = np.asarray(Image.open(digit_png).convert("L"), dtype=np.float32) / 255
+    np.testing.assert_allclose(pixels, original[2:10], atol=1e-5)  # the center square, bars cropped
+    x16 = ImageInit(paths=[str(digit_png)])((1, 1, 16, 16), torch.zeros(1), InitContext(torch.Generator(), spec))
+    assert x16.shape == (1, 1, 16, 16)  # resized to the size asked for
+
+
+def test_a_missing_image_file_is_named(generated, tmp_path):
+    text = digits_run_tables("gen", generated["root"] / "models", store=tmp_path / "s.zarr",
+                             stages=("train", "synthesize", "edit")) + synthesis_table(2)
+    text += f'[edit]\nedits = [{{ image = "{(tmp_path / "nope.png").as_posix()}", target = 1 }}]\n'
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(DsvError, match=r"nope\.png: image file not found"):
+        Pipeline.from_toml(tmp_path / "bad.toml", progress=False).run()
+
+
+def test_the_edit_stage_without_a_table_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"t\.toml: run\.stages: the edit stage needs an \[edit\] table"):
+        cfg.load_text('[run]\nstages = ["synthesize", "edit"]\n[model]\nsource = "convnet"\n', source="t.toml")
+
+
+# ---- the verifier --------------------------------------------------------------------------------
+
+
+def test_the_verifier_scores_the_candidates_overall_and_per_class(generated, capsys):
+    assert cli.main(["show", str(generated["store"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["verifier"]
+    assert result["model"] == "convnet" and result["n"] == 3
+    assert set(result["per_class"]) == {"0", "3", "7"}
+    # the verifier here is the generator itself: recompute its top-1 on the clamped pixel images
+    store = RunStore.open(generated["store"])
+    c, meta = store.candidates(), store.meta
+    from dsv.builtin.models import convnet
+
+    model = convnet(ModelRequest(data=load_digits_bundle(), weights_path=str(generated["weights"])), width=8, depth=2).module
+    pixels = torch.from_numpy(to_images(c["x"], meta["mean"], meta["std"]).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        # the candidates ended at 16x16 (the schedule); the verifier takes them at its own 8x8
+        pixels = torch.nn.functional.interpolate(pixels, size=(8, 8), mode="bilinear", antialias=True)
+        predicted = model((pixels - meta["mean"][0]) / meta["std"][0]).argmax(1).numpy()
+    right = predicted == c["labels"]
+    assert result["top1"] == pytest.approx(right.mean())
+    for name, row in result["per_class"].items():
+        assert row["top1"] == pytest.approx(float(right[c["labels"] == int(name)].mean()))
+        assert row["top5"] >= row["top1"] and row["n"] == 1
+
+
+def test_the_verifier_leaves_mixtures_out():
+    from dsv.verifier import score
+
+    targets = np.zeros((3, 4), dtype=np.float32)
+    targets[0, 1] = targets[1, 2] = 1
+    targets[2, [1, 3]] = 0.5
+    probs = torch.tensor([[0.1, 0.7, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    result = score(probs, targets, ["a", "b", "c", "d"])
+    assert result["n"] == 2 and result["mixtures_skipped"] == 1
+    assert result["top1"] == pytest.approx(0.5) and result["top5"] == 1.0  # 4 classes: top-5 holds all
+    assert result["per_class"]["b"]["top1"] == 1.0 and result["per_class"]["c"]["top1"] == 0.0
+    assert result["per_class"]["c"]["predicted"] == ["a"]
+
+
+def test_the_evaluate_table_is_resumable():
+    base = {"model": {"source": "convnet"}}
+    assert cfg.config_hash(base) == cfg.config_hash({**base, "evaluate": {"model": "efficientnet-lite0"}})
+
+
+# ---- torchvision models from a weights file ----------------------------------------------------
+
+
+def test_a_torchvision_resnet50_loads_from_a_weights_file(tmp_path):
+    import torchvision
+
+    from dsv.plugins import get_plugin_manager
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None).eval()
+    path = tmp_path / "resnet50.pt"
+    torch.save(reference.state_dict(), path)
+    source = get_plugin_manager().registry("models").get("torchvision:resnet50")
+    loaded = cfg.build(cfg.PluginSpec(name="torchvision:resnet50"), get_plugin_manager().registry("models"),
+                       source="t.toml", path="model", request=ModelRequest(weights_path=str(path)))
+    assert source is not None and loaded.spec.num_classes == 1000 and loaded.spec.size == 224
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), reference(x))
+
+
+def test_torchvision_weights_of_another_model_name_the_file(tmp_path):
+    import torchvision
+
+    from dsv.builtin.models import ModelError, torchvision_model
+
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), path)
+    with pytest.raises(ModelError, match=r"r18\.pt: weights do not fit the model"):
+        torchvision_model(ModelRequest(weights_path=str(path)), "resnet18")  # 1000 classes, file has 10
+    loaded = torchvision_model(ModelRequest(weights_path=str(path)), "resnet18", num_classes=10)
+    assert set(load_state_dict(path)) == set(loaded.module.state_dict())
+    with pytest.raises(ModelError, match=r"weights file not found: .*missing\.pt"):
+        torchvision_model(ModelRequest(weights_path=str(tmp_path / "missing.pt")), "resnet18")
+
+
+def test_the_pipeline_files_parse():
+    for path in sorted((REPO_ROOT / "pipelines").glob("imagenet*.toml")):
+        loaded = cfg.load(path)
+        assert loaded.config.evaluate is not None, path
+        assert tomllib.loads(path.read_text())["model"]["source"] == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[interpolate]\nfrom_class = 1\nto_class = 2\nsteps = 1\n", "interpolate.steps: must be at least 2"),
+    ('[interpolate]\nfrom_class = 1\nto_class = 2\npng = "../x.png"\n', "interpolate.png: a file name inside the run store"),
+    ("[edit]\nedits = []\n", "edit.edits: give at least one"),
+    ('[edit]\nedits = [{ image = "a.png", target = "cat" }]\n', 'edit.edits[0].target: expected an integer, got "cat"'),
+    ("[evaluate]\nbatch_size = 0\n", "evaluate.batch_size: must be at least 1"),
+])
+def test_bad_generation_tables_name_the_key(table, message):
+    with pytest.raises(ConfigError, match=re.escape(f"t.toml: {message}")):
+        cfg.load_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
+
+
+def test_the_strip_starts_every_candidate_from_the_same_noise():
+    from dsv.builtin.initializers import InitContext, NoiseInit
+
+    context = InitContext(torch.Generator().manual_seed(0), None)
+    x = NoiseInit(shared=True)((3, 1, 4, 4), torch.zeros(3), context)
+    assert torch.equal(x[0], x[2]) and x[0].std() > 0.5
+    y = NoiseInit()((3, 1, 4, 4), torch.zeros(3), InitContext(torch.Generator().manual_seed(0), None))
+    assert not torch.equal(y[0], y[2])
+
+
+def test_a_changed_interpolate_table_replaces_only_the_strip(generated):
+    store_path = generated["store"]
+    main_before = RunStore.open(store_path).candidates()["x"].copy()
+    args = ["run", str(generated["pipeline"]), "--no-progress", "--set", 'run.stages=["train", "interpolate"]']  # train: the cached weights
+    assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0
+    sub = RunStore.open(store_path / "generated" / "interpolate")
+    assert sub.meta["committed_iteration"] == 5 and sub.history_length == 5
+    np.testing.assert_array_equal(RunStore.open(store_path).candidates()["x"], main_before)
+    assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0  # complete: reused as it is
+    assert RunStore.open(store_path / "generated" / "interpolate").history_length == 5
+
+
+def test_a_class_the_model_lacks_is_named_with_its_key(generated, tmp_path):
+    overrides = ['run.stages=["train", "synthesize", "interpolate"]', "synthesis.iterations=1",
+                 "interpolate.to_class=10"]
+    pipeline = Pipeline.from_toml(generated["pipeline"], overrides=overrides, store=str(tmp_path / "s.zarr"),
+                                  progress=False)
+    with pytest.raises(ConfigError, match=r"interpolate\.to_class: class 10 is out of range \(the model has 10 classes\)"):
+        pipeline.run()
