@@ -20,21 +20,15 @@ import cattrs
 from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from dsv.distill_config import AnalyseConfig, RetrainConfig, SelectConfig, check_distill
 from dsv.errors import ConfigError
+from dsv.plugin_spec import PluginSpec
 from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override  # noqa: F401
 
 # Every stage in the order a pipeline runs them (a file lists the ones it wants, in any order);
 # dsv.stages maps the names after synthesize to their functions.
-STAGES = ("train", "synthesize", "export")
-DEFAULT_STAGES = ("train", "synthesize", "export")
-
-
-@attrs.define(kw_only=True)
-class PluginSpec:
-    """A table naming a registered plugin; every other key is an option of that plugin."""
-
-    name: str
-    options: dict[str, Any] = attrs.field(factory=dict)
+STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
+DEFAULT_STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
 
 
 Target = Union[int, dict[str, float]]
@@ -118,6 +112,9 @@ class PipelineConfig:
     synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
     export: ExportConfig = attrs.field(factory=ExportConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    select: SelectConfig | None = None
+    retrain: RetrainConfig | None = None
+    analyse: AnalyseConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,6 +353,10 @@ def _check(config: PipelineConfig, source: str) -> None:
     if "train" in config.run.stages and config.train is not None and config.data is None:
         problems.append("train: the train stage needs a [data] table")
     problems += check_synthesis(config.synthesis) + check_logging(config.logging)
+    problems += check_distill(config.select, config.retrain, config.analyse)
+    for stage in ("select", "retrain", "evaluate", "analyse"):
+        if stage in config.run.stages and config.data is None:
+            problems.append(f"run.stages: the {stage} stage needs a [data] table")
     for key in ("png", "npz"):
         name = getattr(config.export, key)
         if name and not _is_plain_file_name(name):

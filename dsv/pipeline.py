@@ -381,9 +381,14 @@ class Pipeline:
     def synthesize(self, loaded: LoadedModel) -> RunStore:
         """The synthesize stage: a new run, or the continuation of the one in the store (from its
         last checkpoint, with the same result as if it had never stopped)."""
-        spec = loaded.spec
-        fingerprint = model_fingerprint(loaded.module)
         run = self.build_run(loaded, None)  # every config error surfaces before a store exists
+        store, _ = execute(run, self.store_meta(loaded), store_path=self.store_path, fresh=self.fresh,
+                           logging=self.config.logging)
+        return store
+
+    def store_meta(self, loaded: LoadedModel) -> dict[str, Any]:
+        """What a new store records about this pipeline and its model."""
+        spec = loaded.spec
         meta = {
             "name": self.config.run.name,
             "dsv_version": dsv.__version__,
@@ -396,12 +401,18 @@ class Pipeline:
             "mean": list(spec.mean),
             "std": list(spec.std),
             "model": self.config.model.source,
-            "model_fingerprint": fingerprint,
+            "model_fingerprint": model_fingerprint(loaded.module),
         }
         if getattr(self, "test_accuracy", None) is not None:
             meta["base_test_accuracy"] = self.test_accuracy
-        store, _ = execute(run, meta, store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
-        return store
+        return meta
+
+    def open_store(self, loaded: LoadedModel) -> RunStore:
+        """The store of the stages after synthesis when this pipeline does not synthesize: the
+        existing one, or a new one without candidates (a pipeline that only selects)."""
+        if self.store_path.exists():
+            return RunStore.open(self.store_path, mode="a")
+        return RunStore.create(self.store_path, self.store_meta(loaded))
 
     def run(self) -> PipelineResult:
         from dsv.stages import AFTER_SYNTHESIS
@@ -411,7 +422,7 @@ class Pipeline:
         if "synthesize" in stages:
             store = self.synthesize(loaded)
         else:
-            store = RunStore.open(self.store_path, mode="a")
+            store = self.open_store(loaded)
         self.loaded_model = loaded
         files: list[Path] = []
         for name in cfg.STAGES:

@@ -13,7 +13,8 @@ from typing import Any
 from dsv.errors import ConfigError
 
 # keys that do not change what a synthesis computes: a run may resume with other values
-RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export", "logging")
+RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export", "logging", "select", "retrain",
+                  "analyse")
 
 
 def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A stage is a function ``(pipeline, store) -> None`` that reads the run store the synthesize stage
 wrote (or an existing one), does its work, records what it measured with ``store.put_result`` (so
 ``dsv-pipeline show --json`` lists it) and returns the files it wrote. :class:`dsv.pipeline.Pipeline`
-runs the stages a file lists in the order of :data:`dsv.config.STAGES`.
+runs the stages a file lists in the order of :data:`dsv.config.STAGES`. Stage bodies live in their
+own modules; this one only dispatches.
 """
 
 from __future__ import annotations
@@ -18,19 +19,48 @@ if TYPE_CHECKING:
 StageFunction = Callable[["Pipeline", "RunStore"], "list[Path]"]
 
 
+def select(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.select import select as run_select
+
+    return run_select(pipeline, store)
+
+
+def retrain(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.retrain import retrain as run_retrain
+
+    return run_retrain(pipeline, store)
+
+
+def evaluate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    """Each part returns [] when its inputs are absent: the retrained models' test accuracy."""
+    from dsv.evaluate_retrained import evaluate_retrained
+
+    return evaluate_retrained(pipeline, store)
+
+
+def analyse(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.analyse import analyse as run_analyse
+
+    return run_analyse(pipeline, store)
+
+
 def export(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     from dsv.export import save_grid, save_npz
 
     out = []
     e = pipeline.config.export
-    if e.png:
+    if e.png and "candidates" in store.group:
         out.append(save_grid(store, store.export_path(e.png)))
-    if e.npz:
+    if e.npz and "candidates" in store.group:
         out.append(save_npz(store, store.export_path(e.npz)))
     return out
 
 
 # name -> function; train and synthesize are run by the pipeline itself (they make the store)
 AFTER_SYNTHESIS: dict[str, StageFunction] = {
+    "select": select,
+    "retrain": retrain,
+    "evaluate": evaluate,
+    "analyse": analyse,
     "export": export,
 }
