@@ -28,7 +28,7 @@ from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_
 # Every stage in the order a pipeline runs them (a file lists the ones it wants, in any order);
 # dsv.stages maps the names after synthesize to their functions.
 STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
-DEFAULT_STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
+DEFAULT_STAGES = ("train", "synthesize", "export")
 
 
 Target = Union[int, dict[str, float]]

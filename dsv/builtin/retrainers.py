@@ -112,7 +112,7 @@ class SAM(Adam):
                     if e is not None:
                         p.sub_(e)
             optimizer.step()
-            return float(loss)
+            return float(loss.detach())
 
         return Engine(step)
 
