@@ -251,3 +251,13 @@ def test_bad_distill_tables_name_the_key(text, message):
     with pytest.raises(ConfigError) as info:
         cfg.load_text(source, source="p.toml")
     assert f"p.toml: {message}" in str(info.value)
+
+
+def test_range_prior_penalizes_only_values_outside_the_range():
+    prior = cfg.build(cfg.PluginSpec(name="range", options={"low": -1.0, "high": 2.0}),
+                      get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+    assert float(prior(torch.tensor([[-1.0, 0.0, 2.0]]))) == 0.0
+    assert float(prior(torch.tensor([[-3.0, 4.0]]))) == pytest.approx((4.0 + 4.0) / 2)
+    with pytest.raises(ConfigError, match="low must be below high"):
+        cfg.build(cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
+                  get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
