@@ -136,7 +136,7 @@ def test_wrong_type_of_a_table_key():
 def test_unknown_key_at_top_level():
     message = config_error('bogus = 1\n' + MINIMAL)
     assert message.startswith("p.toml: bogus: unknown key")
-    assert "known: data, export, logging, model, run, synthesis, train" in message
+    assert "known: analyse, data, export, logging, model, retrain, run, select, synthesis, train" in message
 
 
 def test_unknown_key_in_a_nested_table():
