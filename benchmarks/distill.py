@@ -61,9 +61,10 @@ def parse_args(argv=None):
 def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.SynthesisConfig:
     """The pipeline's [synthesis] table with the initializer and losses of ``method``."""
     s = attrs.evolve(s, candidates_per_class=ipc, classes=[], targets=[], checkpoint_every=0)
+    noise = s.init if s.init.name == "noise" else cfg.PluginSpec(name="noise")  # keeps the file's std
     if method == "primal_only":
-        return attrs.evolve(s, losses=[l for l in s.losses if l.name == "primal"], init=cfg.PluginSpec(name="noise"))
-    init = {"dsv_noise": cfg.PluginSpec(name="noise"),
+        return attrs.evolve(s, losses=[term for term in s.losses if term.name == "primal"], init=noise)
+    init = {"dsv_noise": noise,
             "dsv_other_data": cfg.PluginSpec(name="other", options={"dataset": "digits"}),
             "dsv_real_init": cfg.PluginSpec(name="real")}[method]
     return attrs.evolve(s, init=init)
