@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dsv import config as cfg
+from dsv.analyse import class_lambda_sums, pearson
 from dsv.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
 from dsv.evaluate_retrained import accuracy_on, mean_std
 from dsv.pipeline import Pipeline
@@ -117,7 +118,7 @@ class Bench:
                                                       data=self.data, seed=seed, progress=self.args.progress)
         entropy = history.get("entropy", np.array([np.nan]))
         self.notes[f"{method}/{ipc}"] = {"alive": int(alive.sum()), "entropy_start": float(entropy[0]),
-                                         "entropy_end": float(entropy[-1])}
+                                         "entropy_min": float(entropy.min()), "entropy_end": float(entropy[-1])}
         return x, labels  # dead candidates are kept: every method hands over ipc images per class
 
     def distill(self, method: str, ipc: int) -> None:
@@ -143,8 +144,15 @@ class Bench:
             lambdas, history = fit_multipliers(kkt.classifier_head(model)[1], logits, features, labels[pool],
                                                iterations=sel.iterations, lr=sel.lr_lambda, lambda_init=sel.lambda_init,
                                                distance=sel.distance, progress=self.args.progress)
+            num_classes = self.loaded.spec.num_classes
+            sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
+            per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]
             self.notes["select"] = {"seconds": time.perf_counter() - start, "relative_stationarity": history[-1],
-                                    "positive_lambda": int((lambdas > 0).sum()), "pool": int(len(pool))}
+                                    "positive_lambda": int((lambdas > 0).sum()), "pool": int(len(pool)),
+                                    "pearson_lambda_accuracy": pearson(sums, per_class),
+                                    "class_lambda_sum": sums.tolist(), "class_test_accuracy": per_class.tolist()}
+            print(f"select: Pearson rho (class lambda sum vs class test accuracy) "
+                  f"{self.notes['select']['pearson_lambda_accuracy']:.3f}")
         shots = len(pool) // len(labels.unique())
         for ipc in ipcs:
             for method in methods:
