@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def accuracy_on(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int,
-                batch_size: int = 1000) -> tuple[float, np.ndarray]:
+                batch_size: int = 250) -> tuple[float, np.ndarray]:
     """(overall accuracy, accuracy of each class) of ``model`` on ``images`` (model input space);
     a class without test images gets nan."""
     right = torch.zeros(num_classes)
