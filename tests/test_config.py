@@ -375,6 +375,10 @@ def test_shipped_pipelines_load_and_every_plugin_table_builds(path, plugins):
     tables += [("initializers", s.init, "synthesis.init")]
     if loaded.config.train is not None:
         tables.append(("retrainers", loaded.config.train.retrainer, "train.retrainer"))
+    if loaded.config.retrain is not None:
+        r = loaded.config.retrain
+        tables.append(("retrainers", r.retrainer, "retrain.retrainer"))
+        tables += [("augmentations", spec, f"retrain.augmentations[{i}]") for i, spec in enumerate(r.augmentations)]
     for kind, spec, key in tables:
         obj = cfg.build(spec, plugins.registry(kind), source=loaded.source, path=key)
         for option, value in spec.options.items():
