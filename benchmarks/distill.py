@@ -34,7 +34,7 @@ from dsv.baselines import distribution_matching, herding, random_per_class, rand
 from dsv.evaluate_retrained import accuracy_on, mean_std
 from dsv.pipeline import Pipeline
 from dsv.retrain import build_augmentations, build_retrainer, normalize, retrain_models
-from dsv.select import fit_multipliers, head_features, pool_indices, top_per_class
+from dsv.select import fit_feasible, head_features, pool_indices, top_per_class
 from dsv import kkt
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
@@ -141,9 +141,10 @@ class Bench:
         logits, features = head_features(model, normalize(images[pool], self.data.mean, self.data.std))
         lambdas = None
         if "lambda_top" in methods:
-            lambdas, history = fit_multipliers(kkt.classifier_head(model)[1], logits, features, labels[pool],
-                                               iterations=sel.iterations, lr=sel.lr_lambda, lambda_init=sel.lambda_init,
-                                               distance=sel.distance, progress=self.args.progress)
+            lambdas, history = fit_feasible(kkt.classifier_head(model)[1], logits, features, labels[pool],
+                                            feasible_only=sel.feasible_only, iterations=sel.iterations,
+                                            lr=sel.lr_lambda, lambda_init=sel.lambda_init, distance=sel.distance,
+                                            progress=self.args.progress)
             num_classes = self.loaded.spec.num_classes
             sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
             per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]

@@ -72,6 +72,17 @@ def fit_multipliers(head: nn.Linear, logits: Tensor, features: Tensor, labels: T
     return lambdas.detach(), history
 
 
+def fit_feasible(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = True,
+                 **options) -> tuple[Tensor, list[float]]:
+    """:func:`fit_multipliers` over the primal-feasible samples only (those the model classifies
+    right) when ``feasible_only``; the others keep lambda = 0 and rank last."""
+    keep = (logits.argmax(1) == labels) if feasible_only else torch.ones_like(labels, dtype=torch.bool)
+    lambdas = torch.zeros(len(labels))
+    fitted, history = fit_multipliers(head, logits[keep], features[keep], labels[keep], **options)
+    lambdas[keep] = fitted
+    return lambdas, history
+
+
 def top_per_class(scores: Tensor, labels: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` highest scores of each class (classes in order, best first)."""
     out = []
@@ -122,8 +133,9 @@ def select(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     model = pipeline.loaded_model.module.cpu().eval()
     logits, features = head_features(model, normalize(images[pool], data.mean, data.std))
     _, head = kkt.classifier_head(model)
-    lambdas, history = fit_multipliers(head, logits, features, labels[pool], iterations=s.iterations, lr=s.lr_lambda,
-                                       lambda_init=s.lambda_init, distance=s.distance, progress=pipeline.progress)
+    lambdas, history = fit_feasible(head, logits, features, labels[pool], feasible_only=s.feasible_only,
+                                    iterations=s.iterations, lr=s.lr_lambda, lambda_init=s.lambda_init,
+                                    distance=s.distance, progress=pipeline.progress)
     arrays = {"top_k": np.asarray(s.top_k), "pool_indices": pool.numpy(), "pool_lambda": lambdas.numpy(),
               "pool_labels": labels[pool].numpy()}
     entropy_selected = {}

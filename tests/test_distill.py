@@ -22,7 +22,7 @@ from dsv.errors import ConfigError
 from dsv.evaluate_retrained import accuracy_on
 from dsv.plugins import get_plugin_manager
 from dsv.retrain import Augmented, fresh_model, normalize, retrain_models
-from dsv.select import fit_multipliers, head_features, top_per_class
+from dsv.select import fit_feasible, fit_multipliers, head_features, top_per_class
 from dsv.store import RunStore
 
 DISTILL_TABLES = """\
@@ -261,3 +261,16 @@ def test_range_prior_penalizes_only_values_outside_the_range():
     with pytest.raises(ConfigError, match="low must be below high"):
         cfg.build(cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
                   get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+
+
+def test_misclassified_samples_are_no_support_vectors():
+    torch.manual_seed(0)
+    logits, features = torch.randn(12, 3), torch.randn(12, 4)
+    labels = logits.argmax(1)
+    labels[:3] = (labels[:3] + 1) % 3  # the first three are misclassified
+    head = nn.Linear(4, 3)
+    lambdas, _ = fit_feasible(head, logits, features, labels, iterations=50, lr=0.1, lambda_init=0.5)
+    assert (lambdas[:3] == 0).all() and (lambdas[3:] > 0).any()
+    everyone, _ = fit_feasible(head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1,
+                               lambda_init=0.5)
+    assert (everyone[:3] > 0).any()
