@@ -31,6 +31,7 @@ import torch
 from dsv import config as cfg
 from dsv.analyse import class_lambda_sums, pearson
 from dsv.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
+from dsv.distill_config import RetrainConfig, SelectConfig
 from dsv.evaluate_retrained import accuracy_on, mean_std
 from dsv.pipeline import Pipeline
 from dsv.retrain import build_augmentations, build_retrainer, normalize, retrain_models
@@ -80,14 +81,14 @@ class Bench:
             base = cfg.load(args.pipeline, overrides=overrides).config
             overrides += [f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
                           f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
-                          f"select.iterations={max(base.select.iterations // 5, 1)}"]
+                          f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}"]
             args.dm_iterations = max(args.dm_iterations // 5, 1)
         self.args = args
         self.pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, progress=args.progress)
         self.config = self.pipeline.config
         self.loaded = self.pipeline.model()  # trains, or reuses the cached weights
         self.data = self.pipeline.data()
-        r = self.config.retrain
+        r = self.config.retrain or RetrainConfig()
         self.retrainer = build_retrainer(r.retrainer, self.pipeline.plugins, self.pipeline.source, "retrain.retrainer")
         if args.quick:
             self.retrainer = attrs.evolve(self.retrainer, epochs=max(self.retrainer.epochs // 5, 1))
@@ -132,7 +133,7 @@ class Bench:
         print_row(self.rows[-1])
 
     def coresets(self, ipcs: list[int], methods: list[str]) -> None:
-        sel = self.config.select
+        sel = self.config.select or SelectConfig()
         images, labels = self.data.tensors("train")
         gen = torch.Generator().manual_seed(self.config.run.seed)
         pool = pool_indices(labels, sel.pool_per_class, gen)
