@@ -269,7 +269,8 @@ def test_misclassified_samples_are_no_support_vectors():
     labels = logits.argmax(1)
     labels[:3] = (labels[:3] + 1) % 3  # the first three are misclassified
     head = nn.Linear(4, 3)
-    lambdas, _ = fit_feasible(head, logits, features, labels, iterations=50, lr=0.1, lambda_init=0.5)
+    lambdas, _ = fit_feasible(head, logits, features, labels, feasible_only=True, iterations=50, lr=0.1,
+                              lambda_init=0.5)
     assert (lambdas[:3] == 0).all() and (lambdas[3:] > 0).any()
     everyone, _ = fit_feasible(head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1,
                                lambda_init=0.5)
