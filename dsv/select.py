@@ -72,7 +72,7 @@ def fit_multipliers(head: nn.Linear, logits: Tensor, features: Tensor, labels: T
     return lambdas.detach(), history
 
 
-def fit_feasible(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = False,
+def fit_feasible(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = True,
                  **options) -> tuple[Tensor, list[float]]:
     """:func:`fit_multipliers` over the primal-feasible samples only (those the model classifies
     right) when ``feasible_only``; the others keep lambda = 0 and rank last."""
