@@ -24,7 +24,7 @@ class SelectConfig:
     distance: str = "l2"  # stationarity distance over the classifier head: l1 or l2
     # only correctly classified samples (primal feasible) get a multiplier. On all of Fashion-MNIST
     # the fit with the misclassified ones diverged (relative stationarity 2.28 after 300 steps, worse
-    # than lambda = 0), without them it reached 0.63 (benchmarks/distill.py); see the notes there
+    # than lambda = 0), without them it reached 0.63 (measured with benchmarks/distill.py)
     feasible_only: bool = True
     top_k: list[int] = attrs.field(factory=lambda: [1, 10])  # exported coreset sizes, per class
     random_samples: int = 1000  # random samples whose entropy is compared with the selected ones'
