@@ -20,22 +20,16 @@ import cattrs
 from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from dsv.distill_config import AnalyseConfig, RetrainConfig, SelectConfig, check_distill
 from dsv.errors import ConfigError
 from dsv.generate_config import EditConfig, EvaluateConfig, InterpolateConfig, check_generate, export_names
+from dsv.plugin_spec import PluginSpec
 from dsv.rawconfig import RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override  # noqa: F401
 
 # Every stage in the order a pipeline runs them (a file lists the ones it wants, in any order);
 # dsv.stages maps the names after synthesize to their functions.
-STAGES = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
+STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "interpolate", "edit", "export")
 DEFAULT_STAGES = ("train", "synthesize", "export")
-
-
-@attrs.define(kw_only=True)
-class PluginSpec:
-    """A table naming a registered plugin; every other key is an option of that plugin."""
-
-    name: str
-    options: dict[str, Any] = attrs.field(factory=dict)
 
 
 Target = Union[int, dict[str, float]]
@@ -120,6 +114,9 @@ class PipelineConfig:
     synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
     export: ExportConfig = attrs.field(factory=ExportConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    select: SelectConfig | None = None
+    retrain: RetrainConfig | None = None
+    analyse: AnalyseConfig | None = None
     evaluate: EvaluateConfig | None = None
     interpolate: InterpolateConfig | None = None
     edit: EditConfig | None = None
@@ -361,7 +358,12 @@ def _check(config: PipelineConfig, source: str) -> None:
     if "train" in config.run.stages and config.train is not None and config.data is None:
         problems.append("train: the train stage needs a [data] table")
     problems += check_synthesis(config.synthesis) + check_logging(config.logging)
+    problems += check_distill(config.select, config.retrain, config.analyse)
     problems += check_generate(config.evaluate, config.interpolate, config.edit)
+    # evaluate needs [data] only for retrained models, which the retrain stage (checked here) makes
+    for stage in ("select", "retrain", "analyse"):
+        if stage in config.run.stages and config.data is None:
+            problems.append(f"run.stages: the {stage} stage needs a [data] table")
     for stage in ("interpolate", "edit"):
         if stage in config.run.stages and getattr(config, stage) is None:
             problems.append(f"run.stages: the {stage} stage needs an [{stage}] table")

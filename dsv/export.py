@@ -29,7 +29,7 @@ def summary(store: RunStore) -> dict[str, Any]:
     out["iterations"] = int(meta.get("committed_iteration", 0))
     out["config_hash"] = meta.get("config_hash")
     out.update(store.results)  # e.g. verifier, pearson_lambda_accuracy, retrained accuracies
-    if "candidates" not in out and "candidates" in store.group:
+    if "candidates" not in out and store.has_candidates:
         c = store.candidates()
         out["candidates"] = int(len(c["alive"]))
         out["alive"] = int(c["alive"].sum())

@@ -296,6 +296,12 @@ class Pipeline:
         """The synthesize stage: a new run, or the continuation of the one in the store (each
         group from its last checkpoint, with the same result as if it had never stopped). Every
         rank runs the groups it owns; rank 0 writes the shared metadata."""
+        return execute_groups(lambda g: self.build_run(loaded, None, g), self.config.synthesis.groups,
+                              self.store_meta(loaded), store_path=self.store_path, fresh=self.fresh,
+                              logging=self.config.logging)
+
+    def store_meta(self, loaded: LoadedModel) -> dict[str, Any]:
+        """What a new store records about this pipeline and its model."""
         spec = loaded.spec
         meta = {
             "name": self.config.run.name,
@@ -313,8 +319,14 @@ class Pipeline:
         }
         if getattr(self, "test_accuracy", None) is not None:
             meta["base_test_accuracy"] = self.test_accuracy
-        return execute_groups(lambda g: self.build_run(loaded, None, g), self.config.synthesis.groups, meta,
-                              store_path=self.store_path, fresh=self.fresh, logging=self.config.logging)
+        return meta
+
+    def open_store(self, loaded: LoadedModel) -> RunStore:
+        """The store of the stages after synthesis when this pipeline does not synthesize: the
+        existing one, or a new one without candidates (a pipeline that only selects)."""
+        if self.store_path.exists():
+            return RunStore.open(self.store_path, mode="a")
+        return RunStore.create(self.store_path, self.store_meta(loaded), groups=self.config.synthesis.groups)
 
     def run(self) -> PipelineResult | None:
         """Every stage of the file. Under several ranks each one synthesizes its groups; the first
@@ -329,7 +341,7 @@ class Pipeline:
         if "synthesize" in stages:
             store = self.synthesize(loaded)
         elif distributed.is_main_rank():
-            store = RunStore.open(self.store_path, mode="a")
+            store = self.open_store(loaded)
         if not distributed.is_main_rank():
             return None
         self.loaded_model = loaded

@@ -14,7 +14,7 @@ from dsv.errors import ConfigError
 
 # keys that do not change what a synthesis computes: a run may resume with other values
 RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "export", "logging",
-                  "evaluate", "interpolate", "edit")
+                  "select", "retrain", "analyse", "evaluate", "interpolate", "edit")
 
 
 def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:

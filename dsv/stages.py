@@ -3,7 +3,8 @@
 A stage is a function ``(pipeline, store) -> None`` that reads the run store the synthesize stage
 wrote (or an existing one), does its work, records what it measured with ``store.put_result`` (so
 ``dsv-pipeline show --json`` lists it) and returns the files it wrote. :class:`dsv.pipeline.Pipeline`
-runs the stages a file lists in the order of :data:`dsv.config.STAGES`.
+runs the stages a file lists in the order of :data:`dsv.config.STAGES`. Stage bodies live in their
+own modules; this one only dispatches.
 """
 
 from __future__ import annotations
@@ -18,23 +19,44 @@ if TYPE_CHECKING:
 StageFunction = Callable[["Pipeline", "RunStore"], "list[Path]"]
 
 
+def select(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.select import select as run_select
+
+    return run_select(pipeline, store)
+
+
+def retrain(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.retrain import retrain as run_retrain
+
+    return run_retrain(pipeline, store)
+
+
+def evaluate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    """Each part measures what it has inputs for and returns [] otherwise: the retrained models'
+    test accuracy (after ``retrain``), and the independent verifier's names of the candidates
+    (with an ``[evaluate]`` table)."""
+    from dsv.evaluate_retrained import evaluate_retrained
+    from dsv.verifier import evaluate_verifier
+
+    return evaluate_retrained(pipeline, store) + evaluate_verifier(pipeline, store)
+
+
+def analyse(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
+    from dsv.analyse import analyse as run_analyse
+
+    return run_analyse(pipeline, store)
+
+
 def export(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
     from dsv.export import save_grid, save_npz
 
     out = []
     e = pipeline.config.export
-    if e.png:
+    if e.png and store.has_candidates:
         out.append(save_grid(store, store.export_path(e.png)))
-    if e.npz:
+    if e.npz and store.has_candidates:
         out.append(save_npz(store, store.export_path(e.npz)))
     return out
-
-
-def evaluate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
-    """Each part measures what its table asks for and does nothing without it."""
-    from dsv.verifier import evaluate_verifier
-
-    return evaluate_verifier(pipeline, store)
 
 
 def interpolate(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
@@ -51,7 +73,10 @@ def edit(pipeline: "Pipeline", store: "RunStore") -> list[Path]:
 
 # name -> function; train and synthesize are run by the pipeline itself (they make the store)
 AFTER_SYNTHESIS: dict[str, StageFunction] = {
+    "select": select,
+    "retrain": retrain,
     "evaluate": evaluate,
+    "analyse": analyse,
     "interpolate": interpolate,
     "edit": edit,
     "export": export,

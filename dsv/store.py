@@ -338,6 +338,11 @@ class RunStore:
         """:meth:`Region.read_state` of a one-group store."""
         return self._only_region().read_state()
 
+    @property
+    def has_candidates(self) -> bool:
+        """Whether every group holds candidates (false for a store that only the select stage used)."""
+        return all("candidates" in r.group for r in self.regions())
+
     def candidates(self) -> dict[str, np.ndarray]:
         """Every group's committed candidates, in candidate order."""
         from dsv.groups import concatenate_candidates

@@ -136,7 +136,8 @@ def test_wrong_type_of_a_table_key():
 def test_unknown_key_at_top_level():
     message = config_error('bogus = 1\n' + MINIMAL)
     assert message.startswith("p.toml: bogus: unknown key")
-    assert "known: data, edit, evaluate, export, interpolate, logging, model, run, synthesis, train" in message
+    assert ("known: analyse, data, edit, evaluate, export, interpolate, logging, model, retrain, run, select, "
+            "synthesis, train") in message
 
 
 def test_unknown_key_in_a_nested_table():
@@ -375,6 +376,10 @@ def test_shipped_pipelines_load_and_every_plugin_table_builds(path, plugins):
     tables += [("initializers", s.init, "synthesis.init")]
     if loaded.config.train is not None:
         tables.append(("retrainers", loaded.config.train.retrainer, "train.retrainer"))
+    if loaded.config.retrain is not None:
+        r = loaded.config.retrain
+        tables.append(("retrainers", r.retrainer, "retrain.retrainer"))
+        tables += [("augmentations", spec, f"retrain.augmentations[{i}]") for i, spec in enumerate(r.augmentations)]
     for kind, spec, key in tables:
         obj = cfg.build(spec, plugins.registry(kind), source=loaded.source, path=key)
         for option, value in spec.options.items():

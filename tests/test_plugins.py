@@ -214,7 +214,7 @@ def test_a_plugin_registered_on_a_manager_adds_a_prior():
     assert "sharpness" not in pm.registry("priors")
     pm.register(_sharpness_plugin(), "sharpness_plugin")
     registry = pm.registry("priors")
-    assert registry.names() == ["norm", "sharpness", "tv"]
+    assert registry.names() == ["norm", "range", "sharpness", "tv"]
     assert registry.split("sharpness")[0].plugin.startswith("plugin 'sharpness_plugin'")
     prior = cfg.build(cfg.PluginSpec(name="sharpness", options={"weight": 0.1, "power": 2}), registry,
                       source="s", path="synthesis.priors[0]")
@@ -382,7 +382,7 @@ def test_plugins_command_shows_each_distribution_its_names_and_hooks(fake_distri
     out = capsys.readouterr().out
     assert "sharp  [dsv-sharp 1.2.3]\n    priors: sharp\n    hooks: dsv_register_priors\n" in out
     assert "log  [dsv-log 0.4]\n    hooks: dsv_iteration_completed, dsv_run_finished\n" in out
-    assert "dsv.builtin.priors  [dsv " in out and "    priors: norm, tv\n" in out
+    assert "dsv.builtin.priors  [dsv " in out and "    priors: norm, range, tv\n" in out
     assert "  sharp                  plugin 'sharp' (dsv-sharp 1.2.3)" in out.splitlines()
     assert cli.main(["plugins", "--disable-plugin", "sharp"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Built-in candidate initializers: Gaussian noise, real samples of the target class, image files."""
+"""Built-in candidate initializers: Gaussian noise, real samples of the target class (n-shot),
+images of another data set (zero-shot) and image files (edits)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,41 @@ class ImageInit:
             raise DsvError(f"init 'image': {len(self.paths)} image files for {shape[0]} candidates")
         images = torch.stack([read_image(p, shape[1], shape[-1]) for p in self.paths])
         return context.normalize(images)
+def fit_images(images: Tensor, shape) -> Tensor:
+    """Images (N, C', H', W') in [0, 1] resized and channel-matched to ``shape`` (N, C, H, W)."""
+    channels = shape[1]
+    if images.shape[1] != channels:
+        images = images.mean(dim=1, keepdim=True)  # to grey, then repeated if colour is needed
+        images = images.expand(-1, channels, -1, -1)
+    if images.shape[-2:] != tuple(shape[-2:]):
+        images = torch.nn.functional.interpolate(images, size=tuple(shape[-2:]), mode="bilinear",
+                                                 antialias=images.shape[-1] > shape[-1])
+    return images.clamp(0.0, 1.0)
+
+
+@attrs.define(kw_only=True)
+class OtherDataInit:
+    """Start from random images of another data set (zero-shot distillation: no image of the
+    model's own training set is seen). ``dataset`` is a registered data set name (e.g.
+    ``digits``, upscaled to the model's size, or ``imagefolder`` with ``root``); classes are ignored."""
+
+    dataset: str = "digits"
+    root: str = ""
+    split: str = attrs.field(default="train", validator=attrs.validators.in_(("train", "test")))
+    options: dict = attrs.field(factory=dict)
+
+    def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
+        from dsv.plugins import get_plugin_manager
+
+        factory = get_plugin_manager().registry("datasets").get(self.dataset)
+        images, _ = factory(root=self.root, download=False, **self.options).tensors(self.split)
+        pick = torch.randint(len(images), (shape[0],), generator=context.generator)
+        return context.normalize(fit_images(images[pick].float(), shape))
 
 
 @hookimpl
 def dsv_register_initializers(registry):
     registry.add("noise", NoiseInit)
     registry.add("real", RealInit)
+    registry.add("other", OtherDataInit)
     registry.add("image", ImageInit)

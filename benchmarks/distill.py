@@ -1,0 +1,206 @@
+"""Few-shot / zero-shot distillation and coreset selection, side by side with the baselines.
+
+Every method yields a small labelled image set; fresh models are trained on it under one
+protocol (the [retrain] table of the pipeline: same model, retrainer, augmentations, seeds) and
+tested on the whole test split. Rows for each images-per-class count:
+
+* ``random_real``: n real images per class;       ``dm``: distribution matching from noise to them;
+* ``primal_only``: model inversion from noise (primal loss + priors, no stationarity);
+* ``dsv_noise``, ``dsv_other_data`` (init: sklearn digits, upscaled; no image of the data set is
+  seen), ``dsv_real_init`` (init: the n real images of random_real);
+
+and coresets of real images: ``random``, ``herding``, ``lambda_top`` (the select stage's ranking).
+
+    python benchmarks/distill.py --dataset fashion-mnist --json out.json [--quick] [--set KEY=VALUE ...]
+
+``--set`` overrides keys of pipelines/fashion_mnist_distill.toml (e.g. synthesis.iterations=300);
+``--methods`` and ``--ipc`` restrict the table (for ablations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+
+from dsv import config as cfg
+from dsv.analyse import class_lambda_sums, pearson
+from dsv.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
+from dsv.distill_config import RetrainConfig, SelectConfig
+from dsv.evaluate_retrained import accuracy_on, mean_std
+from dsv.pipeline import Pipeline
+from dsv.retrain import build_augmentations, build_retrainer, normalize, retrain_models
+from dsv.select import fit_feasible, head_features, pool_indices, top_per_class
+from dsv import kkt
+
+PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
+DISTILL_METHODS = ("random_real", "dm", "primal_only", "dsv_noise", "dsv_other_data", "dsv_real_init")
+CORESET_METHODS = ("random", "herding", "lambda_top")
+ZERO_SHOT = ("primal_only", "dsv_noise", "dsv_other_data")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fashion-mnist", help="data set name ([data].name); cifar10 needs --data-root")
+    p.add_argument("--data-root", default="")
+    p.add_argument("--pipeline", default=str(PIPELINE))
+    p.add_argument("--json", default="", help="write the table as JSON here")
+    p.add_argument("--quick", action="store_true", help="a fifth of the synthesis and retrain steps")
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
+    p.add_argument("--methods", nargs="+", default=[*DISTILL_METHODS, *CORESET_METHODS])
+    p.add_argument("--dm-iterations", type=int, default=500)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.SynthesisConfig:
+    """The pipeline's [synthesis] table with the initializer and losses of ``method``."""
+    s = attrs.evolve(s, candidates_per_class=ipc, classes=[], targets=[], checkpoint_every=0)
+    noise = s.init if s.init.name == "noise" else cfg.PluginSpec(name="noise")  # keeps the file's std
+    if method == "primal_only":
+        return attrs.evolve(s, losses=[term for term in s.losses if term.name == "primal"], init=noise)
+    init = {"dsv_noise": noise,
+            "dsv_other_data": cfg.PluginSpec(name="other", options={"dataset": "digits"}),
+            "dsv_real_init": cfg.PluginSpec(name="real")}[method]
+    return attrs.evolve(s, init=init)
+
+
+class Bench:
+    def __init__(self, args):
+        overrides = [f"data.name={json.dumps(args.dataset)}", *args.overrides]
+        if args.data_root:
+            overrides.append(f"data.root={json.dumps(args.data_root)}")
+        if args.quick:
+            base = cfg.load(args.pipeline, overrides=overrides).config
+            overrides += [f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
+                          f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
+                          f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}"]
+            args.dm_iterations = max(args.dm_iterations // 5, 1)
+        self.args = args
+        self.pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, progress=args.progress)
+        self.config = self.pipeline.config
+        self.loaded = self.pipeline.model()  # trains, or reuses the cached weights
+        self.data = self.pipeline.data()
+        r = self.config.retrain or RetrainConfig()
+        self.retrainer = build_retrainer(r.retrainer, self.pipeline.plugins, self.pipeline.source, "retrain.retrainer")
+        if args.quick:
+            self.retrainer = attrs.evolve(self.retrainer, epochs=max(self.retrainer.epochs // 5, 1))
+        self.augmentations = build_augmentations(r.augmentations, self.pipeline.plugins, self.pipeline.source, "retrain")
+        self.seeds = [1000 + i for i in range(r.seeds)]
+        test_x, self.test_y = self.data.tensors("test")
+        self.test_x = normalize(test_x, self.data.mean, self.data.std)
+        self.rows, self.coreset, self.notes = [], [], {}
+
+    def score(self, images, labels) -> dict:
+        models = retrain_models(self.loaded.module, images, labels, self.retrainer, augmentations=self.augmentations,
+                                seeds=self.seeds)
+        accs = [accuracy_on(m, self.test_x, self.test_y, self.loaded.spec.num_classes)[0] for m in models]
+        return mean_std(accs)
+
+    def images_of(self, method: str, ipc: int):
+        seed = self.config.run.seed
+        if method == "random_real":
+            return random_real(self.data, self.loaded.spec, ipc, seed)
+        if method == "dm":
+            real, labels = random_real(self.data, self.loaded.spec, ipc, seed)
+            noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(seed))
+            return distribution_matching(self.loaded.module, real, labels, noise, labels,
+                                         iterations=self.args.dm_iterations, augmentations=self.augmentations,
+                                         seed=seed, progress=self.args.progress), labels
+        s = synthesis_for(self.config.synthesis, method, ipc)
+        x, labels, alive, history = synthesize_images(self.loaded.module, self.loaded.spec, s, plugins=self.pipeline.plugins,
+                                                      data=self.data, seed=seed, progress=self.args.progress)
+        entropy = history.get("entropy", np.array([np.nan]))
+        self.notes[f"{method}/{ipc}"] = {"alive": int(alive.sum()), "entropy_start": float(entropy[0]),
+                                         "entropy_min": float(entropy.min()), "entropy_end": float(entropy[-1])}
+        return x, labels  # dead candidates are kept: every method hands over ipc images per class
+
+    def distill(self, method: str, ipc: int) -> None:
+        start = time.perf_counter()
+        images, labels = self.images_of(method, ipc)
+        made = time.perf_counter() - start
+        cell = self.score(images, labels)
+        shots = 0 if method in ZERO_SHOT else ipc
+        self.rows.append({"method": method, "img_per_class": ipc, "shots_per_class": shots, **cell,
+                          "seconds_make": made, "seconds_total": time.perf_counter() - start})
+        print_row(self.rows[-1])
+
+    def coresets(self, ipcs: list[int], methods: list[str]) -> None:
+        sel = self.config.select or SelectConfig()
+        images, labels = self.data.tensors("train")
+        gen = torch.Generator().manual_seed(self.config.run.seed)
+        pool = pool_indices(labels, sel.pool_per_class, gen)
+        model = self.loaded.module.cpu().eval()
+        start = time.perf_counter()
+        logits, features = head_features(model, normalize(images[pool], self.data.mean, self.data.std))
+        lambdas = None
+        if "lambda_top" in methods:
+            lambdas, history = fit_feasible(kkt.classifier_head(model)[1], logits, features, labels[pool],
+                                            feasible_only=sel.feasible_only, iterations=sel.iterations,
+                                            lr=sel.lr_lambda, lambda_init=sel.lambda_init, distance=sel.distance,
+                                            progress=self.args.progress)
+            num_classes = self.loaded.spec.num_classes
+            sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
+            per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]
+            self.notes["select"] = {"seconds": time.perf_counter() - start, "relative_stationarity": history[-1],
+                                    "positive_lambda": int((lambdas > 0).sum()), "pool": int(len(pool)),
+                                    "pearson_lambda_accuracy": pearson(sums, per_class),
+                                    "class_lambda_sum": sums.tolist(), "class_test_accuracy": per_class.tolist()}
+            print(f"select: Pearson rho (class lambda sum vs class test accuracy) "
+                  f"{self.notes['select']['pearson_lambda_accuracy']:.3f}")
+        shots = len(pool) // len(labels.unique())
+        for ipc in ipcs:
+            for method in methods:
+                t0 = time.perf_counter()
+                if method == "random":
+                    chosen = random_per_class(labels[pool], ipc, torch.Generator().manual_seed(self.config.run.seed))
+                elif method == "herding":
+                    chosen = herding(features, labels[pool], ipc)
+                else:
+                    chosen = top_per_class(lambdas, labels[pool], ipc)
+                idx = pool[chosen]
+                cell = self.score(normalize(images[idx], self.data.mean, self.data.std), labels[idx])
+                self.coreset.append({"method": method, "img_per_class": ipc, "shots_per_class": shots, **cell,
+                                     "entropy": float(kkt.prediction_entropy(logits[chosen]).mean()),
+                                     "seconds_total": time.perf_counter() - t0})
+                print_row(self.coreset[-1])
+
+
+def print_row(r: dict) -> None:
+    print(f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}   "
+          f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s)", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    bench = Bench(args)
+    print(f"base model test accuracy {100 * bench.pipeline.test_accuracy:.2f}%, {args.threads} thread(s)")
+    print(f"{'method':<16}{'img/cls':>8}{'shot/cls':>8}   test accuracy (%)")
+    for ipc in args.ipc:
+        for method in (m for m in DISTILL_METHODS if m in args.methods):
+            bench.distill(method, ipc)
+    core = [m for m in CORESET_METHODS if m in args.methods]
+    if core:
+        print("coreset selection")
+        bench.coresets(args.ipc, core)
+    seconds = time.perf_counter() - start
+    print(f"total {seconds:.0f} s")
+    if args.json:
+        out = {"rows": bench.rows, "coreset": bench.coreset, "seconds": seconds, "quick": args.quick,
+               "threads": args.threads, "overrides": args.overrides, "notes": bench.notes,
+               "base_test_accuracy": bench.pipeline.test_accuracy}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""The distillation stages on digits: select, retrain, evaluate, analyse, and the baselines."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import digits_run_tables, image_classifier
+from dsv import cli
+from dsv import config as cfg
+from dsv.analyse import class_lambda_sums, pearson
+from dsv.baselines import distribution_matching, embedding, herding, random_real
+from dsv.builtin.initializers import InitContext
+from dsv.builtin.models import InputSpec
+from dsv.errors import ConfigError
+from dsv.evaluate_retrained import accuracy_on
+from dsv.plugins import get_plugin_manager
+from dsv.retrain import Augmented, fresh_model, normalize, retrain_models
+from dsv.select import fit_feasible, fit_multipliers, head_features, top_per_class
+from dsv.store import RunStore
+
+DISTILL_TABLES = """\
+    [synthesis]
+    iterations = 15
+    candidates_per_class = 2
+    lambda_warmup = 5
+    init = { name = "other", dataset = "digits", split = "test" }
+    checkpoint_every = 0
+
+    [select]
+    iterations = 60
+    top_k = [1, 5]
+    random_samples = 200
+
+    [retrain]
+    retrainer = { name = "sam", epochs = 15, batch_size = 64, lr = 1e-2 }
+    seeds = 3
+    augmentations = [{ name = "noise", strength = 0.05 }]
+
+    [export]
+    png = ""
+    """
+
+ALL_STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
+
+
+def run_pipeline(tmp_path, name, stages, extra="", tables=DISTILL_TABLES):
+    store = tmp_path / f"{name}.zarr"
+    text = digits_run_tables(name, tmp_path / "models", store=store, stages=stages) + textwrap.dedent(tables) + extra
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    return RunStore.open(store)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """train -> synthesize -> select -> retrain -> evaluate -> analyse on digits (a few seconds)."""
+    return run_pipeline(tmp_path_factory.mktemp("distill"), "all", ALL_STAGES)
+
+
+def test_every_stage_records_its_results(full_run, capsys):
+    results = full_run.results
+    assert {"select", "retrain", "retrained", "pearson_lambda_accuracy", "entropy_start", "entropy_end",
+            "class_lambda_accuracy"} <= set(results)
+    assert cli.main(["show", str(full_run.path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["retrained"] == results["retrained"]
+    assert shown["entropy_start"] == results["entropy_start"]
+
+
+def test_retrained_accuracy_is_mean_and_std_over_three_seeds(full_run):
+    r = full_run.results["retrained"]
+    assert r["seeds"] == 3 and len(r["accuracies"]) == 3 and r["images"] == 20
+    assert r["mean"] == pytest.approx(np.mean(r["accuracies"]))
+    assert r["std"] == pytest.approx(np.std(r["accuracies"]))
+    assert len(set(r["accuracies"])) > 1  # different seeds, different models
+    assert all(0.0 <= a <= 1.0 for a in r["accuracies"])
+
+
+def test_coreset_holds_the_top_k_of_each_class_by_lambda(full_run):
+    with np.load(full_run.export_path("coreset.npz")) as z:
+        lam, pool, pool_labels = z["pool_lambda"], z["pool_indices"], z["pool_labels"]
+        assert (lam >= 0).all()
+        for k in (1, 5):
+            idx, labels = z[f"top{k}_indices"], z[f"top{k}_labels"]
+            assert np.bincount(labels, minlength=10).tolist() == [k] * 10
+            assert z[f"top{k}_images"].shape == (10 * k, 1, 8, 8)
+            for cls in range(10):
+                chosen = lam[np.isin(pool, idx[labels == cls])]
+                others = lam[(pool_labels == cls) & ~np.isin(pool, idx)]
+                assert chosen.min() >= others.max()
+    select = full_run.results["select"]
+    assert 0 < select["relative_stationarity"] < 1  # the multipliers explain part of the head
+    assert set(select["entropy_selected"]) == {"1", "5"}
+
+
+def test_analyse_correlates_class_lambda_with_class_accuracy(full_run):
+    analysed = full_run.results["class_lambda_accuracy"]
+    assert analysed["lambda_source"] == "select"
+    sums, acc = np.array(analysed["lambda_sum"]), np.array(analysed["test_accuracy"])
+    assert full_run.results["pearson_lambda_accuracy"] == pytest.approx(np.corrcoef(sums, acc)[0, 1])
+    for name in ("entropy.png", "lambda_accuracy.png"):
+        assert full_run.export_path(name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_select_alone_then_retrain_on_the_coreset(tmp_path):
+    store = run_pipeline(tmp_path, "core", ("train", "select"))
+    assert not store.has_candidates and "select" in store.results
+    extra = '\n[retrain]\nsource = "coreset"\ntop_k = 5\nseeds = 3\nretrainer = { name = "adam", epochs = 10, lr = 1e-2 }\n'
+    tables = DISTILL_TABLES.split("    [retrain]")[0]
+    store = run_pipeline(tmp_path, "core", ("train", "retrain", "evaluate"), extra=extra, tables=tables)
+    r = store.results["retrained"]
+    assert r["source"] == "coreset" and r["images"] == 50 and r["seeds"] == 3
+    assert r["mean"] > 0.3  # 5 real digits per class teach a fresh model far beyond chance
+
+
+def test_fit_multipliers_recovers_the_planted_support_vectors():
+    torch.manual_seed(0)
+    n, k, d = 8, 3, 5
+    logits, features = torch.randn(n, k), torch.randn(n, d)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    g = F.softmax(logits, 1) - F.one_hot(labels, k).float()
+    planted = torch.tensor([0, 0, 1, 0, 1, 0, 0, 0], dtype=torch.float32)  # samples 2 (class 2) and 4 (class 1)
+    head = nn.Linear(d, k)
+    with torch.no_grad():  # theta = -sum_i lambda_i grad_theta CE_i with lambda = planted
+        head.weight.copy_(-(g * planted[:, None]).T @ features)
+        head.bias.copy_(-(g * planted[:, None]).sum(0))
+    lambdas, history = fit_multipliers(head, logits, features, labels, iterations=1500, lr=0.02)
+    assert history[-1] < 0.02 < history[0]
+    assert torch.allclose(lambdas, planted, atol=0.05)
+    assert set(top_per_class(lambdas, labels, 1).tolist()) >= {2, 4}
+
+
+def test_head_features_are_the_input_of_the_last_linear_layer():
+    model = image_classifier()
+    x = torch.randn(5, 1, 8, 8)
+    logits, feats = head_features(model, x, batch_size=2)
+    assert torch.allclose(logits, model(x))
+    assert torch.allclose(model[3](feats), logits, atol=1e-6)
+
+
+def test_herding_picks_the_sample_nearest_the_class_mean_first():
+    features = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [13.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    first = herding(features, labels, 1)
+    assert first.tolist() == [1, 4]  # means 1.0 and 11.33
+    both = herding(features, labels, 2)
+    assert len(set(both.tolist())) == 4 and set(first.tolist()) <= set(both.tolist())
+
+
+def test_distribution_matching_moves_the_embedding_towards_the_real_images(digits_bundle):
+    model = image_classifier()
+    spec = InputSpec(1, 8, digits_bundle.mean, digits_bundle.std, [str(i) for i in range(10)])
+    real, labels = random_real(digits_bundle, spec, 2, seed=0)
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(1))
+
+    def gap(x):  # mean-embedding gap under networks DM never saw
+        nets = [fresh_model(model, 10_000 + i) for i in range(5)]
+        with torch.no_grad():
+            return sum(float((embedding(n, real) - embedding(n, x)).mean(0).pow(2).sum()) for n in nets)
+
+    syn = distribution_matching(model, real, labels, noise, labels, iterations=60, lr=1.0, seed=0)
+    assert syn.shape == real.shape
+    assert gap(syn) < 0.5 * gap(noise)
+
+
+def test_random_real_draws_each_class_from_the_training_set(digits_bundle):
+    spec = InputSpec(1, 8, digits_bundle.mean, digits_bundle.std, [str(i) for i in range(10)])
+    images, labels = random_real(digits_bundle, spec, 3, seed=4)
+    train_x, train_y = digits_bundle.tensors("train")
+    flat = normalize(train_x, spec.mean, spec.std).flatten(1)
+    for img, label in zip(images, labels):
+        match = (flat - img.flatten()).abs().sum(1).argmin()
+        assert torch.allclose(flat[match], img.flatten()) and train_y[match] == label
+    again, _ = random_real(digits_bundle, spec, 3, seed=4)
+    assert torch.equal(images, again)
+
+
+def test_other_initializer_upscales_another_data_set(digits_bundle):
+    init = cfg.build(cfg.PluginSpec(name="other", options={"dataset": "digits"}),
+                     get_plugin_manager().registry("initializers"), source="p.toml", path="synthesis.init")
+    spec = InputSpec(3, 28, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), [str(i) for i in range(10)])
+    x = init((6, 3, 28, 28), torch.arange(6), InitContext(torch.Generator().manual_seed(0), spec))
+    assert x.shape == (6, 3, 28, 28)
+    pixels = x * 0.25 + 0.5
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert torch.equal(x[:, 0], x[:, 1])  # grey images repeated over the colour channels
+    assert x.std() > 0.1  # images, not a constant
+
+
+def test_sam_and_adam_retrain_fresh_models_that_beat_chance(digits_bundle):
+    images, labels = digits_bundle.tensors("train")
+    images = normalize(images, digits_bundle.mean, digits_bundle.std)
+    test_x, test_y = digits_bundle.tensors("test")
+    test_x = normalize(test_x, digits_bundle.mean, digits_bundle.std)
+    registry = get_plugin_manager().registry("retrainers")
+    for name in ("sam", "adam"):
+        retrainer = registry.get(name)(epochs=3, batch_size=64, lr=1e-2)
+        (model,) = retrain_models(image_classifier(), images, labels, retrainer, seeds=[0])
+        assert accuracy_on(model, test_x, test_y, 10)[0] > 0.7, name
+
+
+def test_fresh_model_has_new_weights_by_seed():
+    template = image_classifier(seed=0)
+    a, b, a2 = fresh_model(template, 1), fresh_model(template, 2), fresh_model(template, 1)
+    assert not torch.equal(a[1].weight, template[1].weight)
+    assert not torch.equal(a[1].weight, b[1].weight) and torch.equal(a[1].weight, a2[1].weight)
+    assert all(p.requires_grad for p in a.parameters())
+
+
+def test_augmentations_act_in_training_mode_only():
+    model = Augmented(nn.Identity(), [lambda x: x + 1.0])
+    x = torch.zeros(2, 1, 4, 4)
+    assert torch.equal(model.train()(x), x + 1.0)
+    assert torch.equal(model.eval()(x), x)
+
+
+def test_accuracy_per_class_and_lambda_sums():
+    model = nn.Identity()
+    logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    overall, per_class = accuracy_on(model, logits, torch.tensor([0, 1, 1, 2]), 3, batch_size=3)
+    assert overall == 0.75 and per_class.tolist() == [1.0, 0.5, 1.0]
+    sums = class_lambda_sums(np.array([0.5, -1.0, 2.0, 1.0]), np.array([0, 0, 2, 2]), 3)
+    assert sums.tolist() == [0.5, 0.0, 3.0]
+    assert pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.5])) > 0.99
+    assert np.isnan(pearson(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[retrain]\nsource = "dsvs"\n', "retrain.source: expected 'candidates' or 'coreset'"),
+    ("[retrain]\nseeds = 0\n", "retrain.seeds: must be at least 1"),
+    ("[select]\ntop_k = [0]\n", "select.top_k: a non-empty list of sizes >= 1"),
+    ('[select]\nnpz = "../x.npz"\n', "select.npz: a file name inside the run store"),
+    ('[analyse]\nlambda_source = "x"\n', "analyse.lambda_source"),
+    ('[select]\ntopk = [1]\n', "select.topk: unknown key"),
+    ('[retrain]\nretrainer = { name = "adamw" }\n', None),
+    ('[run]\nstages = ["select"]\n', "run.stages: the select stage needs a [data] table"),
+])
+def test_bad_distill_tables_name_the_key(text, message):
+    source = '[model]\nsource = "convnet"\n' + text
+    if message is None:  # an unknown retrainer is reported when the stage builds it
+        assert cfg.load_text(source, source="p.toml").config.retrain.retrainer.name == "adamw"
+        return
+    with pytest.raises(ConfigError) as info:
+        cfg.load_text(source, source="p.toml")
+    assert f"p.toml: {message}" in str(info.value)
+
+
+def test_range_prior_penalizes_only_values_outside_the_range():
+    prior = cfg.build(cfg.PluginSpec(name="range", options={"low": -1.0, "high": 2.0}),
+                      get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+    assert float(prior(torch.tensor([[-1.0, 0.0, 2.0]]))) == 0.0
+    assert float(prior(torch.tensor([[-3.0, 4.0]]))) == pytest.approx((4.0 + 4.0) / 2)
+    with pytest.raises(ConfigError, match="low must be below high"):
+        cfg.build(cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
+                  get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+
+
+def test_misclassified_samples_are_no_support_vectors():
+    torch.manual_seed(0)
+    logits, features = torch.randn(12, 3), torch.randn(12, 4)
+    labels = logits.argmax(1)
+    labels[:3] = (labels[:3] + 1) % 3  # the first three are misclassified
+    head = nn.Linear(4, 3)
+    lambdas, _ = fit_feasible(head, logits, features, labels, feasible_only=True, iterations=50, lr=0.1,
+                              lambda_init=0.5)
+    assert (lambdas[:3] == 0).all() and (lambdas[3:] > 0).any()
+    everyone, _ = fit_feasible(head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1,
+                               lambda_init=0.5)
+    assert (everyone[:3] > 0).any()
