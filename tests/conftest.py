@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import pytest
@@ -115,3 +119,54 @@ def digits_run_tables(name: str, cache_dir, *, store=None, stages=("train", "syn
         f'[train]\nretrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}\n'
         f'cache_dir = "{cache_dir.as_posix()}"\n\n'
     )
+
+
+def small_synthesis_tables(iterations: int, extra: str = "") -> str:
+    """The [synthesis] and [export] tables of the crash and multi-process tests: 6 classes,
+    checkpoints every 5 iterations, an NPZ export; ``extra`` adds [synthesis] keys."""
+    return textwrap.dedent(f"""\
+        [synthesis]
+        iterations = {iterations}
+        classes = [0, 1, 2, 3, 4, 5]
+        lambda_warmup = 3
+        checkpoint_every = 5
+        """) + extra + textwrap.dedent("""\
+        losses = [
+          { name = "primal", weight = 1.0 },
+          { name = "stationarity", weight = 1.0, distance = "l1", params = "head" },
+        ]
+        priors = [{ name = "tv", weight = 1e-2 }]
+        augmentations = [{ name = "flip", p = 0.5 }, { name = "noise", strength = 0.05 }]
+
+        [export]
+        png = ""
+        npz = "candidates.npz"
+        """)
+
+
+def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
+    """``dsv-pipeline ARGS`` in a subprocess (one thread, no inherited fault switch or launcher
+    rank); ``fault`` sets the DSV_FAULT switch of :mod:`dsv.checkpoint`."""
+    from dsv import checkpoint
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(checkpoint.FAULT_ENV, None)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # never inherit a launcher's rank
+        env.pop(name, None)
+    if fault:
+        env[checkpoint.FAULT_ENV] = fault
+    quiet = ["--no-progress"] if args[0] in ("run", "resume") else []
+    return subprocess.run([sys.executable, "-m", "dsv.cli", *args, *quiet], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def reference_run(root: Path, text: str, arrays_of) -> dict:
+    """Write pipeline ``text`` into ``root``, run it uninterrupted into ``root/reference.zarr``
+    (which also fills the weights cache) and keep ``arrays_of(store)``: what resumed or
+    multi-process runs must equal."""
+    pipeline = root / "digits.toml"
+    pipeline.write_text(text)
+    store = root / "reference.zarr"
+    done = dsv_cli("run", str(pipeline), "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}

@@ -7,19 +7,15 @@ ranks is slow: a tiny model, 3 groups of 2 candidates, 12 iterations)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import digits_run_tables
-from dsv import checkpoint, cli
+from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
+from dsv import cli
 from dsv.errors import ConfigError
 from dsv.groups import combine_histories, combine_summaries, group_seed, group_slices, owned_groups
 from dsv.store import REGION_RECORD, RunStore
@@ -30,36 +26,8 @@ GROUPS = 3
 
 
 def pipeline_text(cache_dir) -> str:
-    return digits_run_tables("digits_groups", cache_dir, seed=5, stages=("train", "synthesize", "export")) + textwrap.dedent(f"""\
-        [synthesis]
-        iterations = {ITERATIONS}
-        classes = [0, 1, 2, 3, 4, 5]
-        groups = {GROUPS}
-        lambda_warmup = 3
-        checkpoint_every = 5
-        losses = [
-          {{ name = "primal", weight = 1.0 }},
-          {{ name = "stationarity", weight = 1.0, distance = "l1", params = "head" }},
-        ]
-        priors = [{{ name = "tv", weight = 1e-2 }}]
-        augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.05 }}]
-
-        [export]
-        png = ""
-        npz = "candidates.npz"
-        """)
-
-
-def dsv_pipeline(*args, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop(checkpoint.FAULT_ENV, None)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # never inherit a launcher's rank
-        env.pop(name, None)
-    if fault:
-        env[checkpoint.FAULT_ENV] = fault
-    quiet = ["--no-progress"] if args[0] in ("run", "resume") else []
-    return subprocess.run([sys.executable, "-m", "dsv.cli", *args, *quiet], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return (digits_run_tables("digits_groups", cache_dir, seed=5, stages=("train", "synthesize", "export"))
+            + small_synthesis_tables(ITERATIONS, f"groups = {GROUPS}\n"))
 
 
 def arrays_of(store) -> dict[str, np.ndarray]:
@@ -84,12 +52,7 @@ def assert_same_arrays(got: dict, want: dict) -> None:
 def reference(tmp_path_factory):
     """The uninterrupted 1-process run of the grouped pipeline (it also fills the weights cache)."""
     root = tmp_path_factory.mktemp("groups")
-    pipeline = root / "digits.toml"
-    pipeline.write_text(pipeline_text(root / "models"))
-    store = root / "one.zarr"
-    done = dsv_pipeline("run", str(pipeline), "--store", str(store))
-    assert done.returncode == 0, done.stderr
-    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}
+    return reference_run(root, pipeline_text(root / "models"), arrays_of)
 
 
 def test_two_gloo_processes_write_what_one_process_writes(reference, capsys):

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import digits_run_tables
+from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
 from dsv import checkpoint, cli
 from dsv.store import SCHEMA_VERSION, RunStore
 
@@ -26,48 +22,16 @@ ITERATIONS = 24
 
 
 def pipeline_text(cache_dir) -> str:
-    return digits_run_tables("digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export")) + textwrap.dedent(f"""\
-        [synthesis]
-        iterations = {ITERATIONS}
-        candidates_per_class = 1
-        classes = [0, 1, 2, 3, 4, 5]
-        lambda_warmup = 3
-        record_every = 1
-        checkpoint_every = 5
-        resolutions = [[1, 8], [12, 12]]
-        losses = [
-          {{ name = "primal", weight = 1.0 }},
-          {{ name = "stationarity", weight = 1.0, distance = "l1", params = "head" }},
-        ]
-        priors = [{{ name = "tv", weight = 1e-2 }}]
-        augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.05 }}]
-
-        [export]
-        png = ""
-        npz = "candidates.npz"
-        """)
-
-
-def dsv_pipeline(*args, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop(checkpoint.FAULT_ENV, None)
-    if fault:
-        env[checkpoint.FAULT_ENV] = fault
-    quiet = ["--no-progress"] if args[0] in ("run", "resume") else []
-    return subprocess.run([sys.executable, "-m", "dsv.cli", *args, *quiet], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return (digits_run_tables("digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export"))
+            + small_synthesis_tables(ITERATIONS, "candidates_per_class = 1\nrecord_every = 1\n"
+                                                 "resolutions = [[1, 8], [12, 12]]\n"))
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run every resumed run must equal (it also fills the weights cache)."""
     root = tmp_path_factory.mktemp("resume")
-    pipeline = root / "digits.toml"
-    pipeline.write_text(pipeline_text(root / "models"))
-    store = root / "reference.zarr"
-    done = dsv_pipeline("run", str(pipeline), "--store", str(store))
-    assert done.returncode == 0, done.stderr
-    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}
+    return reference_run(root, pipeline_text(root / "models"), arrays_of)
 
 
 def arrays_of(store) -> dict[str, np.ndarray]:
