@@ -116,9 +116,10 @@ def synthesize_images(module: nn.Module, spec, synthesis, *, plugins, data, seed
                       source: str = "synthesis", progress: bool = False) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Run one ``[synthesis]`` table on ``module`` without a store: (candidates in model input
     space, labels, alive mask, history in memory). ``primal_only`` is this with ``losses = [primal]``."""
-    from dsv.pipeline import build_run, execute, memory_history
+    from dsv.execution import execute, memory_history
+    from dsv.pipeline import build_run
 
     run = build_run(module, spec, synthesis, plugins=plugins, device=torch.device(device), seed=seed, data=data,
                     source=source, progress=progress)
-    execute(run, {}, store_path=None)
+    execute(run, {"mean": list(spec.mean), "std": list(spec.std)}, store_path=None)
     return (run.x.detach().cpu(), run.targets.argmax(1).cpu(), run.alive.cpu(), memory_history(run))

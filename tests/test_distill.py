@@ -15,7 +15,7 @@ from conftest import digits_run_tables, image_classifier
 from dsv import cli
 from dsv import config as cfg
 from dsv.analyse import class_lambda_sums, pearson
-from dsv.baselines import distribution_matching, embedding, herding, random_real
+from dsv.baselines import distribution_matching, embedding, herding, random_real, synthesize_images
 from dsv.builtin.initializers import InitContext
 from dsv.builtin.models import InputSpec
 from dsv.errors import ConfigError
@@ -169,6 +169,19 @@ def test_distribution_matching_moves_the_embedding_towards_the_real_images(digit
     syn = distribution_matching(model, real, labels, noise, labels, iterations=60, lr=1.0, seed=0)
     assert syn.shape == real.shape
     assert gap(syn) < 0.5 * gap(noise)
+
+
+def test_primal_only_inversion_runs_without_a_store_and_reaches_its_targets(digits_bundle):
+    model = image_classifier().eval()
+    spec = InputSpec(1, 8, digits_bundle.mean, digits_bundle.std, [str(i) for i in range(10)])
+    synthesis = cfg.structure({"iterations": 40, "classes": [0, 3, 7], "candidates_per_class": 2, "lr_x": 0.1,
+                               "losses": [{"name": "primal"}]}, cfg.SynthesisConfig, source="t")
+    x, labels, alive, history = synthesize_images(model, spec, synthesis, plugins=get_plugin_manager(),
+                                                  data=None, seed=0)
+    assert x.shape == (6, 1, 8, 8) and labels.tolist() == [0, 0, 3, 3, 7, 7] and bool(alive.all())
+    with torch.no_grad():
+        assert (model(x).argmax(1) == labels).float().mean() >= 5 / 6
+    assert history["primal"][-1] < history["primal"][0]
 
 
 def test_random_real_draws_each_class_from_the_training_set(digits_bundle):
