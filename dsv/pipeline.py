@@ -269,14 +269,10 @@ class Pipeline:
         self.test_accuracy = self._test_accuracy(loaded)
 
     def _test_accuracy(self, loaded: LoadedModel) -> float:
-        data = self.data()
-        loader = torch.utils.data.DataLoader(Normalized(data.test, data.mean, data.std), batch_size=512)
-        right = total = 0
-        with torch.no_grad():
-            for xb, yb in loader:
-                right += int((loaded.module(xb).argmax(1) == yb).sum())
-                total += len(yb)
-        return right / max(total, 1)
+        from dsv.evaluate_retrained import accuracy_on, held_out_tensors
+
+        images, labels = held_out_tensors(self)
+        return accuracy_on(loaded.module, images, labels, loaded.spec.num_classes)[0]
 
     # ---- synthesis ---------------------------------------------------------------------------
 

@@ -72,8 +72,7 @@ def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) 
     per_class = {}
     for cls in sorted(set(labels.tolist())):
         rows = labels == cls
-        name = classes[cls] if cls < len(classes) else str(cls)
-        per_class[name] = {"class": int(cls), "n": int(rows.sum()), "top1": float(top1[rows].mean()),
+        per_class[_name(classes, cls)] = {"class": int(cls), "n": int(rows.sum()), "top1": float(top1[rows].mean()),
                            "top5": float(top5[rows].mean()), "predicted": [_name(classes, int(i)) for i in top[rows, 0]]}
     mean = (lambda t: float(t.mean()) if len(t) else None)  # noqa: E731
     return {"top1": mean(top1), "top5": mean(top5), "p_target": mean(p_target), "n": int(len(labels)),
