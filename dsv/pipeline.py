@@ -224,6 +224,7 @@ class Pipeline:
     def model(self) -> LoadedModel:
         m = self.config.model
         request = ModelRequest(data=self.data(), weights_path=m.weights_path)
+        torch.manual_seed(self.config.run.seed)  # a model to train starts from weights of run.seed
         loaded = cfg.build(cfg.PluginSpec(name=m.source, options=m.options), self.plugins.registry("models"),
                            source=self.source, path="model", request=request)
         if loaded.trainable:
