@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from dsv import config as cfg
-from dsv.builtin.models import ModelRequest
+from dsv.plugins import ModelRequest
 from dsv.pipeline import Pipeline
 from dsv.plugins import get_plugin_manager
 from dsv.store import RunStore, is_store
-from dsv.verifier import score, verifier_probabilities
+from dsv.evaluation.verifier import score, verifier_probabilities
+from dsv.pipeline import load_pipeline
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.toml"
 VERIFIER = "efficientnet-lite2"
@@ -51,7 +52,7 @@ def arm_overrides(path: Path, base: list[str], weight: float, first_layer_multip
     """The pipeline's own priors plus bn_stats (none for weight 0)."""
     if weight == 0:
         return list(base)
-    priors = cfg.load(path, overrides=base).raw.get("synthesis", {}).get("priors", [])
+    priors = load_pipeline(path, overrides=base).raw.get("synthesis", {}).get("priors", [])
     priors = [*priors, {"name": "bn_stats", "weight": weight, "first_layer_multiplier": first_layer_multiplier}]
     return [*base, f"synthesis.priors={toml_inline(priors)}"]
 

@@ -29,14 +29,17 @@ import numpy as np
 import torch
 
 from dsv import config as cfg
-from dsv.analyse import class_lambda_sums, pearson
-from dsv.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
-from dsv.distill_config import RetrainConfig, SelectConfig
-from dsv.evaluate_retrained import accuracy_on, mean_std
+from dsv.evaluation.analysis import class_lambda_sums, pearson
+from dsv.evaluation.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
+from dsv.stages.retrain import RetrainConfig
+from dsv.stages.select import SelectConfig
+from dsv.evaluation.retraining import accuracy_on, mean_std
 from dsv.pipeline import Pipeline
-from dsv.retrain import build_augmentations, build_retrainer, normalize, retrain_models
-from dsv.select import fit_feasible, head_features, pool_indices, top_per_class
+from dsv.evaluation.retraining import build_augmentations, build_retrainer, retrain_models
+from dsv.plugins import normalize
+from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_per_class
 from dsv import kkt
+from dsv.pipeline import load_pipeline
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
 DISTILL_METHODS = ("random_real", "dm", "primal_only", "dsv_noise", "dsv_other_data", "dsv_real_init")
@@ -78,7 +81,7 @@ class Bench:
         if args.data_root:
             overrides.append(f"data.root={json.dumps(args.data_root)}")
         if args.quick:
-            base = cfg.load(args.pipeline, overrides=overrides).config
+            base = load_pipeline(args.pipeline, overrides=overrides).config
             overrides += [f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
                           f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
                           f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}"]
@@ -88,7 +91,7 @@ class Bench:
         self.config = self.pipeline.config
         self.loaded = self.pipeline.model()  # trains, or reuses the cached weights
         self.data = self.pipeline.data()
-        r = self.config.retrain or RetrainConfig()
+        r = self.config.table("retrain") or RetrainConfig()
         self.retrainer = build_retrainer(r.retrainer, self.pipeline.plugins, self.pipeline.source, "retrain.retrainer")
         if args.quick:
             self.retrainer = attrs.evolve(self.retrainer, epochs=max(self.retrainer.epochs // 5, 1))
@@ -133,7 +136,7 @@ class Bench:
         print_row(self.rows[-1])
 
     def coresets(self, ipcs: list[int], methods: list[str]) -> None:
-        sel = self.config.select or SelectConfig()
+        sel = self.config.table("select") or SelectConfig()
         images, labels = self.data.tensors("train")
         gen = torch.Generator().manual_seed(self.config.run.seed)
         pool = pool_indices(labels, sel.pool_per_class, gen)

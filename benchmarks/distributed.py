@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from dsv import distributed
+from dsv.synthesis import distributed
 from dsv.pipeline import Pipeline
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.toml"

@@ -73,7 +73,8 @@ def _peak_growth_mib(fn) -> float:
 def _model(name: str, seed: int = 0):
     import torch
 
-    from dsv.builtin.models import ConvNet, ModelRequest
+    from dsv.builtin.models import ConvNet
+    from dsv.plugins import ModelRequest
     from dsv.plugins import get_plugin_manager
 
     if name == "convnet":
@@ -86,7 +87,9 @@ def _model(name: str, seed: int = 0):
 def worker(spec: dict) -> dict:
     import torch
 
-    from dsv import kkt, kkt_modes
+    from dsv import kkt
+
+    from dsv.kkt import modes as kkt_modes
     from dsv.builtin.losses import Stationarity
 
     torch.set_num_threads(spec["threads"])

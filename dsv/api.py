@@ -1,7 +1,7 @@
 """The Python API: :func:`synthesize` DSVs of any ``nn.Module`` classifier, :func:`open_store`,
 :func:`export_grid`. The same machinery as ``dsv-pipeline``: the options are the keys of a
 pipeline's ``[synthesis]`` table, checked the same way, and the run is built and executed by
-:func:`dsv.pipeline.build_run` and :func:`dsv.execution.execute`.
+:func:`dsv.synthesis.build.build_run` and :func:`dsv.synthesis.execution.execute`.
 
     >>> result = dsv.synthesize(my_model, targets=range(10), input_shape=(1, 28, 28))
     >>> result.x.shape, result.alive.sum(), result.history["entropy"][-1]
@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import dsv
 from dsv import config as cfg
-from dsv.builtin.models import InputSpec, LoadedModel
 from dsv.errors import ConfigError, DsvError
-from dsv.export import save_grid, save_npz, summary, to_images
-from dsv.execution import Hints, execute, memory_history
-from dsv.pipeline import API_SOURCE, build_run, model_fingerprint, resolve_device, term_name
-from dsv.plugins import DsvPluginManager, get_plugin_manager
-from dsv.store import RunStore
+from dsv.plugins import DsvPluginManager, InputSpec, LoadedModel, get_plugin_manager
+from dsv.store import RunStore, summary
+from dsv.store.export import save_grid, save_npz, to_images
+from dsv.store.meta import run_meta
+from dsv.synthesis.build import API_SOURCE, build_run, resolve_device, term_name
+from dsv.synthesis.execution import Hints, execute, memory_history
 
 API_HINTS = Hints(fresh="fresh=True", store="store path",
                   resume=f"call {API_SOURCE} again with the same arguments and store")
@@ -56,7 +55,7 @@ class SynthesisResult:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The store metadata :mod:`dsv.export` reads (a result exports like a store)."""
+        """The store metadata :mod:`dsv.store.export` reads (a result exports like a store)."""
         return {"name": self.name, "classes": self.classes, "mean": self.mean, "std": self.std}
 
     def candidates(self) -> dict[str, np.ndarray]:
@@ -107,7 +106,7 @@ def synthesize(
     """Synthesize Deep Support Vectors of a trained classifier (DeepKKT).
 
     :param model: any ``nn.Module`` mapping (N, C, H, W) inputs to (N, K) logits, or a
-        :class:`~dsv.builtin.models.LoadedModel`. It is left as it was (device, mode, requires_grad).
+        :class:`~dsv.plugins.LoadedModel`. It is left as it was (device, mode, requires_grad).
     :param targets: one candidate per entry (times ``candidates_per_class``): class indices
         (``range(10)``, a 1-D integer array), soft labels (a 2-D (N, K) array or tensor, rows of K
         weights) or ``{class: weight}`` mixtures, as in a pipeline file.
@@ -143,11 +142,8 @@ def synthesize(
             "model": {"class": _qualname(module), "input_shape": list(shape), "mean": list(spec.mean),
                       "std": list(spec.std), "classes": list(spec.classes)},
         }
-        meta = {
-            "name": name, "dsv_version": dsv.__version__, "config": raw, "config_hash": cfg.config_hash(raw),
-            "config_source": API_SOURCE, "classes": list(spec.classes), "mean": list(spec.mean),
-            "std": list(spec.std), "model": _qualname(module), "model_fingerprint": model_fingerprint(module),
-        }
+        meta = run_meta(name=name, config=raw, config_hash=cfg.config_hash(raw), source=API_SOURCE, spec=spec,
+                        model=_qualname(module), module=module)
         run = build_run(module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE,
                         progress=progress)
         written, final = execute(run, meta, store_path=Path(store) if store is not None else None, fresh=fresh,

@@ -1,4 +1,5 @@
-"""``dsv-pipeline``: run | resume | verify | show | export | plugins. A thin layer over :mod:`dsv.pipeline`."""
+"""``dsv-pipeline``: run | resume | verify | show | export | plugins. A thin layer over :mod:`dsv.pipeline`
+and :mod:`dsv.store` (imported on first use, so ``--help`` and errors stay fast)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def cmd_resume(args) -> int:
 def _on_every_rank(work, args) -> int:
     """``work(args)`` here, or on every rank of a multi-process run (``--nproc N`` or torchrun);
     the exit code is that of the first rank that failed."""
-    from dsv import distributed
+    from dsv.synthesis import distributed
 
     if args.nproc == 1 and not distributed.started_by_torchrun():
         return _report(work(args))
@@ -123,7 +124,7 @@ def _report_if_any(result) -> int:
 
 
 def cmd_verify(args) -> int:
-    from dsv.verify import describe, verify
+    from dsv.store.verify import describe, verify
 
     report = verify(args.store)
     describe(report)
@@ -145,7 +146,7 @@ def _open(path: str):
 
 
 def cmd_show(args) -> int:
-    from dsv.export import summary
+    from dsv.store import summary
 
     store = _open(args.store)
     s = summary(store)
@@ -170,7 +171,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from dsv.export import save_grid, save_npz
+    from dsv.store.export import save_grid, save_npz
 
     if not (args.png or args.npz):
         raise DsvError("export: give --png PATH and/or --npz PATH")

@@ -19,8 +19,8 @@ from torch import nn
 
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.losses import Primal, Stationarity
-from dsv.engine import SynthesisRun
-from dsv.hookspecs import hookimpl
+from dsv.synthesis.engine import SynthesisRun
+from dsv.plugins import hookimpl
 from dsv.plugins import DsvPluginManager
 
 REPO_ROOT = Path(__file__).parent.parent
@@ -146,8 +146,8 @@ def small_synthesis_tables(iterations: int, extra: str = "") -> str:
 
 def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
     """``dsv-pipeline ARGS`` in a subprocess (one thread, no inherited fault switch or launcher
-    rank); ``fault`` sets the DSV_FAULT switch of :mod:`dsv.checkpoint`."""
-    from dsv import checkpoint
+    rank); ``fault`` sets the DSV_FAULT switch of :mod:`dsv.store.checkpoint`."""
+    from dsv.store import checkpoint
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop(checkpoint.FAULT_ENV, None)

@@ -15,7 +15,8 @@ import dsv
 from dsv.builtin.losses import Primal, Stationarity
 from dsv.errors import ConfigError, DsvError, StoreError
 from dsv.plugins import DsvPluginManager
-from dsv.verify import verify
+from dsv.store.verify import verify
+from dsv.pipeline import load_pipeline, load_pipeline_text
 
 from conftest import plugin_module
 from test_config import digits_pipeline_file
@@ -224,11 +225,11 @@ def test_logging_table_in_a_pipeline_file(tmp_path, monkeypatch):
     path, _ = digits_pipeline_file(
         tmp_path, f'classes = [0, 1]\n[logging]\ntensorboard = "{log_dir.as_posix()}"\nimages_every = 2')
     text = path.read_text()
-    loaded = cfg.load(path)
+    loaded = load_pipeline(path)
     assert loaded.config.logging.images_every == 2
-    assert loaded.config_hash == cfg.load_text(text.replace("images_every = 2", ""), source="x").config_hash
+    assert loaded.config_hash == load_pipeline_text(text.replace("images_every = 2", ""), source="x").config_hash
     with pytest.raises(ConfigError, match=r"logging.images_every: must be at least 0, got -1"):
-        cfg.load_text(text.replace("images_every = 2", "images_every = -1"), source="x")
+        load_pipeline_text(text.replace("images_every = 2", "images_every = -1"), source="x")
     if HAS_TENSORBOARD:
         dsv.Pipeline.from_toml(path, progress=False).run()
         assert _events(log_dir).Tags()["scalars"]

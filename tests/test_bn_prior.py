@@ -74,7 +74,7 @@ def bn_plugin(bn_site, monkeypatch):
     """The installed plugin visible to dsv (entry points) and to imports; returns its module."""
     if bn_site is not None:
         monkeypatch.syspath_prepend(str(bn_site))
-    monkeypatch.setattr(dsv_plugins, "_DEFAULT", {})  # managers built from here on see the plugin
+    monkeypatch.setattr(dsv_plugins.manager, "_DEFAULT", {})  # managers built from here on see the plugin
     module = importlib.import_module("dsv_bn_prior")
     return module
 

@@ -12,8 +12,10 @@ from dsv import cli
 from dsv import config as cfg
 from dsv.builtin.models import ConvNet
 from dsv.errors import ConfigError
-from dsv.pipeline import Pipeline, target_matrix
+from dsv.pipeline import Pipeline
+from dsv.synthesis.build import target_matrix
 from dsv.plugins import get_plugin_manager
+from dsv.pipeline import load_pipeline, load_pipeline_text
 
 MINIMAL = '[model]\nsource = "convnet"\n'
 
@@ -24,7 +26,7 @@ def plugins():
 
 
 def load(text: str, **kwargs) -> cfg.LoadedPipeline:
-    return cfg.load_text(textwrap.dedent(text), source="p.toml", **kwargs)
+    return load_pipeline_text(textwrap.dedent(text), source="p.toml", **kwargs)
 
 
 def config_error(text: str, **kwargs) -> str:
@@ -65,11 +67,11 @@ def test_plugin_tables_keep_their_options():
 def test_load_reads_a_file_and_names_it(tmp_path):
     path = tmp_path / "pipe.toml"
     path.write_text(MINIMAL + "[synthesis]\niterations = 7\n")
-    loaded = cfg.load(path)
+    loaded = load_pipeline(path)
     assert loaded.config.synthesis.iterations == 7
     assert loaded.source == str(path)
     with pytest.raises(ConfigError, match=r"missing\.toml: cannot read pipeline file"):
-        cfg.load(tmp_path / "missing.toml")
+        load_pipeline(tmp_path / "missing.toml")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_invalid_toml_names_the_file(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text(MINIMAL + "[synthesis\n")
     with pytest.raises(ConfigError) as info:
-        cfg.load(path)
+        load_pipeline(path)
     message = str(info.value)
     assert message.startswith(f"{path}: invalid TOML")
     assert "line 3" in message
@@ -266,7 +268,7 @@ def test_overrides_change_the_loaded_config(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text(MINIMAL + "[synthesis]\niterations = 300\n")
     store = tmp_path / "elsewhere.zarr"
-    loaded = cfg.load(path, overrides=["synthesis.iterations=50", "run.device=cpu",
+    loaded = load_pipeline(path, overrides=["synthesis.iterations=50", "run.device=cpu",
                                        'synthesis.priors=[{ name = "tv", weight = 2 }]'], store=str(store))
     assert loaded.config.synthesis.iterations == 50
     assert loaded.config.run.device == "cpu"
@@ -368,16 +370,16 @@ SHIPPED = sorted((REPO_ROOT / "pipelines").glob("*.toml"))
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_pipelines_load_and_every_plugin_table_builds(path, plugins):
-    loaded = cfg.load(path)
+    loaded = load_pipeline(path)
     s = loaded.config.synthesis
     tables = [("losses", spec, f"synthesis.losses[{i}]") for i, spec in enumerate(s.losses)]
     tables += [("priors", spec, f"synthesis.priors[{i}]") for i, spec in enumerate(s.priors)]
     tables += [("augmentations", spec, f"synthesis.augmentations[{i}]") for i, spec in enumerate(s.augmentations)]
     tables += [("initializers", s.init, "synthesis.init")]
-    if loaded.config.train is not None:
-        tables.append(("retrainers", loaded.config.train.retrainer, "train.retrainer"))
-    if loaded.config.retrain is not None:
-        r = loaded.config.retrain
+    if loaded.config.table("train") is not None:
+        tables.append(("retrainers", loaded.config.table("train").retrainer, "train.retrainer"))
+    if loaded.config.table("retrain") is not None:
+        r = loaded.config.table("retrain")
         tables.append(("retrainers", r.retrainer, "retrain.retrainer"))
         tables += [("augmentations", spec, f"retrain.augmentations[{i}]") for i, spec in enumerate(r.augmentations)]
     for kind, spec, key in tables:

@@ -14,16 +14,18 @@ from torch import nn
 from conftest import digits_run_tables, image_classifier
 from dsv import cli
 from dsv import config as cfg
-from dsv.analyse import class_lambda_sums, pearson
-from dsv.baselines import distribution_matching, embedding, herding, random_real, synthesize_images
-from dsv.builtin.initializers import InitContext
+from dsv.evaluation.analysis import class_lambda_sums, pearson
+from dsv.evaluation.baselines import distribution_matching, embedding, herding, random_real, synthesize_images
+from dsv.plugins import InitContext
 from dsv.builtin.models import InputSpec
 from dsv.errors import ConfigError
-from dsv.evaluate_retrained import accuracy_on
+from dsv.evaluation.retraining import accuracy_on
 from dsv.plugins import get_plugin_manager
-from dsv.retrain import Augmented, fresh_model, normalize, retrain_models
-from dsv.select import fit_feasible, fit_multipliers, head_features, top_per_class
+from dsv.evaluation.retraining import Augmented, fresh_model, retrain_models
+from dsv.plugins import normalize
+from dsv.kkt.selection import fit_feasible, fit_multipliers, head_features, top_per_class
 from dsv.store import RunStore
+from dsv.pipeline import load_pipeline_text
 
 DISTILL_TABLES = """\
     [synthesis]
@@ -259,10 +261,10 @@ def test_accuracy_per_class_and_lambda_sums():
 def test_bad_distill_tables_name_the_key(text, message):
     source = '[model]\nsource = "convnet"\n' + text
     if message is None:  # an unknown retrainer is reported when the stage builds it
-        assert cfg.load_text(source, source="p.toml").config.retrain.retrainer.name == "adamw"
+        assert load_pipeline_text(source, source="p.toml").config.table("retrain").retrainer.name == "adamw"
         return
     with pytest.raises(ConfigError) as info:
-        cfg.load_text(source, source="p.toml")
+        load_pipeline_text(source, source="p.toml")
     assert f"p.toml: {message}" in str(info.value)
 
 

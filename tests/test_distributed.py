@@ -17,9 +17,11 @@ import torch
 from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
 from dsv import cli
 from dsv.errors import ConfigError
-from dsv.groups import combine_histories, combine_summaries, group_seed, group_slices, owned_groups
-from dsv.store import REGION_RECORD, RunStore
-from dsv.verify import verify
+from dsv.store import combine_histories
+from dsv.synthesis.groups import combine_summaries, group_seed, group_slices, owned_groups
+from dsv.store import RunStore
+from dsv.store.run_store import REGION_RECORD
+from dsv.store.verify import verify
 
 ITERATIONS = 12
 GROUPS = 3

@@ -12,7 +12,7 @@ from conftest import image_classifier, plugin_module, register_after_constructio
 from dsv import kkt
 from dsv.builtin.losses import Stationarity
 from dsv.builtin.priors import Norm, TotalVariation
-from dsv.engine import build_engine
+from dsv.synthesis.engine import build_engine
 from dsv.errors import NonFiniteLossError, StoreError
 from dsv.plugins import DsvPluginManager
 from dsv.store import RunStore, is_store, remove_store

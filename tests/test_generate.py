@@ -18,10 +18,12 @@ from dsv import config as cfg
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.models import ModelRequest, load_state_dict
 from dsv.errors import ConfigError, DsvError
-from dsv.export import to_images
-from dsv.interpolate import mixture_targets
-from dsv.pipeline import Pipeline, target_matrix
+from dsv.store.export import to_images
+from dsv.stages.interpolate import mixture_targets
+from dsv.pipeline import Pipeline
+from dsv.synthesis.build import target_matrix
 from dsv.store import RunStore
+from dsv.pipeline import load_pipeline, load_pipeline_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +93,7 @@ def generated(tmp_path_factory, digit_png):
 
 
 def test_a_mixture_target_parses_and_becomes_a_normalized_row():
-    loaded = cfg.load_text('[model]\nsource = "convnet"\n[synthesis]\ntargets = [{ 2 = 0.4, 5 = 0.6 }, 1, { 3 = 2, 4 = 2 }]\n',
+    loaded = load_pipeline_text('[model]\nsource = "convnet"\n[synthesis]\ntargets = [{ 2 = 0.4, 5 = 0.6 }, 1, { 3 = 2, 4 = 2 }]\n',
                            source="t.toml")
     rows = target_matrix(loaded.config.synthesis.targets, [], 2, 10, "t.toml")
     assert rows.shape == (6, 10)
@@ -134,7 +136,7 @@ def test_the_schedule_ends_at_the_last_size(generated):
 
 def test_imagenet_gen_starts_small_and_ends_at_the_model_size():
     for name in ("imagenet_gen.toml", "imagenet_gen_gpu.toml"):
-        loaded = cfg.load(REPO_ROOT / "pipelines" / name)
+        loaded = load_pipeline(REPO_ROOT / "pipelines" / name)
         schedule = loaded.config.synthesis.resolutions
         sizes = [size for _, size in schedule]
         starts = [start for start, _ in schedule]
@@ -181,7 +183,7 @@ def test_a_missing_image_file_is_named(generated, tmp_path):
 
 def test_the_edit_stage_without_a_table_is_a_config_error():
     with pytest.raises(ConfigError, match=r"t\.toml: run\.stages: the edit stage needs an \[edit\] table"):
-        cfg.load_text('[run]\nstages = ["synthesize", "edit"]\n[model]\nsource = "convnet"\n', source="t.toml")
+        load_pipeline_text('[run]\nstages = ["synthesize", "edit"]\n[model]\nsource = "convnet"\n', source="t.toml")
 
 
 # ---- the verifier --------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def test_the_verifier_scores_the_candidates_overall_and_per_class(generated, cap
 
 
 def test_the_verifier_leaves_mixtures_out():
-    from dsv.verifier import score
+    from dsv.evaluation.verifier import score
 
     targets = np.zeros((3, 4), dtype=np.float32)
     targets[0, 1] = targets[1, 2] = 1
@@ -225,8 +227,11 @@ def test_the_verifier_leaves_mixtures_out():
 
 
 def test_the_evaluate_table_is_resumable():
-    base = {"model": {"source": "convnet"}}
-    assert cfg.config_hash(base) == cfg.config_hash({**base, "evaluate": {"model": "efficientnet-lite0"}})
+    base = '[model]\nsource = "convnet"\n'
+    with_table = base + '[evaluate]\nmodel = "efficientnet-lite0"\n'
+    changed = base + '[synthesis]\niterations = 7\n'
+    hashes = [load_pipeline_text(text, source="t.toml").config_hash for text in (base, with_table, changed)]
+    assert hashes[0] == hashes[1] != hashes[2]
 
 
 # ---- torchvision models from a weights file ----------------------------------------------------
@@ -267,8 +272,8 @@ def test_torchvision_weights_of_another_model_name_the_file(tmp_path):
 
 def test_the_pipeline_files_parse():
     for path in sorted((REPO_ROOT / "pipelines").glob("imagenet*.toml")):
-        loaded = cfg.load(path)
-        assert loaded.config.evaluate is not None, path
+        loaded = load_pipeline(path)
+        assert loaded.config.table("evaluate") is not None, path
         assert tomllib.loads(path.read_text())["model"]["source"] == "efficientnet-lite0"
 
 
@@ -281,11 +286,12 @@ def test_the_pipeline_files_parse():
 ])
 def test_bad_generation_tables_name_the_key(table, message):
     with pytest.raises(ConfigError, match=re.escape(f"t.toml: {message}")):
-        cfg.load_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
+        load_pipeline_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
 
 
 def test_the_strip_starts_every_candidate_from_the_same_noise():
-    from dsv.builtin.initializers import InitContext, NoiseInit
+    from dsv.builtin.initializers import NoiseInit
+    from dsv.plugins import InitContext
 
     context = InitContext(torch.Generator().manual_seed(0), None)
     x = NoiseInit(shared=True)((3, 1, 4, 4), torch.zeros(3), context)

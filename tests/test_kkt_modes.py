@@ -11,7 +11,8 @@ from torch import nn
 
 from conftest import image_classifier
 from dsv import config as cfg
-from dsv import kkt, kkt_modes
+from dsv import kkt
+from dsv.kkt import modes as kkt_modes
 from dsv.builtin.losses import Stationarity
 from dsv.builtin.models import ConvNet
 from dsv.errors import ConfigError

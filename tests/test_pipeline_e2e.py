@@ -179,14 +179,16 @@ def test_plugins_command_lists_names_by_kind(capsys):
 def test_a_resolution_the_model_cannot_take_is_a_config_error_before_the_run(e2e, tmp_path):
     from torch import nn
 
-    from dsv.builtin.models import InputSpec, LoadedModel
+    from dsv.plugins import InputSpec, LoadedModel
     from dsv.errors import ConfigError
     from dsv.pipeline import Pipeline
+    from dsv.stages.synthesize import group_run
 
     pipeline = Pipeline.from_toml(e2e["pipeline"], store=str(tmp_path / "r.zarr"), progress=False,
                                   overrides=["synthesis.resolutions=[[1, 8], [5, 12]]"])
     fixed = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # takes 8x8 inputs only
     spec = InputSpec(1, 8, (0.0,), (1.0,), [str(i) for i in range(10)])
+    pipeline.context.model = LoadedModel(fixed, spec)
     with pytest.raises(ConfigError, match=r"synthesis\.resolutions\[1\]: the model does not take 12x12 inputs"):
-        pipeline.build_run(LoadedModel(fixed, spec))
+        group_run(pipeline.context, 0)
     assert not (tmp_path / "r.zarr").exists()

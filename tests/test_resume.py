@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
-from dsv import checkpoint, cli
+from dsv import cli
+from dsv.store import checkpoint
 from dsv.store import SCHEMA_VERSION, RunStore
 
 ITERATIONS = 24

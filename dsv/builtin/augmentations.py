@@ -11,7 +11,7 @@ import attrs
 import kornia.augmentation as K
 from torch import Tensor
 
-from dsv.hookspecs import hookimpl
+from dsv.plugins import hookimpl
 
 
 def _unit(name: str):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from dsv.errors import DsvError
-from dsv.hookspecs import hookimpl
+from dsv.plugins import DatasetBundle, hookimpl
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -31,31 +31,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class DatasetError(DsvError):
     pass
-
-
-@attrs.define
-class DatasetBundle:
-    name: str
-    train: Dataset
-    test: Dataset
-    classes: list[str]
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    fingerprint: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def tensors(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole split as (images, labels) tensors (in-memory data sets only)."""
-        ds = self.train if split == "train" else self.test
-        if isinstance(ds, TensorDataset):
-            return ds.tensors[0], ds.tensors[1]
-        xs, ys = zip(*(ds[i] for i in range(len(ds))))
-        return torch.stack(xs), torch.as_tensor(ys)
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:

@@ -11,19 +11,7 @@ import torch
 from torch import Tensor
 
 from dsv.errors import DsvError
-from dsv.hookspecs import hookimpl
-
-
-@attrs.define
-class InitContext:
-    generator: torch.Generator
-    spec: object  # dsv.builtin.models.InputSpec
-    data: object | None = None  # dsv.builtin.datasets.DatasetBundle
-
-    def normalize(self, images: Tensor) -> Tensor:
-        mean = torch.tensor(self.spec.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.spec.std).view(1, -1, 1, 1)
-        return (images - mean) / std
+from dsv.plugins import InitContext, get_plugin_manager, hookimpl
 
 
 @attrs.define(kw_only=True)
@@ -121,8 +109,6 @@ class OtherDataInit:
     options: dict = attrs.field(factory=dict)
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
-        from dsv.plugins import get_plugin_manager
-
         factory = get_plugin_manager().registry("datasets").get(self.dataset)
         images, _ = factory(root=self.root, download=False, **self.options).tensors(self.split)
         pick = torch.randint(len(images), (shape[0],), generator=context.generator)

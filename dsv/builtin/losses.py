@@ -8,8 +8,10 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from dsv import kkt, kkt_modes
-from dsv.hookspecs import hookimpl
+from dsv import kkt
+
+from dsv.kkt import modes as kkt_modes
+from dsv.plugins import hookimpl
 
 
 @attrs.define(kw_only=True)

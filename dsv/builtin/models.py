@@ -14,39 +14,13 @@ import attrs
 import torch
 from torch import nn
 
-from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetBundle
+from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD
 from dsv.errors import DsvError
-from dsv.hookspecs import hookimpl
+from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, hookimpl
 
 
 class ModelError(DsvError):
     pass
-
-
-@attrs.define
-class InputSpec:
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-@attrs.define
-class ModelRequest:
-    data: DatasetBundle | None = None
-    weights_path: str = ""
-
-
-@attrs.define
-class LoadedModel:
-    module: nn.Module
-    spec: InputSpec
-    trainable: bool = False  # True: fresh weights that the train stage must fit
 
 
 def imagenet_classes() -> list[str]:

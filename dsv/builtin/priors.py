@@ -6,7 +6,7 @@ import attrs
 from torch import Tensor
 
 from dsv import kkt
-from dsv.hookspecs import hookimpl
+from dsv.plugins import hookimpl
 
 
 @attrs.define(kw_only=True)

@@ -10,7 +10,7 @@ from ignite.engine import Engine, create_supervised_trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dsv.hookspecs import hookimpl
+from dsv.plugins import hookimpl, normalize
 
 
 class Normalized(Dataset):
@@ -18,15 +18,15 @@ class Normalized(Dataset):
 
     def __init__(self, base: Dataset, mean, std):
         self.base = base
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __len__(self):
         return len(self.base)
 
     def __getitem__(self, i):
         x, y = self.base[i]
-        return (x - self.mean) / self.std, y
+        return normalize(x[None], self.mean, self.std)[0], y
 
 
 @attrs.define(kw_only=True)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dsv.hookspecs import hookimpl
+from dsv.plugins import hookimpl
 
 __all__ = ["BNStats", "batchnorm_layers"]
 

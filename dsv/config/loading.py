@@ -1,0 +1,118 @@
+"""Loading a pipeline file: TOML -> :class:`PipelineConfig`, overrides applied, every problem
+reported at once with the file and the key path.
+
+The stages' tables are not known here: the caller passes them (``tables``: table name -> attrs
+class, ``resumable``: the tables a resumed run may change, ``check``: the cross-table checks),
+which :func:`dsv.pipeline.load_pipeline` takes from the stage registry.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dsv.config.converter import describe_value, structure
+from dsv.config.raw import apply_overrides, config_hash
+from dsv.config.tables import CORE_TABLES, PipelineConfig, check_logging, check_synthesis
+from dsv.errors import ConfigError
+
+Check = Callable[[PipelineConfig], list[str]]
+
+
+@attrs.define
+class LoadedPipeline:
+    config: PipelineConfig
+    raw: dict[str, Any]  # the table after overrides: what the hash covers and the store keeps
+    source: str  # file name (for messages)
+    text: str = ""  # the file as written (kept in the store next to ``raw``)
+    overrides: list[str] = attrs.field(factory=list)
+    resumable: tuple[str, ...] = ()  # stage tables a resumed run may change (left out of the hash)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.raw, self.resumable)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config.run.store or f"stores/{self.config.run.name}.zarr")
+
+
+def load_text(text: str, *, source: str, overrides: Sequence[str] = (), store: str | None = None,
+              tables: Mapping[str, type | None] | None = None, resumable: Sequence[str] = (),
+              check: Check | None = None) -> LoadedPipeline:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    loaded = from_dict(raw, source=source, overrides=overrides, store=store, tables=tables, resumable=resumable,
+                       check=check)
+    loaded.text = text
+    return loaded
+
+
+def from_dict(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = (), store: str | None = None,
+              tables: Mapping[str, type | None] | None = None, resumable: Sequence[str] = (),
+              check: Check | None = None) -> LoadedPipeline:
+    """``raw`` (a parsed TOML document) as a checked pipeline. ``tables`` maps each stage that has
+    a table to its attrs class (None: the stage takes no table)."""
+    tables = dict(tables or {})
+    raw = apply_overrides(raw, list(overrides))
+    if store:
+        _set_store(raw, store, source)
+    stage_tables = {name: cls for name, cls in tables.items() if cls is not None}
+    known = sorted({*CORE_TABLES, *stage_tables})
+    unknown = [key for key in raw if key not in known]
+    problems = [f"{key}: unknown key (known: {', '.join(known)})" for key in sorted(unknown)]
+    core = {key: value for key, value in raw.items() if key in CORE_TABLES}
+    config = None
+    try:
+        config = structure(core, PipelineConfig, source=source)
+    except ConfigError as exc:
+        problems += _lines(exc, source)
+    structured = {}
+    for name, cls in stage_tables.items():
+        if name in raw:
+            try:
+                structured[name] = structure(raw[name], cls, source=source, path=name)
+            except ConfigError as exc:
+                problems += _lines(exc, source)
+    if config is not None and not problems:
+        config.tables = structured
+        problems += check_synthesis(config.synthesis) + check_logging(config.logging)
+        if check is not None:
+            problems += check(config)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    assert config is not None
+    return LoadedPipeline(config=config, raw=raw, source=source, overrides=list(overrides),
+                          resumable=tuple(resumable))
+
+
+def _lines(exc: ConfigError, source: str) -> list[str]:
+    """The problems of one ConfigError without their ``source: `` prefix (added back once)."""
+    prefix = f"{source}: "
+    return [line[len(prefix):] if line.startswith(prefix) else line for line in str(exc).splitlines()]
+
+
+def _set_store(raw: dict[str, Any], store: str, source: str) -> None:
+    run = raw.setdefault("run", {})
+    if not isinstance(run, dict):  # checked here: the structuring that would report it comes later
+        raise ConfigError(f"{source}: run: expected a table, got {describe_value(run)}")
+    run["store"] = str(store)
+
+
+def read_pipeline_text(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
+
+
+def load(path: str | Path, overrides: Sequence[str] = (), store: str | None = None, **stages: Any) -> LoadedPipeline:
+    """A pipeline file; ``stages`` are the keyword arguments of :func:`from_dict` about stage tables."""
+    return load_text(read_pipeline_text(path), source=str(path), overrides=overrides, store=store, **stages)

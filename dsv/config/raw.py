@@ -1,0 +1,93 @@
+"""Operations on the raw pipeline dict (the TOML as parsed): ``--set`` overrides, the config
+hash that decides whether a store can be resumed, and the list of keys two configs differ in."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import tomllib
+from typing import Any
+
+from dsv.errors import ConfigError
+
+# core keys that do not change what a synthesis computes: a run may resume with other values.
+# Stages add their own table when it is ``resumable`` (see dsv.pipeline.Stage).
+RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "logging")
+# what stores written before the stages registered their own tables (no "config_resumable" in
+# their metadata) left out of the hash besides RESUMABLE_KEYS
+LEGACY_RESUMABLE = ("export", "select", "retrain", "analyse", "evaluate", "interpolate", "edit")
+
+
+def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = raw
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return raw
+
+
+def config_hash(raw: dict[str, Any], resumable: tuple[str, ...] = ()) -> str:
+    """Hash of the config as it affects the synthesis (without :data:`RESUMABLE_KEYS` and the
+    ``resumable`` keys, e.g. the tables of the stages after synthesis)."""
+    text = json.dumps(_without(raw, RESUMABLE_KEYS + tuple(resumable)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], resumable: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two raw configs (ignoring :data:`RESUMABLE_KEYS`
+    and ``resumable``), each as ``key: old -> new``."""
+    ignored = RESUMABLE_KEYS + tuple(resumable)
+    a, b = _flatten(_without(old, ignored)), _flatten(_without(new, ignored))
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(unset)" if v is missing else json.dumps(v)  # noqa: E731
+            out.append(f"{key}: {show(va)} -> {show(vb)}")
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``synthesis.iterations=50`` -> (["synthesis", "iterations"], 50); values are TOML values,
+    and anything that is not valid TOML is taken as a string (``run.device=cpu``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. synthesis.iterations=50")
+    key, value_text = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", k) for k in keys):
+        raise ConfigError(f"--set {text}: {key.strip()!r} is not a dotted key path")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a table")
+            node = nxt
+        node[keys[-1]] = value
+    return raw

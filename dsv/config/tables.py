@@ -1,0 +1,121 @@
+"""The core tables of a pipeline file: ``[run]``, ``[data]``, ``[model]``, ``[synthesis]``,
+``[logging]``, with their range checks. Each stage owns its own table (see :mod:`dsv.stages`)."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import attrs
+
+from dsv.config.plugin_spec import PluginSpec
+
+# stages that a pipeline runs when [run] names none
+DEFAULT_STAGES = ("train", "synthesize", "export")
+
+
+Target = Union[int, dict[str, float]]
+
+
+@attrs.define(kw_only=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    store: str = ""  # default: stores/<name>.zarr
+    stages: list[str] = attrs.field(factory=lambda: list(DEFAULT_STAGES))
+
+
+@attrs.define(kw_only=True)
+class DataConfig:
+    name: str
+    root: str = ""
+    download: bool = False
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class ModelConfig:
+    source: str
+    weights_path: str = ""
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _default_losses() -> list[PluginSpec]:
+    return [PluginSpec(name="primal"), PluginSpec(name="stationarity")]
+
+
+@attrs.define(kw_only=True)
+class SynthesisConfig:
+    iterations: int = 300
+    candidates_per_class: int = 1
+    classes: list[int] = attrs.field(factory=list)  # empty: every class of the model
+    targets: list[Target] = attrs.field(factory=list)  # explicit targets; overrides classes
+    lr_x: float = 0.05
+    lr_lambda: float = 0.01
+    lambda_init: float = 1.0
+    lambda_warmup: int = 100  # hold lambda while x leaves the noise (else lambda is pruned at once)
+    augmented_weight: float = 1.0  # eta of Algorithm 1: weight of the KKT terms on A(x)
+    losses: list[PluginSpec] = attrs.field(factory=_default_losses)
+    priors: list[PluginSpec] = attrs.field(factory=list)
+    augmentations: list[PluginSpec] = attrs.field(factory=list)
+    init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
+    resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
+    record_every: int = 1
+    checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
+    groups: int = 1  # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
+
+
+@attrs.define(kw_only=True)
+class LoggingConfig:
+    """Where a synthesis is logged besides the store (``pip install dsv[tensorboard]``)."""
+
+    tensorboard: str = ""  # log directory; "" for none
+    scalars_every: int = 1  # every loss term, entropy, accuracy, alive count, mean lambda
+    images_every: int = 50  # grid of the candidates; 0 for none
+
+
+@attrs.define(kw_only=True)
+class PipelineConfig:
+    """A pipeline file: the core tables, and the table of each stage that has one (by stage name,
+    structured into the attrs class the stage registered; absent tables are missing)."""
+
+    run: RunConfig = attrs.field(factory=RunConfig)
+    data: DataConfig | None = None
+    model: ModelConfig
+    synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    tables: dict[str, Any] = attrs.field(factory=dict)
+
+    def table(self, name: str) -> Any:
+        """The structured ``[name]`` table of a stage, or None when the file has none."""
+        return self.tables.get(name)
+
+
+#: the top-level tables every pipeline may have besides the stages' own
+CORE_TABLES = ("run", "data", "model", "synthesis", "logging")
+
+
+def check_synthesis(s: SynthesisConfig) -> list[str]:
+    """Range checks of a [synthesis] table (the pipeline's and ``dsv.synthesize``'s)."""
+    problems = []
+    for key in ("iterations", "candidates_per_class", "record_every", "groups"):
+        if getattr(s, key) < 1:
+            problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
+    if s.checkpoint_every < 0:
+        problems.append(f"synthesis.checkpoint_every: must be at least 0 (0: only at the end), got {s.checkpoint_every}")
+    for key in ("lr_x", "lr_lambda"):
+        if getattr(s, key) <= 0:
+            problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
+    for i, pair in enumerate(s.resolutions):
+        if len(pair) != 2 or pair[0] < 0 or pair[1] < 8:
+            problems.append(f"synthesis.resolutions[{i}]: expected [from_iteration, size >= 8], got {pair}")
+    if s.lambda_init <= 0:
+        problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
+    if s.augmented_weight < 0:
+        problems.append(f"synthesis.augmented_weight: must be at least 0, got {s.augmented_weight}")
+    return problems
+
+
+def check_logging(c: LoggingConfig) -> list[str]:
+    return [f"logging.{key}: must be at least {low}, got {getattr(c, key)}"
+            for key, low in (("scalars_every", 1), ("images_every", 0)) if getattr(c, key) < low]

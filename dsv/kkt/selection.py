@@ -1,0 +1,97 @@
+"""DSVs among real samples: with the samples ``x_i`` fixed, only the multipliers are fitted.
+
+Stationarity over the classifier head, ``theta_head + sum_i lambda_i grad_head CE(Phi(x_i), y_i) = 0``
+with ``lambda >= 0``. The gradient of CE for a linear head is ``(p_i - t_i) h_i^T`` (``h_i`` the
+head's input), so the sum is ``(P - T)^T diag(lambda) H``: one forward over the samples gives every
+quantity, and the fit costs a few matrix products per step however many samples take part.
+Samples are ranked by lambda within each class; the top-k of each class is the coreset.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsv.kkt.terms import classifier_head, prediction_entropy, stationarity_distance, zero_multiplier_distance
+
+
+def head_features(model: nn.Module, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """(logits (N, K), input of the classifier head (N, D)) of ``images`` (model input space)."""
+    _, head = classifier_head(model)
+    captured: list[Tensor] = []
+    handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+    logits = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                logits.append(model(images[start:start + batch_size]).detach())
+    finally:
+        handle.remove()
+    return torch.cat(logits), torch.cat(captured).flatten(1)
+
+
+def fit_multipliers(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, iterations: int = 300,
+                    lr: float = 0.05, lambda_init: float = 0.0, distance: str = "l2",
+                    progress: bool = False) -> tuple[Tensor, list[float]]:
+    """Multipliers (N,) >= 0 minimizing the relative stationarity distance over ``head`` for fixed
+    samples, and that distance after each step (1.0 = the multipliers explain nothing)."""
+    residual_pt = F.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    weight, bias = head.weight.detach(), head.bias.detach() if head.bias is not None else None
+    params = [weight] + ([bias] if bias is not None else [])
+    reference = float(zero_multiplier_distance(params, distance))
+    lambdas = torch.full((len(labels),), float(lambda_init), requires_grad=True)
+    optimizer = torch.optim.Adam([lambdas], lr=lr)
+    history = []
+    steps = range(iterations)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="select")
+    for _ in steps:
+        weighted = residual_pt * lambdas[:, None]
+        grads = [weighted.T @ features] + ([weighted.sum(0)] if bias is not None else [])
+        loss = stationarity_distance(params, grads, distance) / reference
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            lambdas.clamp_(min=0.0)  # dual feasibility by projection: a sample may drop to 0
+        history.append(float(loss.detach()))
+    return lambdas.detach(), history
+
+
+def fit_feasible(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = True,
+                 **options) -> tuple[Tensor, list[float]]:
+    """:func:`fit_multipliers` over the primal-feasible samples only (those the model classifies
+    right) when ``feasible_only``; the others keep lambda = 0 and rank last."""
+    keep = (logits.argmax(1) == labels) if feasible_only else torch.ones_like(labels, dtype=torch.bool)
+    lambdas = torch.zeros(len(labels))
+    fitted, history = fit_multipliers(head, logits[keep], features[keep], labels[keep], **options)
+    lambdas[keep] = fitted
+    return lambdas, history
+
+
+def top_per_class(scores: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest scores of each class (classes in order, best first)."""
+    out = []
+    for cls in labels.unique().tolist():
+        members = (labels == cls).nonzero().flatten()
+        order = torch.argsort(scores[members], descending=True, stable=True)
+        out.append(members[order[:k]])
+    return torch.cat(out)
+
+
+def pool_indices(labels: Tensor, per_class: int, generator: torch.Generator) -> Tensor:
+    """A random pool of ``per_class`` samples of each class (every sample when 0), sorted."""
+    if per_class == 0:
+        return torch.arange(len(labels))
+    chosen = []
+    for cls in labels.unique().tolist():
+        members = (labels == cls).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def mean_entropy(logits: Tensor) -> float:
+    return float(prediction_entropy(logits).mean()) if len(logits) else float("nan")

@@ -1,0 +1,18 @@
+"""The Zarr run store (:mod:`dsv.store.run_store`), its checkpoint helpers
+(:mod:`dsv.store.checkpoint`), checks (:mod:`dsv.store.verify`), summary, metadata and exports."""
+
+from dsv.store.run_store import (
+    SCHEMA_VERSION,
+    Region,
+    RunStore,
+    combine_histories,
+    concatenate_candidates,
+    is_store,
+    remove_store,
+)
+from dsv.store.summary import run_summary, summary
+
+__all__ = [
+    "SCHEMA_VERSION", "Region", "RunStore", "combine_histories", "concatenate_candidates", "is_store",
+    "remove_store", "run_summary", "summary",
+]

@@ -1,0 +1,140 @@
+"""Assembling a synthesis: the run of one ``[synthesis]`` table on a model, with its plugins built
+from their specs. Shared by the pipeline's synthesize stage, its sub-runs and ``dsv.synthesize``."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsv import config as cfg
+from dsv.errors import ConfigError
+from dsv.plugins import DsvPluginManager, InitContext, InputSpec
+from dsv.synthesis.engine import SynthesisRun
+from dsv.synthesis.execution import detach_terms
+
+API_SOURCE = "dsv.synthesize"  # config_source of the stores the Python API writes
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device: unknown device {name!r} (auto, cpu, cuda, cuda:1, ...)") from None
+
+
+def target_matrix(targets: list, classes: list[int], per_class: int, num_classes: int, source: str) -> torch.Tensor:
+    """Soft targets (N, K): each target (class index or {index: weight}) repeated per_class times."""
+    rows = []
+    entries = targets or (classes or list(range(num_classes)))
+    key = "synthesis.targets" if targets else "synthesis.classes"
+    for i, entry in enumerate(entries):
+        row = torch.zeros(num_classes)
+        weights = {int(entry): 1.0} if isinstance(entry, int) else {int(k): v for k, v in entry.items()}
+        for cls, w in weights.items():
+            if not 0 <= cls < num_classes:
+                raise ConfigError(f"{source}: {key}[{i}]: class {cls} is out of range (the model has {num_classes} classes)")
+            row[cls] = w
+        if row.sum() <= 0:
+            raise ConfigError(f"{source}: {key}[{i}]: the weights sum to 0")
+        rows += [row / row.sum()] * per_class
+    return torch.stack(rows)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run may draw from (the checkpoint saves all three), so a group's run does
+    not depend on what ran before it in the same process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_run(module: torch.nn.Module, spec: InputSpec, s: cfg.SynthesisConfig, *, plugins: DsvPluginManager,
+              device: torch.device, seed: int, data=None, source: str, progress: bool = True,
+              candidates: slice = slice(None)) -> SynthesisRun:
+    """The run of one [synthesis] table on ``module`` (frozen, moved to ``device``, eval mode).
+
+    ``spec`` is the model's :class:`~dsv.plugins.InputSpec`. Entries of ``s.losses``,
+    ``s.priors``, ``s.augmentations`` and ``s.init`` are plugin specs, or (from the Python API)
+    ready-made objects used as they are. ``candidates``: the rows of the target matrix this run
+    optimizes (one group of a grouped synthesis), seeded by ``seed``. Every problem is a
+    ConfigError naming ``source`` and the key."""
+    torch.manual_seed(seed)
+    targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, source)[candidates]
+    n = targets.shape[0]
+    size = s.resolutions[0][1] if s.resolutions and s.resolutions[0][0] <= 1 else spec.size
+    shape = (n, spec.channels, size, size)
+    init = _term(s.init, "initializers", plugins, source, "synthesis.init")
+    gen = torch.Generator().manual_seed(seed)
+    x0 = init(shape, targets.argmax(1), InitContext(gen, spec, data))
+    losses = _named(s.losses, "losses", plugins, source)
+    priors = _named(s.priors, "priors", plugins, source)
+    augs = [_term(a, "augmentations", plugins, source, f"synthesis.augmentations[{i}]")
+            for i, a in enumerate(s.augmentations)]
+    model = module.to(device).eval()
+    _check_resolutions(model, s, spec.channels, device, source)  # before any term hooks into the model
+    for p in model.parameters():
+        p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
+    for key, named in (("losses", losses), ("priors", priors)):
+        for i, (_, term) in enumerate(named):
+            if hasattr(term, "attach"):
+                try:
+                    term.attach(model)
+                except BaseException as exc:  # leave no term attached (a prior's hooks on the model)
+                    detach_terms(losses + priors)
+                    if isinstance(exc, ValueError):  # e.g. a parameter glob that matches nothing
+                        raise ConfigError(f"{source}: synthesis.{key}[{i}]: {exc}") from None
+                    raise
+    x = x0.to(device).requires_grad_(True)
+    lambdas = torch.full((n,), s.lambda_init, device=device, requires_grad=True)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    return SynthesisRun(
+        model=model, x=x, lambdas=lambdas, targets=targets.to(device), alive=alive,
+        losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
+        lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
+        checkpoint_every=s.checkpoint_every, resolutions=[tuple(r) for r in s.resolutions], hooks=plugins, progress=progress,
+    )
+
+
+def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels: int, device, source: str) -> None:
+    """Every size of the schedule must fit the model: say so now, not mid-run."""
+    for i, (_, size) in enumerate(s.resolutions):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, channels, size, size, device=device))
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"{source}: synthesis.resolutions[{i}]: the model does not take "
+                              f"{size}x{size} inputs ({first})") from None
+
+
+def _term(entry, kind: str, plugins: DsvPluginManager, source: str, path: str) -> Any:
+    """A plugin built from its spec, or a ready-made object checked for what the engine calls."""
+    if isinstance(entry, cfg.PluginSpec):
+        return cfg.build(entry, plugins.registry(kind), source=source, path=path)
+    weighted = kind in ("losses", "priors")
+    weight = getattr(entry, "weight", None)
+    if not callable(entry) or (weighted and not (isinstance(weight, (int, float)) and not isinstance(weight, bool))):
+        need = "a callable with a numeric 'weight' attribute" if weighted else "a callable"
+        raise ConfigError(f"{source}: {path}: expected a plugin name, a table with a 'name' key, or {need}; "
+                          f"got {type(entry).__name__}")
+    return entry
+
+
+def term_name(entry) -> str:
+    """The history name of a term: its plugin name, or a ready-made object's class name."""
+    return entry.name if isinstance(entry, cfg.PluginSpec) else type(entry).__name__.lower()
+
+
+def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[tuple[str, Any]]:
+    out, seen = [], {}
+    for i, entry in enumerate(entries):
+        obj = _term(entry, kind, plugins, source, f"synthesis.{kind}[{i}]")
+        base = term_name(entry)
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}{seen[base]}", obj))
+    return out

@@ -1,0 +1,270 @@
+"""The ignite Engine that drives one DeepKKT synthesis loop.
+
+One engine iteration is one step of Algorithm 1: forward the candidates (and an augmented copy),
+sum the weighted KKT terms and priors, update ``x`` and ``lambda``, prune candidates whose lambda
+went negative. Handlers record histories, write the store, guard against NaN and show progress.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsv import kkt
+from dsv.store import checkpoint
+from dsv.errors import NonFiniteLossError
+
+SHOWN_IN_PROGRESS = ("total", "primal", "stationarity", "entropy", "alive")
+
+
+@attrs.define(eq=False)
+class SynthesisRun:
+    """The state of one synthesis: model, candidates, multipliers, terms, optimizer, store."""
+
+    model: nn.Module
+    x: Tensor  # (N, C, H, W) leaf, requires grad
+    lambdas: Tensor  # (N,) leaf, requires grad
+    targets: Tensor  # (N, K) soft targets
+    alive: Tensor  # (N,) bool
+    losses: list[tuple[str, Any]]  # (history name, term with .weight)
+    priors: list[tuple[str, Any]] = attrs.field(factory=list)
+    augmentations: list[Callable[[Tensor], Tensor]] = attrs.field(factory=list)
+    augmented_weight: float = 1.0
+    lr_x: float = 0.05
+    lr_lambda: float = 0.05
+    lambda_warmup: int = 0  # iterations during which lambda is held (x aligns first)
+    iterations: int = 100
+    record_every: int = 1
+    checkpoint_every: int = 50  # 0: only at the end (and on SIGINT/SIGTERM)
+    resolutions: list[tuple[int, int]] = attrs.field(factory=list)  # (from iteration, size)
+    store: Any = None  # dsv.store.RunStore or None
+    hooks: Any = None  # dsv.plugins.DsvPluginManager or None
+    progress: bool = True
+    optimizer: torch.optim.Optimizer = attrs.field(init=False)
+    pending: dict[str, list] = attrs.field(factory=dict, init=False)
+    committed_iteration: int = attrs.field(default=0, init=False)
+    stop_signals: Any = attrs.field(default=None, init=False)  # dsv.store.checkpoint.StopSignals while running
+    _rng_at_step_start: Any = attrs.field(default=None, init=False, repr=False)
+    _stepped: bool = attrs.field(default=False, init=False, repr=False)  # x moved in an unfinished step
+    completed_step: int = attrs.field(default=0, init=False)  # the last step that ran to its end
+
+    def __attrs_post_init__(self):
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
+        )
+
+    def apply_schedule(self, iteration: int) -> None:
+        """Multi-resolution synthesis: from each scheduled iteration on, the candidates live (and
+        the model sees them) at that size; on a change they are upscaled and x's Adam state restarts."""
+        size = None
+        for start, s in self.resolutions:
+            if iteration >= start:
+                size = s
+        if size is None or tuple(self.x.shape[-2:]) == (size, size):
+            return
+        with torch.no_grad():
+            resized = F.interpolate(self.x.detach(), size=(size, size), mode="bilinear", align_corners=False)
+        self.x = resized.requires_grad_(True)
+        lambda_state = self.optimizer.state.get(self.lambdas)
+        self.optimizer = self._new_optimizer()
+        if lambda_state is not None:
+            self.optimizer.state[self.lambdas] = lambda_state
+
+    @property
+    def labels(self) -> Tensor:
+        return self.targets.argmax(dim=1)
+
+    def batch(self, inputs: Tensor) -> kkt.KKTBatch:
+        logits = self.model(inputs)
+        return kkt.KKTBatch(self.model, inputs, logits, self.targets, self.lambdas, self.alive)
+
+    def _call_hook(self, name: str, **kwargs) -> list:
+        return self.hooks.call_lifecycle(name, run=self, **kwargs) if self.hooks is not None else []
+
+    # ---- one step of Algorithm 1 ----------------------------------------------------------------
+
+    def step(self, iteration: int) -> dict[str, Any]:
+        self._rng_at_step_start = checkpoint.capture_rng()
+        self.apply_schedule(iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        clean = self.batch(self.x)
+        values: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.x.device)
+        for name, term in self.losses:
+            values[name] = term(clean)
+            total = total + term.weight * values[name]
+        if self.augmentations:
+            augmented = self.x
+            for aug in self.augmentations:
+                augmented = aug(augmented)
+            aug_batch = self.batch(augmented)
+            for name, term in self.losses:
+                if not getattr(term, "augmented", True):
+                    continue
+                values[f"{name}_aug"] = term(aug_batch)
+                total = total + self.augmented_weight * term.weight * values[f"{name}_aug"]
+        for name, prior in self.priors:
+            values[name] = prior(self.x)
+            total = total + prior.weight * values[name]
+        if not torch.isfinite(total):
+            bad = [k for k, v in values.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(
+                f"loss became non-finite at iteration {iteration} (terms: {', '.join(bad) or 'total'}); "
+                f"the store holds iteration {iteration - 1}. Lower synthesis.lr_x or the term weights."
+            )
+        with torch.no_grad():
+            probs_entropy = kkt.prediction_entropy(clean.logits.detach())
+            alive_f = self.alive.float()
+            n_alive = int(self.alive.sum())
+            entropy = float((probs_entropy * alive_f).sum() / max(n_alive, 1))
+            right = (~kkt.misclassified(clean.logits.detach(), self.targets)) & self.alive
+            accuracy = float(right.sum()) / max(n_alive, 1)
+        # grads for x and lambda only: theta is frozen, so nothing accumulates in the model
+        grad_x, grad_l = torch.autograd.grad(total, [self.x, self.lambdas], allow_unused=True)
+        self.x.grad = grad_x if grad_x is not None else torch.zeros_like(self.x)
+        self.lambdas.grad = grad_l if grad_l is not None else torch.zeros_like(self.lambdas)
+        if iteration <= self.lambda_warmup:
+            self.lambdas.grad = None  # Adam skips parameters without a gradient
+        dead = ~self.alive
+        frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
+        self._stepped = True
+        self.optimizer.step()
+        with torch.no_grad():  # dead candidates stop taking part: restore what Adam's momentum moved
+            self.x[dead] = frozen_x
+            self.lambdas[dead] = frozen_l
+        pruned = kkt.newly_infeasible(self.lambdas, self.alive)
+        if pruned.any():
+            self.alive[pruned] = False
+            self._call_hook("dsv_candidate_pruned", indices=pruned.nonzero().flatten().tolist(), iteration=iteration)
+        metrics = {name: float(v.detach()) for name, v in values.items()}
+        metrics.update(total=float(total.detach()), entropy=entropy, accuracy=accuracy, alive=float(self.alive.sum()))
+        self._stepped = False
+        self.completed_step = iteration
+        return metrics
+
+    # ---- recording and writing -------------------------------------------------------------------
+
+    def record(self, iteration: int, metrics: dict[str, float], force: bool = False) -> None:
+        if not force and iteration % self.record_every and iteration not in (1, self.iterations):
+            return
+        if self.pending.get("iteration") and self.pending["iteration"][-1] == iteration:
+            return  # already recorded
+        self.pending.setdefault("iteration", []).append(iteration)
+        for name, value in metrics.items():
+            self.pending.setdefault(name, []).append(value)
+        self.pending.setdefault("lambda", []).append(self.lambdas.detach().cpu().numpy().copy())
+
+    def flush(self, iteration: int, rng=None) -> None:
+        """Checkpoint: candidates, Adam moments, RNG states and pending history rows, committed
+        as ``iteration`` (see :meth:`dsv.store.RunStore.commit`). Without a store the history
+        rows stay in ``pending``: the run's history in memory."""
+        if self.store is not None:
+            arrays, scalars = self.state(rng)
+            rows = {k: np.asarray(v) for k, v in self.pending.items()}
+            self.store.commit(iteration, arrays, scalars, rows)
+            self.pending = {}
+        self.committed_iteration = iteration
+
+    def state(self, rng=None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything a resume needs, as arrays and JSON scalars. ``rng``: RNG states to save
+        instead of the current ones (those at the start of a step that failed)."""
+        arrays = {
+            "x": self.x.detach().cpu().numpy(),
+            "lambda": self.lambdas.detach().cpu().numpy(),
+            "alive": self.alive.cpu().numpy(),
+        }
+        adam_arrays, scalars = checkpoint.capture_adam(self.optimizer, {"x": self.x, "lambda": self.lambdas})
+        rng_arrays, rng_scalars = rng if rng is not None else checkpoint.capture_rng()
+        arrays.update(adam_arrays)
+        arrays.update(rng_arrays)
+        scalars.update(rng_scalars)
+        scalars["resolution"] = list(self.x.shape[-2:])
+        return arrays, scalars
+
+    def restore(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], iteration: int) -> None:
+        """Continue from a checkpoint taken after ``iteration``: the same candidates, Adam
+        moments and RNG states, so the next steps equal those of an uninterrupted run."""
+        device = self.x.device
+        with torch.no_grad():
+            self.x = torch.from_numpy(arrays["x"]).to(device).requires_grad_(True)
+            self.lambdas = torch.from_numpy(arrays["lambda"]).to(device).requires_grad_(True)
+            self.alive = torch.from_numpy(arrays["alive"].astype(bool)).to(device)
+        self.optimizer = self._new_optimizer()
+        checkpoint.restore_adam(self.optimizer, {"x": self.x, "lambda": self.lambdas}, arrays, scalars)
+        checkpoint.restore_rng(arrays, scalars)
+        self.committed_iteration = iteration
+
+    # ---- final figures ---------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        clean = self.batch(self.x.detach())
+        with torch.no_grad():
+            right = (~kkt.misclassified(clean.logits, self.targets)) & self.alive
+        out: dict[str, Any] = {
+            "candidates": int(self.x.shape[0]),
+            "alive": int(self.alive.sum()),
+            "classified_as_target": int(right.sum()),
+            "iterations": int(self.committed_iteration),
+        }
+        for _, term in self.losses:
+            if hasattr(term, "summary"):
+                out.update(term.summary(clean))
+        return out
+
+
+def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
+    """The engine of ``run``; ``start_iteration`` > 0 continues a resumed run after that iteration."""
+    engine = Engine(lambda eng, _batch: run.step(eng.state.iteration))
+    if start_iteration:
+        engine.load_state_dict({"iteration": start_iteration, "epoch_length": run.iterations, "max_epochs": 1})
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _record(eng):
+        metrics = eng.state.output
+        run.record(eng.state.iteration, metrics)
+        stops = run._call_hook("dsv_iteration_completed", iteration=eng.state.iteration, metrics=metrics)
+        signalled = run.stop_signals is not None and run.stop_signals.received is not None
+        if any(stops) or signalled:
+            run.record(eng.state.iteration, metrics, force=True)  # the last iteration is always kept
+            eng.terminate()
+
+    if run.checkpoint_every:
+        @engine.on(Events.ITERATION_COMPLETED(every=run.checkpoint_every))
+        def _write(eng):
+            run.flush(eng.state.iteration)
+
+    if checkpoint.faults_enabled():  # the crash tests' switch; nothing in the loop otherwise
+        @engine.on(Events.ITERATION_COMPLETED)
+        def _fault(eng):
+            checkpoint.fault_point("after-iteration", eng.state.iteration)
+
+    @engine.on(Events.COMPLETED | Events.TERMINATE)
+    def _final_write(eng):
+        if run.committed_iteration != eng.state.iteration:
+            run.flush(eng.state.iteration)
+
+    @engine.on(Events.EXCEPTION_RAISED)
+    def _keep_store_consistent(eng, exc):
+        # keep every completed iteration: a step that failed before moving x changed nothing but
+        # the RNG (saved as it was before that step). If x moved, the last checkpoint stands.
+        done = run.completed_step
+        if not run._stepped and run.committed_iteration != done:
+            run.flush(done, rng=None if done == eng.state.iteration else run._rng_at_step_start)
+        raise exc
+
+    if run.progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=True, desc="synthesize").attach(
+            engine, output_transform=lambda out: {k: out[k] for k in SHOWN_IN_PROGRESS if k in out}
+        )
+    return engine
