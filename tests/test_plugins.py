@@ -20,9 +20,9 @@ from dsv.builtin.models import LoadedModel, ModelRequest
 from dsv.synthesis.engine import build_engine
 from dsv.pipeline import Pipeline
 from dsv.store import RunStore
-from dsv.plugins import KINDS, DsvPluginManager, PluginError, Registry, UnknownNameError, get_plugin_manager
+from dsv.plugins import KINDS, DsvPluginManager, PluginError, Registry, UnknownNameError, get_plugin_manager, hookimpl
 
-from conftest import digits_run_tables, plugin_module
+from conftest import REPO_ROOT, digits_run_tables, plugin_module
 
 BUILTIN_NAMES = {
     "losses": {"primal", "stationarity"},
@@ -508,3 +508,100 @@ def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp
 def test_an_unknown_loss_is_named_in_the_singular():
     with pytest.raises(UnknownNameError, match=r"unknown loss 'stationarty'.*did you mean 'stationarity'"):
         get_plugin_manager().registry("losses").get("stationarty")
+
+
+# ---- hooks through pluggy, a misspelt hook, a third-party stage ---------------------------------
+
+
+def test_a_wrapper_lifecycle_hook_wraps_the_others_and_does_not_stop_the_run(make_run):
+    seen = []
+
+    def dsv_iteration_completed(run, iteration, metrics):
+        seen.append(("inner", iteration))
+        return None
+
+    def wrapping(run, iteration, metrics):  # pluggy's new-style wrapper: a generator
+        seen.append(("before", iteration))
+        results = yield
+        seen.append(("after", iteration))
+        return results
+
+    wrapper = types.ModuleType("wrapping_logger")
+    wrapper.dsv_iteration_completed = hookimpl(wrapper=True)(wrapping)
+    wrapping.__name__ = "dsv_iteration_completed"
+    pm = DsvPluginManager(load_entry_points=False)
+    pm.register(plugin_module("inner_logger", dsv_iteration_completed=dsv_iteration_completed), "inner_logger")
+    pm.register(wrapper, "wrapping_logger")
+    run = make_run(hooks=pm, iterations=6)
+    engine = build_engine(run)
+    engine.run(data=None, max_epochs=1, epoch_length=6)
+    assert engine.state.iteration == 6  # a wrapper's generator is not mistaken for a stop request
+    assert seen[:3] == [("before", 1), ("inner", 1), ("after", 1)]
+    assert len(seen) == 18
+
+
+def test_a_misspelt_hook_is_an_error_naming_the_plugin_and_the_hook_meant():
+    def dsv_register_prior(registry):  # the hook is dsv_register_priors
+        registry.add("sharp", Sharpness)
+
+    pm = DsvPluginManager(load_entry_points=False)
+    with pytest.raises(PluginError) as info:
+        pm.register(plugin_module("typo_plugin", dsv_register_prior=dsv_register_prior), "typo_plugin")
+    message = str(info.value)
+    assert "'typo_plugin'" in message and "'dsv_register_prior', which is no dsv hook" in message
+    assert "did you mean dsv_register_priors" in message
+    assert "typo_plugin" not in [name for name, _ in pm.pm.list_name_plugin()]  # the manager is as before
+    assert "sharp" not in pm.registry("priors")
+
+
+def test_a_misspelt_hook_of_an_installed_distribution_stops_the_cli_with_its_name(fake_distribution, capsys):
+    fake_distribution("dsv-typo", "0.2", {"dsv_typo": """
+        from dsv.plugins import hookimpl
+
+        @hookimpl
+        def dsv_run_start(run):
+            pass
+        """}, {"typo": "dsv_typo"})
+    assert cli.main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "plugin 'typo' (dsv-typo 0.2) implements 'dsv_run_start', which is no dsv hook" in err
+    assert "did you mean dsv_run_started" in err and "--disable-plugin typo" in err
+    assert cli.main(["plugins", "--disable-plugin", "typo"]) == 0
+
+
+def guide_code(marker: str) -> str:
+    """The Python block of docs/writing-plugins.md that starts with ``marker``."""
+    text = (REPO_ROOT / "docs" / "writing-plugins.md").read_text()
+    start = text.index(f"```python\n{marker}") + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_the_stage_of_the_guide_runs_from_a_pipeline_file(fake_distribution, tmp_path, models_dir, capsys):
+    fake_distribution("dsv-predictions-csv", "0.1.0", {"dsv_predictions_csv": guide_code("# dsv_predictions_csv.py")},
+                      {"predictions-csv": "dsv_predictions_csv"})
+    path = tiny_pipeline(tmp_path, iterations=3, models=models_dir)
+    text = path.read_text().replace('stages = ["train", "synthesize"]', 'stages = ["predictions_csv", "train", "synthesize"]')
+    path.write_text(text + "\n[predictions_csv]\ntop = 2\nfile = \"guesses.csv\"\n")
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    rows = (tmp_path / "tiny.zarr" / "exports" / "guesses.csv").read_text().splitlines()
+    assert rows[0] == "candidate,target,lambda,alive,top1,top2"
+    assert len(rows) == 11  # 10 digits classes, one candidate each
+    assert '"predictions_csv": {' in out and '"rows": 10' in out
+    # its table is checked like any other, before any stage runs
+    path.write_text(text + "\n[predictions_csv]\ntop = 0\n")
+    assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 2
+    assert "predictions_csv.top" in capsys.readouterr().err
+    path.write_text(text.replace('"predictions_csv", ', '"predictions_cvs", '))
+    assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 2
+    assert "unknown stage 'predictions_cvs'" in capsys.readouterr().err
+
+
+def test_a_registered_stage_that_is_no_stage_is_named():
+    def dsv_register_stages(registry):
+        registry.add("not_a_stage", lambda context, store: [])
+
+    pm = DsvPluginManager(load_entry_points=False)
+    pm.register(plugin_module("loose", dsv_register_stages=dsv_register_stages), "loose")
+    with pytest.raises(PluginError, match=r"plugin 'loose' .* registered stage 'not_a_stage' as function"):
+        Pipeline.from_toml(REPO_ROOT / "pipelines" / "fashion_mnist_dsv.toml", plugins=pm)

@@ -143,7 +143,16 @@ def _plain_message(exc: TypeError | ValueError, path: str) -> str:
     if len(args) > 1 and isinstance(args[1], attrs.Attribute):
         path = _key_path(path, args[1].name)
     message = args[0] if args and isinstance(args[0], str) else str(exc)
+    # attrs' comparison validators (ge, gt, le, lt, ...): "'top' must be >= 1: 0"
+    compared = _ATTRS_COMPARISON.fullmatch(message)
+    if compared is not None:
+        name, rule, value = compared.groups()
+        path = path if path.endswith(f".{name}") or path == name else _key_path(path, name)
+        message = f"must be {rule}, got {value}"
     return f"{path}: {message}"
+
+
+_ATTRS_COMPARISON = re.compile(r"'([A-Za-z_]\w*)' must be ([^:]+): (.*)", re.S)
 
 
 def _messages(exc: BaseException, path: str) -> list[str]:
