@@ -23,13 +23,10 @@ from pathlib import Path
 
 import torch
 
-from dsv import config as cfg
-from dsv.plugins import ModelRequest
-from dsv.pipeline import Pipeline
-from dsv.plugins import get_plugin_manager
-from dsv.store import RunStore, is_store
 from dsv.evaluation.verifier import score, verifier_probabilities
-from dsv.pipeline import load_pipeline
+from dsv.pipeline import Pipeline, load_pipeline
+from dsv.plugins import ModelRequest, get_plugin_manager
+from dsv.store import RunStore, is_store
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.toml"
 VERIFIER = "efficientnet-lite2"
@@ -82,14 +79,28 @@ def verify(store: RunStore, verifier) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default=str(PIPELINE))
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.001, 0.01],
-                    help="bn_stats weights to run; 0 = without bn_stats")
+    ap.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.001, 0.01],
+        help="bn_stats weights to run; 0 = without bn_stats",
+    )
     ap.add_argument("--first-layer-multiplier", type=float, default=10.0)
-    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                    help="override applied to every arm (same budget for all), e.g. synthesis.iterations=600")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="override applied to every arm (same budget for all), e.g. synthesis.iterations=600",
+    )
     ap.add_argument("--out", help="keep the run stores here (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true",
-                    help="reuse a finished store in --out made from the same config (hash) instead of running again")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a finished store in --out made from the same config (hash) instead of running again",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -108,12 +119,17 @@ def main() -> None:
     for weight in args.weights:
         overrides = arm_overrides(Path(args.pipeline), base, weight, args.first_layer_multiplier)
         store_path = out / f"bn_{weight:g}.zarr"
-        pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, store=str(store_path),
-                                      plugins=pm, progress=False, fresh=True)
+        pipeline = Pipeline.from_toml(
+            args.pipeline, overrides=overrides, store=str(store_path), plugins=pm, progress=False, fresh=True
+        )
         iterations = pipeline.config.synthesis.iterations
         done = is_store(store_path) and RunStore.open(store_path).meta
-        if args.reuse and done and done.get("config_hash") == pipeline.loaded.config_hash \
-                and done.get("committed_iteration") == iterations:
+        if (
+            args.reuse
+            and done
+            and done.get("config_hash") == pipeline.loaded.config_hash
+            and done.get("committed_iteration") == iterations
+        ):
             seconds, generator = float("nan"), pipeline.model().module
         else:
             start = time.time()
@@ -135,15 +151,22 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     print(f"\npipeline {args.pipeline}; overrides {base}; stores in {out}")
-    print(f"verifier {VERIFIER} on the final candidates; bn_stats first_layer_multiplier {args.first_layer_multiplier:g}\n")
-    header = (f"{'bn_stats weight':>15} | {'Lite0 right':>11} | {'alive':>5} | {'Lite2 top-1':>11} | "
-              f"{'Lite2 top-5':>11} | {'Lite2 p(target)':>15} | {'final bn_stats':>14} | {'time s':>7}")
+    print(
+        f"verifier {VERIFIER} on the final candidates; "
+        f"bn_stats first_layer_multiplier {args.first_layer_multiplier:g}\n"
+    )
+    header = (
+        f"{'bn_stats weight':>15} | {'Lite0 right':>11} | {'alive':>5} | {'Lite2 top-1':>11} | "
+        f"{'Lite2 top-5':>11} | {'Lite2 p(target)':>15} | {'final bn_stats':>14} | {'time s':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         n = r["candidates"]
-        print(f"{r['weight']:>15g} | {r['lite0_right']:>5}/{n:<5} | {r['alive']:>5} | {r['top1']:>11.3f} | "
-              f"{r['top5']:>11.3f} | {r['p_target']:>15.4f} | {r['bn_end']:>14.1f} | {r['seconds']:>7.0f}")
+        print(
+            f"{r['weight']:>15g} | {r['lite0_right']:>5}/{n:<5} | {r['alive']:>5} | {r['top1']:>11.3f} | "
+            f"{r['top5']:>11.3f} | {r['p_target']:>15.4f} | {r['bn_end']:>14.1f} | {r['seconds']:>7.0f}"
+        )
 
 
 if __name__ == "__main__":

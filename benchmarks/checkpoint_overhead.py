@@ -61,19 +61,26 @@ def main() -> None:
             for every in (0, args.every):
                 results[every].append(timed_run(Path(tmp), every, args.iterations, f"r{r}-e{every}"))
                 total, writes, count = results[every][-1]
-                print(f"run {r + 1}, checkpoint every {every or 'final only'}: {total:.2f} s, "
-                      f"{writes:.3f} s in {count} checkpoint writes", flush=True)
+                print(
+                    f"run {r + 1}, checkpoint every {every or 'final only'}: {total:.2f} s, "
+                    f"{writes:.3f} s in {count} checkpoint writes",
+                    flush=True,
+                )
     base = statistics.median(t for t, _, _ in results[0])
     print(f"\nfashion_mnist_dsv, {args.iterations} iterations, {args.repeats} runs each (median)\n")
-    print(f"{'checkpoint every':>16} | {'checkpoints':>11} | {'run s':>7} | {'in writes s':>11} | "
-          f"{'writes / run':>12} | {'vs no checkpoints':>17}")
+    print(
+        f"{'checkpoint every':>16} | {'checkpoints':>11} | {'run s':>7} | {'in writes s':>11} | "
+        f"{'writes / run':>12} | {'vs no checkpoints':>17}"
+    )
     print("-" * 90)
     for every, rows in results.items():
         total = statistics.median(t for t, _, _ in rows)
         writes = statistics.median(w for _, w, _ in rows)
         label = "final only" if every == 0 else str(every)
-        print(f"{label:>16} | {rows[0][2]:>11} | {total:>7.2f} | {writes:>11.3f} | {100 * writes / total:>11.2f}% | "
-              f"{100 * (total - base) / base:>+16.2f}%")
+        print(
+            f"{label:>16} | {rows[0][2]:>11} | {total:>7.2f} | {writes:>11.3f} | {100 * writes / total:>11.2f}% | "
+            f"{100 * (total - base) / base:>+16.2f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -29,17 +29,15 @@ import numpy as np
 import torch
 
 from dsv import config as cfg
+from dsv import kkt
 from dsv.evaluation.analysis import class_lambda_sums, pearson
 from dsv.evaluation.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
+from dsv.evaluation.retraining import accuracy_on, build_augmentations, build_retrainer, mean_std, retrain_models
+from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_per_class
+from dsv.pipeline import Pipeline, load_pipeline
+from dsv.plugins import normalize
 from dsv.stages.retrain import RetrainConfig
 from dsv.stages.select import SelectConfig
-from dsv.evaluation.retraining import accuracy_on, mean_std
-from dsv.pipeline import Pipeline
-from dsv.evaluation.retraining import build_augmentations, build_retrainer, retrain_models
-from dsv.plugins import normalize
-from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_per_class
-from dsv import kkt
-from dsv.pipeline import load_pipeline
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
 DISTILL_METHODS = ("random_real", "dm", "primal_only", "dsv_noise", "dsv_other_data", "dsv_real_init")
@@ -69,9 +67,11 @@ def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.Synthesi
     noise = s.init if s.init.name == "noise" else cfg.PluginSpec(name="noise")  # keeps the file's std
     if method == "primal_only":
         return attrs.evolve(s, losses=[term for term in s.losses if term.name == "primal"], init=noise)
-    init = {"dsv_noise": noise,
-            "dsv_other_data": cfg.PluginSpec(name="other", options={"dataset": "digits"}),
-            "dsv_real_init": cfg.PluginSpec(name="real")}[method]
+    init = {
+        "dsv_noise": noise,
+        "dsv_other_data": cfg.PluginSpec(name="other", options={"dataset": "digits"}),
+        "dsv_real_init": cfg.PluginSpec(name="real"),
+    }[method]
     return attrs.evolve(s, init=init)
 
 
@@ -82,9 +82,11 @@ class Bench:
             overrides.append(f"data.root={json.dumps(args.data_root)}")
         if args.quick:
             base = load_pipeline(args.pipeline, overrides=overrides).config
-            overrides += [f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
-                          f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
-                          f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}"]
+            overrides += [
+                f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
+                f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
+                f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}",
+            ]
             args.dm_iterations = max(args.dm_iterations // 5, 1)
         self.args = args
         self.pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, progress=args.progress)
@@ -95,15 +97,18 @@ class Bench:
         self.retrainer = build_retrainer(r.retrainer, self.pipeline.plugins, self.pipeline.source, "retrain.retrainer")
         if args.quick:
             self.retrainer = attrs.evolve(self.retrainer, epochs=max(self.retrainer.epochs // 5, 1))
-        self.augmentations = build_augmentations(r.augmentations, self.pipeline.plugins, self.pipeline.source, "retrain")
+        self.augmentations = build_augmentations(
+            r.augmentations, self.pipeline.plugins, self.pipeline.source, "retrain"
+        )
         self.seeds = [1000 + i for i in range(r.seeds)]
         test_x, self.test_y = self.data.tensors("test")
         self.test_x = normalize(test_x, self.data.mean, self.data.std)
         self.rows, self.coreset, self.notes = [], [], {}
 
     def score(self, images, labels) -> dict:
-        models = retrain_models(self.loaded.module, images, labels, self.retrainer, augmentations=self.augmentations,
-                                seeds=self.seeds)
+        models = retrain_models(
+            self.loaded.module, images, labels, self.retrainer, augmentations=self.augmentations, seeds=self.seeds
+        )
         accs = [accuracy_on(m, self.test_x, self.test_y, self.loaded.spec.num_classes)[0] for m in models]
         return mean_std(accs)
 
@@ -114,15 +119,34 @@ class Bench:
         if method == "dm":
             real, labels = random_real(self.data, self.loaded.spec, ipc, seed)
             noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(seed))
-            return distribution_matching(self.loaded.module, real, labels, noise, labels,
-                                         iterations=self.args.dm_iterations, augmentations=self.augmentations,
-                                         seed=seed, progress=self.args.progress), labels
+            return distribution_matching(
+                self.loaded.module,
+                real,
+                labels,
+                noise,
+                labels,
+                iterations=self.args.dm_iterations,
+                augmentations=self.augmentations,
+                seed=seed,
+                progress=self.args.progress,
+            ), labels
         s = synthesis_for(self.config.synthesis, method, ipc)
-        x, labels, alive, history = synthesize_images(self.loaded.module, self.loaded.spec, s, plugins=self.pipeline.plugins,
-                                                      data=self.data, seed=seed, progress=self.args.progress)
+        x, labels, alive, history = synthesize_images(
+            self.loaded.module,
+            self.loaded.spec,
+            s,
+            plugins=self.pipeline.plugins,
+            data=self.data,
+            seed=seed,
+            progress=self.args.progress,
+        )
         entropy = history.get("entropy", np.array([np.nan]))
-        self.notes[f"{method}/{ipc}"] = {"alive": int(alive.sum()), "entropy_start": float(entropy[0]),
-                                         "entropy_min": float(entropy.min()), "entropy_end": float(entropy[-1])}
+        self.notes[f"{method}/{ipc}"] = {
+            "alive": int(alive.sum()),
+            "entropy_start": float(entropy[0]),
+            "entropy_min": float(entropy.min()),
+            "entropy_end": float(entropy[-1]),
+        }
         return x, labels  # dead candidates are kept: every method hands over ipc images per class
 
     def distill(self, method: str, ipc: int) -> None:
@@ -131,8 +155,16 @@ class Bench:
         made = time.perf_counter() - start
         cell = self.score(images, labels)
         shots = 0 if method in ZERO_SHOT else ipc
-        self.rows.append({"method": method, "img_per_class": ipc, "shots_per_class": shots, **cell,
-                          "seconds_make": made, "seconds_total": time.perf_counter() - start})
+        self.rows.append(
+            {
+                "method": method,
+                "img_per_class": ipc,
+                "shots_per_class": shots,
+                **cell,
+                "seconds_make": made,
+                "seconds_total": time.perf_counter() - start,
+            }
+        )
         print_row(self.rows[-1])
 
     def coresets(self, ipcs: list[int], methods: list[str]) -> None:
@@ -145,19 +177,34 @@ class Bench:
         logits, features = head_features(model, normalize(images[pool], self.data.mean, self.data.std))
         lambdas = None
         if "lambda_top" in methods:
-            lambdas, history = fit_feasible(kkt.classifier_head(model)[1], logits, features, labels[pool],
-                                            feasible_only=sel.feasible_only, iterations=sel.iterations,
-                                            lr=sel.lr_lambda, lambda_init=sel.lambda_init, distance=sel.distance,
-                                            progress=self.args.progress)
+            lambdas, history = fit_feasible(
+                kkt.classifier_head(model)[1],
+                logits,
+                features,
+                labels[pool],
+                feasible_only=sel.feasible_only,
+                iterations=sel.iterations,
+                lr=sel.lr_lambda,
+                lambda_init=sel.lambda_init,
+                distance=sel.distance,
+                progress=self.args.progress,
+            )
             num_classes = self.loaded.spec.num_classes
             sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
             per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]
-            self.notes["select"] = {"seconds": time.perf_counter() - start, "relative_stationarity": history[-1],
-                                    "positive_lambda": int((lambdas > 0).sum()), "pool": int(len(pool)),
-                                    "pearson_lambda_accuracy": pearson(sums, per_class),
-                                    "class_lambda_sum": sums.tolist(), "class_test_accuracy": per_class.tolist()}
-            print(f"select: Pearson rho (class lambda sum vs class test accuracy) "
-                  f"{self.notes['select']['pearson_lambda_accuracy']:.3f}")
+            self.notes["select"] = {
+                "seconds": time.perf_counter() - start,
+                "relative_stationarity": history[-1],
+                "positive_lambda": int((lambdas > 0).sum()),
+                "pool": int(len(pool)),
+                "pearson_lambda_accuracy": pearson(sums, per_class),
+                "class_lambda_sum": sums.tolist(),
+                "class_test_accuracy": per_class.tolist(),
+            }
+            print(
+                f"select: Pearson rho (class lambda sum vs class test accuracy) "
+                f"{self.notes['select']['pearson_lambda_accuracy']:.3f}"
+            )
         shots = len(pool) // len(labels.unique())
         for ipc in ipcs:
             for method in methods:
@@ -170,15 +217,25 @@ class Bench:
                     chosen = top_per_class(lambdas, labels[pool], ipc)
                 idx = pool[chosen]
                 cell = self.score(normalize(images[idx], self.data.mean, self.data.std), labels[idx])
-                self.coreset.append({"method": method, "img_per_class": ipc, "shots_per_class": shots, **cell,
-                                     "entropy": float(kkt.prediction_entropy(logits[chosen]).mean()),
-                                     "seconds_total": time.perf_counter() - t0})
+                self.coreset.append(
+                    {
+                        "method": method,
+                        "img_per_class": ipc,
+                        "shots_per_class": shots,
+                        **cell,
+                        "entropy": float(kkt.prediction_entropy(logits[chosen]).mean()),
+                        "seconds_total": time.perf_counter() - t0,
+                    }
+                )
                 print_row(self.coreset[-1])
 
 
 def print_row(r: dict) -> None:
-    print(f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}   "
-          f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s)", flush=True)
+    print(
+        f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}   "
+        f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s)",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -198,9 +255,16 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     print(f"total {seconds:.0f} s")
     if args.json:
-        out = {"rows": bench.rows, "coreset": bench.coreset, "seconds": seconds, "quick": args.quick,
-               "threads": args.threads, "overrides": args.overrides, "notes": bench.notes,
-               "base_test_accuracy": bench.pipeline.test_accuracy}
+        out = {
+            "rows": bench.rows,
+            "coreset": bench.coreset,
+            "seconds": seconds,
+            "quick": args.quick,
+            "threads": args.threads,
+            "overrides": args.overrides,
+            "notes": bench.notes,
+            "base_test_accuracy": bench.pipeline.test_accuracy,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 

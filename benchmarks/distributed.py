@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from dsv.synthesis import distributed
 from dsv.pipeline import Pipeline
+from dsv.synthesis import distributed
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.toml"
 # ImageNet classes for the candidates, one per candidate (cycled)
@@ -38,9 +38,15 @@ CLASSES = [1, 130, 207, 285, 323, 417, 508, 949]
 def overrides(args) -> list[str]:
     count = args.groups * args.per_group
     classes = [CLASSES[i % len(CLASSES)] for i in range(count)]
-    return [f"synthesis.iterations={args.iterations}", f"synthesis.classes={classes}",
-            f"synthesis.groups={args.groups}", f"synthesis.resolutions=[[1, {args.size}]]",
-            "synthesis.checkpoint_every=0", 'run.stages=["synthesize"]', f'run.device="{args.device}"']
+    return [
+        f"synthesis.iterations={args.iterations}",
+        f"synthesis.classes={classes}",
+        f"synthesis.groups={args.groups}",
+        f"synthesis.resolutions=[[1, {args.size}]]",
+        "synthesis.checkpoint_every=0",
+        'run.stages=["synthesize"]',
+        f'run.device="{args.device}"',
+    ]
 
 
 def timed_rank(local_rank: int, args, store: str, result_file: str) -> None:
@@ -63,8 +69,9 @@ def independent_process(index: int, args, parts: int, root: str, start_together)
     """One process of the control: 1/parts of the groups, its own store, no process group."""
     torch.set_num_threads(args.threads)
     share = argparse.Namespace(**{**vars(args), "groups": args.groups // parts})
-    pipeline = Pipeline.from_toml(PIPELINE, overrides=overrides(share), store=f"{root}-{index}.zarr",
-                                  progress=False, fresh=True)
+    pipeline = Pipeline.from_toml(
+        PIPELINE, overrides=overrides(share), store=f"{root}-{index}.zarr", progress=False, fresh=True
+    )
     loaded = pipeline.model()
     start_together.wait()
     start = time.perf_counter()
@@ -77,8 +84,9 @@ def measure_independent(args, nproc: int, root: Path, repeat: int) -> tuple[floa
     context = mp.get_context("spawn")
     prefix = str(root / f"independent{nproc}-r{repeat}")
     start = time.perf_counter()
-    mp.start_processes(independent_process, args=(args, nproc, prefix, context.Barrier(nproc)), nprocs=nproc,
-                       start_method="spawn")
+    mp.start_processes(
+        independent_process, args=(args, nproc, prefix, context.Barrier(nproc)), nprocs=nproc, start_method="spawn"
+    )
     launch = time.perf_counter() - start
     return max(json.loads(Path(f"{prefix}-{i}.json").read_text())["seconds"] for i in range(nproc)), launch
 
@@ -118,22 +126,31 @@ def main() -> None:
                 runs = []
                 for r in range(args.repeats):
                     runs.append(how(args, nproc, Path(tmp), r))
-                    print(f"{nproc} process(es), {kind}, run {r + 1}: synthesis {runs[-1][0]:.2f} s, "
-                          f"launch {runs[-1][1]:.2f} s", flush=True)
+                    print(
+                        f"{nproc} process(es), {kind}, run {r + 1}: synthesis {runs[-1][0]:.2f} s, "
+                        f"launch {runs[-1][1]:.2f} s",
+                        flush=True,
+                    )
                 rows.append((nproc, kind, min(s for s, _ in runs), min(w for _, w in runs)))
     load = os.getloadavg()
-    print(f"\nEfficientNet-Lite0, {args.size} px, {args.groups} groups x {args.per_group} candidates, "
-          f"{args.iterations} iterations, device {args.device}, {args.threads} thread(s) per process, "
-          f"best of {args.repeats}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} CPUs\n")
-    print(f"{'processes':>9} | {'kind':>11} | {'synthesis s':>11} | {'cand-it/s':>9} | {'speed-up':>8} | "
-          f"{'efficiency':>10} | {'launch s':>8}")
+    print(
+        f"\nEfficientNet-Lite0, {args.size} px, {args.groups} groups x {args.per_group} candidates, "
+        f"{args.iterations} iterations, device {args.device}, {args.threads} thread(s) per process, "
+        f"best of {args.repeats}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"on {os.cpu_count()} CPUs\n"
+    )
+    print(
+        f"{'processes':>9} | {'kind':>11} | {'synthesis s':>11} | {'cand-it/s':>9} | {'speed-up':>8} | "
+        f"{'efficiency':>10} | {'launch s':>8}"
+    )
     print("-" * 84)
     first_nproc, _, first_seconds, _ = rows[0]
     for nproc, kind, seconds, launch in rows:
         speedup = first_seconds / seconds  # against the first row (1 process by default)
-        print(f"{nproc:>9} | {kind:>11} | {seconds:>11.2f} | {work / seconds:>9.1f} | {speedup:>7.2f}x | "
-              f"{100 * speedup * first_nproc / nproc:>9.0f}% | {launch:>8.2f}")
+        print(
+            f"{nproc:>9} | {kind:>11} | {seconds:>11.2f} | {work / seconds:>9.1f} | {speedup:>7.2f}x | "
+            f"{100 * speedup * first_nproc / nproc:>9.0f}% | {launch:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ finite_difference), a fresh subprocess times the step (forward of the candidates
 gradient in x and lambda, as SynthesisRun.step takes it) against a plain forward+backward (input
 gradient of the cross entropy, theta frozen) on the same batch, interleaved, and reports the ratio of
 the fastest step to the fastest forward+backward (other work on the machine only adds time; the
-median ratio of neighbouring pairs is in the JSON too). Memory: peak resident growth (VmHWM reset through /proc/self/clear_refs, freed
+median ratio of neighbouring pairs is in the JSON too). Memory: peak resident growth (VmHWM reset
+through /proc/self/clear_refs, freed
 heap given back with malloc_trim first) of one step over that of one plain forward+backward, in
 the same subprocess after a warm-up. The exact mode runs first and leaves its gradients for the
 cosines of the others.
@@ -33,13 +34,21 @@ from pathlib import Path
 MODES = ("exact", "jvp", "finite_difference")
 # (model, resolution, batch, parameter set, with the micro-batch variants)
 FULL = [
-    ("convnet", 28, 10, "all", False), ("convnet", 28, 100, "all", True), ("convnet", 28, 100, "head", False),
-    ("efficientnet-lite0", 112, 4, "all", True), ("efficientnet-lite0", 112, 16, "all", True),
-    ("efficientnet-lite0", 224, 4, "all", True), ("efficientnet-lite0", 224, 16, "all", True),
-    ("efficientnet-lite0", 224, 4, "head", False), ("efficientnet-lite0", 224, 4, "_blocks.15.*", False),
+    ("convnet", 28, 10, "all", False),
+    ("convnet", 28, 100, "all", True),
+    ("convnet", 28, 100, "head", False),
+    ("efficientnet-lite0", 112, 4, "all", True),
+    ("efficientnet-lite0", 112, 16, "all", True),
+    ("efficientnet-lite0", 224, 4, "all", True),
+    ("efficientnet-lite0", 224, 16, "all", True),
+    ("efficientnet-lite0", 224, 4, "head", False),
+    ("efficientnet-lite0", 224, 4, "_blocks.15.*", False),
 ]
-QUICK = [("convnet", 28, 10, "all", False), ("efficientnet-lite0", 112, 4, "all", False),
-         ("efficientnet-lite0", 224, 4, "all", False)]
+QUICK = [
+    ("convnet", 28, 10, "all", False),
+    ("efficientnet-lite0", 112, 4, "all", False),
+    ("efficientnet-lite0", 224, 4, "all", False),
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,8 +83,7 @@ def _model(name: str, seed: int = 0):
     import torch
 
     from dsv.builtin.models import ConvNet
-    from dsv.plugins import ModelRequest
-    from dsv.plugins import get_plugin_manager
+    from dsv.plugins import ModelRequest, get_plugin_manager
 
     if name == "convnet":
         torch.manual_seed(seed)
@@ -88,9 +96,8 @@ def worker(spec: dict) -> dict:
     import torch
 
     from dsv import kkt
-
-    from dsv.kkt import modes as kkt_modes
     from dsv.builtin.losses import Stationarity
+    from dsv.kkt import modes as kkt_modes
 
     torch.set_num_threads(spec["threads"])
     model, channels, classes = _model(spec["model"])
@@ -102,8 +109,12 @@ def worker(spec: dict) -> dict:
     targets = torch.nn.functional.one_hot((torch.arange(n) * 7 + 3) % classes, classes).float()
     lambdas = (0.5 + torch.rand(n, generator=gen)).requires_grad_(True)
     alive = torch.ones(n, dtype=torch.bool)
-    term = Stationarity(params=spec["params"] if spec["params"] in ("all", "head") else [spec["params"]],
-                        mode=spec["mode"], distance="l1", micro_batch=spec["micro_batch"])
+    term = Stationarity(
+        params=spec["params"] if spec["params"] in ("all", "head") else [spec["params"]],
+        mode=spec["mode"],
+        distance="l1",
+        micro_batch=spec["micro_batch"],
+    )
     term.attach(model)
     selected = [p for p in model.parameters() if p.requires_grad]
 
@@ -135,11 +146,15 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
     out = {
         # fastest of each: other work on the machine only ever adds time
-        "fwd_bwd_s": min(times_fb), "step_s": min(times_step), "ratio": min(times_step) / min(times_fb),
+        "fwd_bwd_s": min(times_fb),
+        "step_s": min(times_step),
+        "ratio": min(times_step) / min(times_fb),
         # each step against the forward+backward just before it, for comparison
         "median_pair_ratio": statistics.median(s / f for s, f in zip(times_step, times_fb)),
-        "fwd_bwd_peak_mib": mem_fb, "step_peak_mib": mem_step,
-        "stationarity_params": int(sum(p.numel() for p in selected)), "repeats": repeats,
+        "fwd_bwd_peak_mib": mem_fb,
+        "step_peak_mib": mem_step,
+        "stationarity_params": int(sum(p.numel() for p in selected)),
+        "repeats": repeats,
     }
     behind = kkt_modes.work_behind(model, x[:1].detach(), selected)
     out["work_behind"] = behind
@@ -164,15 +179,18 @@ def run_one(spec: dict) -> dict:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-HEADER = (f"{'model':<19}{'px':>4}{'batch':>6} {'params':<12}{'P':>9} {'mode':<18}{'mb':>3}"
-          f"{'step/fb':>8}{'mem/fb':>8}{'cos x':>10}{'cos lam':>10}{'fb ms':>8}")
+HEADER = (
+    f"{'model':<19}{'px':>4}{'batch':>6} {'params':<12}{'P':>9} {'mode':<18}{'mb':>3}"
+    f"{'step/fb':>8}{'mem/fb':>8}{'cos x':>10}{'cos lam':>10}{'fb ms':>8}"
+)
 
 
 def main() -> None:
@@ -182,10 +200,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="at least this many pairs (more where they are fast)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 1], metavar="N",
-                    help="candidates per extra pass of the fast modes (0: all at once)")
-    ap.add_argument("--only", nargs="+", metavar="MODEL:PX:BATCH:PARAMS",
-                    help="measure these configurations instead, e.g. efficientnet-lite0:224:4:all")
+    ap.add_argument(
+        "--micro-batch",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        metavar="N",
+        help="candidates per extra pass of the fast modes (0: all at once)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="MODEL:PX:BATCH:PARAMS",
+        help="measure these configurations instead, e.g. efficientnet-lite0:224:4:all",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -207,12 +235,25 @@ def main() -> None:
             batches = args.micro_batch if with_micro else [0]
             variants = [(m, mb) for m in modes for mb in (batches if m != "exact" else [0]) if mb < batch]
             for mode, micro_batch in variants:
-                spec = dict(model=model, resolution=res, batch=batch, params=params, mode=mode,
-                            micro_batch=micro_batch, threads=args.threads, repeats=repeats, reference=reference,
-                            budget_s=1.0 if args.quick else 3.0)
+                spec = dict(
+                    model=model,
+                    resolution=res,
+                    batch=batch,
+                    params=params,
+                    mode=mode,
+                    micro_batch=micro_batch,
+                    threads=args.threads,
+                    repeats=repeats,
+                    reference=reference,
+                    budget_s=1.0 if args.quick else 3.0,
+                )
                 r = run_one(spec)
                 row = {
-                    "model": model, "resolution": res, "batch": batch, "params": params, "mode": mode,
+                    "model": model,
+                    "resolution": res,
+                    "batch": batch,
+                    "params": params,
+                    "mode": mode,
                     "micro_batch": micro_batch,
                     "step_over_fwd_bwd": r["ratio"],
                     "peak_mem_over_fwd_bwd": r["step_peak_mib"] / max(r["fwd_bwd_peak_mib"], 1e-3),
@@ -221,14 +262,20 @@ def main() -> None:
                 }
                 rows.append(row)
                 auto = f"{r['auto_picks']} (work behind the first covered module: {r['work_behind']:.3f})"
-                print(f"{model:<19}{res:>4}{batch:>6} {params:<12}{r['stationarity_params']:>9} {mode:<18}{micro_batch:>3}"
-                      f"{row['step_over_fwd_bwd']:>8.2f}{row['peak_mem_over_fwd_bwd']:>8.2f}"
-                      f"{r.get('cosine_x', float('nan')):>10.6f}{r.get('cosine_lambda', float('nan')):>10.6f}"
-                      f"{1000 * r['fwd_bwd_s']:>8.0f}", flush=True)
+                print(
+                    f"{model:<19}{res:>4}{batch:>6} {params:<12}{r['stationarity_params']:>9} "
+                    f"{mode:<18}{micro_batch:>3}"
+                    f"{row['step_over_fwd_bwd']:>8.2f}{row['peak_mem_over_fwd_bwd']:>8.2f}"
+                    f"{r.get('cosine_x', float('nan')):>10.6f}{r.get('cosine_lambda', float('nan')):>10.6f}"
+                    f"{1000 * r['fwd_bwd_s']:>8.0f}",
+                    flush=True,
+                )
             print(f"{'':<19}auto picks {auto}")
-    print(f"\n{time.time() - start:.0f} s in all. step/fb: one stationarity step (forward, term, gradient "
-          "in x and lambda) over one plain forward+backward; mem/fb: peak resident growth, same ratio; "
-          "grad_cosine_vs_exact in the JSON is min(cos x, cos lam).")
+    print(
+        f"\n{time.time() - start:.0f} s in all. step/fb: one stationarity step (forward, term, gradient "
+        "in x and lambda) over one plain forward+backward; mem/fb: peak resident growth, same ratio; "
+        "grad_cosine_vs_exact in the JSON is min(cos x, cos lam)."
+    )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=1))
         print(f"rows written to {args.json}")

@@ -31,11 +31,15 @@ PARAM_SETS = {
 }
 VARIANTS = {
     "default (head, l1, relative, clean only)": [],
-    "stationarity also on augmented copies": ["synthesis.losses=[{name='primal'},{name='stationarity',augmented=true}]"],
+    "stationarity also on augmented copies": [
+        "synthesis.losses=[{name='primal'},{name='stationarity',augmented=true}]"
+    ],
     "l2 distance": ["synthesis.losses=[{name='primal'},{name='stationarity',distance='l2'}]"],
     "all parameters": ["synthesis.losses=[{name='primal'},{name='stationarity',params='all'}]"],
     "no lambda warm-up": ["synthesis.lambda_warmup=0"],
-    "absolute distance, weight 1 (paper)": ["synthesis.losses=[{name='primal'},{name='stationarity',relative=false,weight=1.0}]"],
+    "absolute distance, weight 1 (paper)": [
+        "synthesis.losses=[{name='primal'},{name='stationarity',relative=false,weight=1.0}]"
+    ],
     "primal only": ["synthesis.losses=[{name='primal'}]"],
 }
 
@@ -59,8 +63,9 @@ def explain(pipeline: Pipeline, per_class: list[int], steps: int = 600) -> None:
             logits = model(x)
             rows = []
             for i in range(len(x)):  # per-sample gradients: x is fixed, so G is linear in lambda
-                g = torch.autograd.grad(kkt.soft_cross_entropy(logits[i:i + 1], t[i:i + 1]).sum(), params,
-                                        retain_graph=True)
+                g = torch.autograd.grad(
+                    kkt.soft_cross_entropy(logits[i : i + 1], t[i : i + 1]).sum(), params, retain_graph=True
+                )
                 rows.append(torch.cat([a.flatten() for a in g]))
             grads = torch.stack(rows)
             theta = torch.cat([p.detach().flatten() for p in params])
@@ -86,14 +91,18 @@ def synthesize(iterations: int) -> None:
         for label, overrides in VARIANTS.items():
             start = time.time()
             p = Pipeline.from_toml(
-                PIPELINE, overrides=[*overrides, f"synthesis.iterations={iterations}",
-                                     "run.stages=['train','synthesize']"],
-                store=str(Path(tmp) / f"{len(label)}-{hash(label) & 0xffff}.zarr"), progress=False,
+                PIPELINE,
+                overrides=[*overrides, f"synthesis.iterations={iterations}", "run.stages=['train','synthesize']"],
+                store=str(Path(tmp) / f"{len(label)}-{hash(label) & 0xFFFF}.zarr"),
+                progress=False,
             )
             s = p.run().summary
             rel = s.get("relative_stationarity", float("nan"))
-            print(f"{label:<42} | {s['alive']:>5} | {s['classified_as_target']:>5} | {rel:>8.4f} | "
-                  f"{s['entropy_start']:>8.3f} -> {s['entropy_end']:<8.3f} | {time.time() - start:>7.0f}", flush=True)
+            print(
+                f"{label:<42} | {s['alive']:>5} | {s['classified_as_target']:>5} | {rel:>8.4f} | "
+                f"{s['entropy_start']:>8.3f} -> {s['entropy_end']:<8.3f} | {time.time() - start:>7.0f}",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import operator
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -29,8 +29,9 @@ from dsv.store.meta import run_meta
 from dsv.synthesis.build import API_SOURCE, build_run, resolve_device, term_name
 from dsv.synthesis.execution import Hints, execute, memory_history
 
-API_HINTS = Hints(fresh="fresh=True", store="store path",
-                  resume=f"call {API_SOURCE} again with the same arguments and store")
+API_HINTS = Hints(
+    fresh="fresh=True", store="store path", resume=f"call {API_SOURCE} again with the same arguments and store"
+)
 
 TERM_LISTS = ("losses", "priors", "augmentations")
 
@@ -59,8 +60,13 @@ class SynthesisResult:
         return {"name": self.name, "classes": self.classes, "mean": self.mean, "std": self.std}
 
     def candidates(self) -> dict[str, np.ndarray]:
-        return {"x": self.x, "lambda": self.lambdas, "alive": self.alive, "labels": self.labels,
-                "targets": self.targets}
+        return {
+            "x": self.x,
+            "lambda": self.lambdas,
+            "alive": self.alive,
+            "labels": self.labels,
+            "targets": self.targets,
+        }
 
     def images(self) -> np.ndarray:
         """The candidates as displayable images (N, H, W, C) in [0, 1] (undoing mean/std)."""
@@ -75,8 +81,10 @@ class SynthesisResult:
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.x.shape[1:])
-        return (f"SynthesisResult({len(self.x)} candidates of {shape}, {int(self.alive.sum())} alive, "
-                f"{self.summary.get('iterations')} iterations, store={self.store})")
+        return (
+            f"SynthesisResult({len(self.x)} candidates of {shape}, {int(self.alive.sum())} alive, "
+            f"{self.summary.get('iterations')} iterations, store={self.store})"
+        )
 
 
 def synthesize(
@@ -139,22 +147,48 @@ def synthesize(
             "run": {"name": name, "seed": seed, "device": device},
             "synthesis": _describe_synthesis(s),
             "logging": cfg.CONVERTER.unstructure(log_cfg),
-            "model": {"class": _qualname(module), "input_shape": list(shape), "mean": list(spec.mean),
-                      "std": list(spec.std), "classes": list(spec.classes)},
+            "model": {
+                "class": _qualname(module),
+                "input_shape": list(shape),
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "classes": list(spec.classes),
+            },
         }
-        meta = run_meta(name=name, config=raw, config_hash=cfg.config_hash(raw), source=API_SOURCE, spec=spec,
-                        model=_qualname(module), module=module)
-        run = build_run(module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE,
-                        progress=progress)
-        written, final = execute(run, meta, store_path=Path(store) if store is not None else None, fresh=fresh,
-                                 logging=log_cfg, hints=API_HINTS)
+        meta = run_meta(
+            name=name,
+            config=raw,
+            config_hash=cfg.config_hash(raw),
+            source=API_SOURCE,
+            spec=spec,
+            model=_qualname(module),
+            module=module,
+        )
+        run = build_run(
+            module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE, progress=progress
+        )
+        written, final = execute(
+            run,
+            meta,
+            store_path=Path(store) if store is not None else None,
+            fresh=fresh,
+            logging=log_cfg,
+            hints=API_HINTS,
+        )
         history = written.history() if written is not None else memory_history(run)
         return SynthesisResult(
-            x=run.x.detach().cpu().numpy().astype(np.float32), lambdas=run.lambdas.detach().cpu().numpy(),
-            alive=run.alive.cpu().numpy().astype(bool), labels=run.labels.cpu().numpy().astype(np.int64),
-            targets=run.targets.cpu().numpy().astype(np.float32), history=history, summary=final,
-            store=written.path if written is not None else None, classes=list(spec.classes),
-            mean=list(spec.mean), std=list(spec.std), name=name,
+            x=run.x.detach().cpu().numpy().astype(np.float32),
+            lambdas=run.lambdas.detach().cpu().numpy(),
+            alive=run.alive.cpu().numpy().astype(bool),
+            labels=run.labels.cpu().numpy().astype(np.int64),
+            targets=run.targets.cpu().numpy().astype(np.float32),
+            history=history,
+            summary=final,
+            store=written.path if written is not None else None,
+            classes=list(spec.classes),
+            mean=list(spec.mean),
+            std=list(spec.std),
+            name=name,
         )
     finally:
         saved.restore(module)
@@ -165,14 +199,22 @@ def open_store(path: str | Path) -> SynthesisResult:
     store = RunStore.open(path)
     meta, c = store.meta, store.candidates()
     return SynthesisResult(
-        x=c["x"], lambdas=c["lambda"], alive=c["alive"], labels=c["labels"], targets=c["targets"],
-        history=store.history(), summary=summary(store), store=store.path, classes=list(meta.get("classes", [])),
-        mean=list(meta.get("mean", [0.0])), std=list(meta.get("std", [1.0])), name=meta.get("name", "run"),
+        x=c["x"],
+        lambdas=c["lambda"],
+        alive=c["alive"],
+        labels=c["labels"],
+        targets=c["targets"],
+        history=store.history(),
+        summary=summary(store),
+        store=store.path,
+        classes=list(meta.get("classes", [])),
+        mean=list(meta.get("mean", [0.0])),
+        std=list(meta.get("std", [1.0])),
+        name=meta.get("name", "run"),
     )
 
 
-def export_grid(source: SynthesisResult | RunStore | str | Path, path: str | Path,
-                columns: int | None = None) -> Path:
+def export_grid(source: SynthesisResult | RunStore | str | Path, path: str | Path, columns: int | None = None) -> Path:
     """Write the labelled PNG grid of a result, a store, or the store at a path."""
     if isinstance(source, (str, Path)):
         source = RunStore.open(source)
@@ -191,10 +233,11 @@ class _ModelState:
     device: torch.device | None
 
     @classmethod
-    def capture(cls, module: nn.Module) -> "_ModelState":
+    def capture(cls, module: nn.Module) -> _ModelState:
         first = next(iter([*module.parameters(), *module.buffers()]), None)
-        return cls(module.training, [p.requires_grad for p in module.parameters()],
-                   first.device if first is not None else None)
+        return cls(
+            module.training, [p.requires_grad for p in module.parameters()], first.device if first is not None else None
+        )
 
     def restore(self, module: nn.Module) -> None:
         if self.device is not None:
@@ -228,7 +271,8 @@ def _input_shape(module: nn.Module, given, loaded_spec: InputSpec | None):
     if shape is None:
         raise ConfigError(
             f"{API_SOURCE}: input_shape: cannot be inferred from {type(module).__name__} (it has no "
-            "input_shape attribute and no pretrained_cfg['input_size']); pass input_shape=(C, H, W)")
+            "input_shape attribute and no pretrained_cfg['input_size']); pass input_shape=(C, H, W)"
+        )
     try:
         shape = tuple(operator.index(d) for d in shape)
     except TypeError:
@@ -247,8 +291,9 @@ def _num_classes(module: nn.Module, shape: tuple[int, int, int], device: torch.d
             out = module(torch.zeros(1, *shape, device=device))
     except Exception as exc:  # any failure of the user's forward on this shape
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{API_SOURCE}: input_shape: the model does not take inputs of shape "
-                          f"{(1, *shape)} ({first})") from None
+        raise ConfigError(
+            f"{API_SOURCE}: input_shape: the model does not take inputs of shape {(1, *shape)} ({first})"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"{API_SOURCE}: model: expected (N, K) logits from a classifier, got {got}")
@@ -277,8 +322,13 @@ def _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mea
         class_names = loaded_spec.classes if fits else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ConfigError(f"{API_SOURCE}: class_names: {len(class_names)} names, the model has {num_classes} classes")
-    return InputSpec(c, shape[1], _per_channel(mean, base_mean, c, "mean"), _per_channel(std, base_std, c, "std"),
-                     [str(n) for n in class_names])
+    return InputSpec(
+        c,
+        shape[1],
+        _per_channel(mean, base_mean, c, "mean"),
+        _per_channel(std, base_std, c, "std"),
+        [str(n) for n in class_names],
+    )
 
 
 # ---- targets and the [synthesis] table ---------------------------------------------------------
@@ -287,11 +337,14 @@ def _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mea
 def _soft_row(row, num_classes: int, i: int) -> dict[str, float]:
     values = np.asarray(row, dtype=np.float64)
     if values.shape != (num_classes,):
-        raise ConfigError(f"{API_SOURCE}: synthesis.targets[{i}]: a soft-label row needs {num_classes} weights "
-                          f"(one per class), got shape {values.shape}")
+        raise ConfigError(
+            f"{API_SOURCE}: synthesis.targets[{i}]: a soft-label row needs {num_classes} weights "
+            f"(one per class), got shape {values.shape}"
+        )
     if not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
-        raise ConfigError(f"{API_SOURCE}: synthesis.targets[{i}]: soft-label weights must be finite, >= 0 "
-                          "and not all 0")
+        raise ConfigError(
+            f"{API_SOURCE}: synthesis.targets[{i}]: soft-label weights must be finite, >= 0 and not all 0"
+        )
     return {str(k): float(values[k]) for k in np.flatnonzero(values)}
 
 
@@ -303,12 +356,16 @@ def _target_entries(targets, num_classes: int) -> list:
         if targets.ndim == 2:
             return [_soft_row(row, num_classes, i) for i, row in enumerate(targets)]
         if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
-            raise ConfigError(f"{API_SOURCE}: targets: expected a 1-D array of class indices or a 2-D (N, K) "
-                              f"array of soft labels, got a {targets.ndim}-D {targets.dtype} array")
+            raise ConfigError(
+                f"{API_SOURCE}: targets: expected a 1-D array of class indices or a 2-D (N, K) "
+                f"array of soft labels, got a {targets.ndim}-D {targets.dtype} array"
+            )
         return [int(t) for t in targets]
     if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, Iterable):
-        raise ConfigError(f"{API_SOURCE}: targets: expected class indices, soft-label rows or "
-                          f"{{class: weight}} tables, got {type(targets).__name__}")
+        raise ConfigError(
+            f"{API_SOURCE}: targets: expected class indices, soft-label rows or "
+            f"{{class: weight}} tables, got {type(targets).__name__}"
+        )
     out = []
     for i, entry in enumerate(targets):
         if isinstance(entry, torch.Tensor):
@@ -333,8 +390,10 @@ def _synthesis_config(targets, num_classes, iterations, losses, priors, augmenta
         if key in options:
             raise ConfigError(f"{API_SOURCE}: {key}: give the candidates' classes as the targets argument")
     if options.get("groups", 1) != 1:  # groups split a run across ranks: a pipeline's business
-        raise ConfigError(f"{API_SOURCE}: groups: must be 1 here; grouped (multi-process) synthesis runs "
-                          "from a pipeline file (dsv-pipeline run FILE --nproc N)")
+        raise ConfigError(
+            f"{API_SOURCE}: groups: must be 1 here; grouped (multi-process) synthesis runs "
+            "from a pipeline file (dsv-pipeline run FILE --nproc N)"
+        )
     table = {"targets": _target_entries(targets, num_classes), **options}
     if iterations is not None:
         table["iterations"] = iterations
@@ -361,8 +420,9 @@ def _entry(entry, path: str):
     if isinstance(entry, cfg.PluginSpec):
         return entry
     if isinstance(entry, (str, Mapping)):
-        return cfg.structure(dict(entry) if isinstance(entry, Mapping) else entry, cfg.PluginSpec,
-                             source=API_SOURCE, path=path)
+        return cfg.structure(
+            dict(entry) if isinstance(entry, Mapping) else entry, cfg.PluginSpec, source=API_SOURCE, path=path
+        )
     return entry
 
 
@@ -372,8 +432,9 @@ def _describe(entry) -> Any:
         return cfg.CONVERTER.unstructure(entry)
     cls = type(entry)
     fields = {a.name: getattr(entry, a.name) for a in attrs.fields(cls) if a.init} if attrs.has(cls) else {}
-    return json.loads(json.dumps({"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry),
-                                  **fields}, default=str))
+    return json.loads(
+        json.dumps({"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry), **fields}, default=str)
+    )
 
 
 def _describe_synthesis(s: cfg.SynthesisConfig) -> dict[str, Any]:
@@ -397,8 +458,9 @@ def _logging_config(logging, tensorboard) -> cfg.LoggingConfig:
     elif isinstance(logging, Mapping):
         table = dict(logging)
     else:
-        raise ConfigError(f"{API_SOURCE}: logging: expected a table like {{'tensorboard': 'runs/x'}}, "
-                          f"got {type(logging).__name__}")
+        raise ConfigError(
+            f"{API_SOURCE}: logging: expected a table like {{'tensorboard': 'runs/x'}}, got {type(logging).__name__}"
+        )
     if tensorboard is not None:
         table["tensorboard"] = str(tensorboard)
     if isinstance(table.get("tensorboard"), Path):

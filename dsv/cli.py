@@ -12,16 +12,29 @@ from dsv.errors import DsvError, Interrupted
 
 
 def _add_plugin_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
-                   help="do not load this plugin (entry point name or built-in module); repeatable")
+    p.add_argument(
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not load this plugin (entry point name or built-in module); repeatable",
+    )
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="run N processes on this machine (torch.distributed through ignite.distributed), "
-                        "sharing the candidate groups of synthesis.groups; under torchrun leave it at 1")
-    p.add_argument("--backend", choices=("gloo", "nccl"),
-                   help="torch.distributed backend of a multi-process run (default: nccl with CUDA, else gloo)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes on this machine (torch.distributed through ignite.distributed), "
+        "sharing the candidate groups of synthesis.groups; under torchrun leave it at 1",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        help="torch.distributed backend of a multi-process run (default: nccl with CUDA, else gloo)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,12 +43,20 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the stages of a pipeline file")
     run.add_argument("pipeline", help="pipeline TOML file")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                     help="override a key, e.g. --set synthesis.iterations=50 (TOML value); repeatable")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a key, e.g. --set synthesis.iterations=50 (TOML value); repeatable",
+    )
     run.add_argument("--store", help="run store path (default: run.store, or stores/<run.name>.zarr)")
-    run.add_argument("--fresh", action="store_true",
-                     help="replace an existing run store (only a dsv store); without it a store of the "
-                          "same config is resumed")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="replace an existing run store (only a dsv store); without it a store of the same config is resumed",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
     _add_process_flags(run)
@@ -69,8 +90,14 @@ def run_pipeline(args):
     from dsv.plugins import get_plugin_manager
 
     pm = get_plugin_manager(args.disable_plugin)
-    pipeline = Pipeline.from_toml(args.pipeline, overrides=args.overrides, store=args.store, plugins=pm,
-                                  progress=not args.no_progress, fresh=args.fresh)
+    pipeline = Pipeline.from_toml(
+        args.pipeline,
+        overrides=args.overrides,
+        store=args.store,
+        plugins=pm,
+        progress=not args.no_progress,
+        fresh=args.fresh,
+    )
     return pipeline.run()
 
 
@@ -158,8 +185,10 @@ def cmd_show(args) -> int:
     print(f"  model {meta.get('model')}, config {meta.get('config_source')} [{meta.get('config_hash')}]")
     if "base_test_accuracy" in meta:
         print(f"  base model test accuracy {meta['base_test_accuracy']:.4f}")
-    print(f"  iterations {s.get('iterations')}; candidates {s.get('candidates')}, alive {s.get('alive')}, "
-          f"classified as target {s.get('classified_as_target', '?')}")
+    print(
+        f"  iterations {s.get('iterations')}; candidates {s.get('candidates')}, alive {s.get('alive')}, "
+        f"classified as target {s.get('classified_as_target', '?')}"
+    )
     if "relative_stationarity" in s:
         print(f"  relative stationarity {s['relative_stationarity']:.4f} over {s['stationarity_params']} parameters")
     if s.get("entropy_start") is not None:
@@ -204,7 +233,14 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "verify": cmd_verify, "show": cmd_show, "export": cmd_export, "plugins": cmd_plugins}
+COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "verify": cmd_verify,
+    "show": cmd_show,
+    "export": cmd_export,
+    "plugins": cmd_plugins,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

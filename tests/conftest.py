@@ -5,13 +5,12 @@ Everything here is CPU-only and takes milliseconds; the suite must stay fast on 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,8 @@ from torch import nn
 
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.losses import Primal, Stationarity
+from dsv.plugins import DsvPluginManager, hookimpl
 from dsv.synthesis.engine import SynthesisRun
-from dsv.plugins import hookimpl
-from dsv.plugins import DsvPluginManager
 
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -56,9 +54,7 @@ def tiny_mlp() -> nn.Sequential:
 def image_classifier(seed: int = 0, channels: int = 1, size: int = 8, classes: int = 10) -> nn.Module:
     """Flatten -> Linear -> Tanh -> Linear for (N, C, size, size) inputs; eval mode, theta frozen."""
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(channels * size * size, 16), nn.Tanh(), nn.Linear(16, classes)
-    ).eval()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 16), nn.Tanh(), nn.Linear(16, classes)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -81,11 +77,14 @@ def make_run():
         targets = torch.nn.functional.one_hot(torch.arange(n) % classes, classes).float()
         defaults = dict(
             losses=[("primal", Primal()), ("stationarity", stationarity)],
-            iterations=10, progress=False, checkpoint_every=1000,
+            iterations=10,
+            progress=False,
+            checkpoint_every=1000,
         )
         defaults.update(kwargs)
-        return SynthesisRun(model=model, x=x, lambdas=lambdas, targets=targets,
-                            alive=torch.ones(n, dtype=torch.bool), **defaults)
+        return SynthesisRun(
+            model=model, x=x, lambdas=lambdas, targets=targets, alive=torch.ones(n, dtype=torch.bool), **defaults
+        )
 
     return factory
 
@@ -104,9 +103,16 @@ def register_after_construction(pm: DsvPluginManager, plugin, name: str) -> None
     pm.register(plugin, name)
 
 
-def digits_run_tables(name: str, cache_dir, *, store=None, stages=("train", "synthesize"),
-                      model_source: str = "convnet", model_options: str = "{ width = 8, depth = 2 }",
-                      seed: int = 0) -> str:
+def digits_run_tables(
+    name: str,
+    cache_dir,
+    *,
+    store=None,
+    stages=("train", "synthesize"),
+    model_source: str = "convnet",
+    model_options: str = "{ width = 8, depth = 2 }",
+    seed: int = 0,
+) -> str:
     """The [run], [data], [model] and [train] tables of a tiny digits pipeline: a small model
     trained one epoch (weights cached in ``cache_dir``). Tests append their own [synthesis]."""
     store_line = f'store = "{store.as_posix()}"\n' if store is not None else ""
@@ -124,13 +130,16 @@ def digits_run_tables(name: str, cache_dir, *, store=None, stages=("train", "syn
 def small_synthesis_tables(iterations: int, extra: str = "") -> str:
     """The [synthesis] and [export] tables of the crash and multi-process tests: 6 classes,
     checkpoints every 5 iterations, an NPZ export; ``extra`` adds [synthesis] keys."""
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         [synthesis]
         iterations = {iterations}
         classes = [0, 1, 2, 3, 4, 5]
         lambda_warmup = 3
         checkpoint_every = 5
-        """) + extra + textwrap.dedent("""\
+        """)
+        + extra
+        + textwrap.dedent("""\
         losses = [
           { name = "primal", weight = 1.0 },
           { name = "stationarity", weight = 1.0, distance = "l1", params = "head" },
@@ -142,6 +151,7 @@ def small_synthesis_tables(iterations: int, extra: str = "") -> str:
         png = ""
         npz = "candidates.npz"
         """)
+    )
 
 
 def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -156,8 +166,9 @@ def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
     if fault:
         env[checkpoint.FAULT_ENV] = fault
     quiet = ["--no-progress"] if args[0] in ("run", "resume") else []
-    return subprocess.run([sys.executable, "-m", "dsv.cli", *args, *quiet], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dsv.cli", *args, *quiet], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def reference_run(root: Path, text: str, arrays_of) -> dict:

@@ -9,17 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import plugin_module
+from test_config import digits_pipeline_file
 from torch import nn
 
 import dsv
 from dsv.builtin.losses import Primal, Stationarity
 from dsv.errors import ConfigError, DsvError, StoreError
+from dsv.pipeline import load_pipeline, load_pipeline_text
 from dsv.plugins import DsvPluginManager
 from dsv.store.verify import verify
-from dsv.pipeline import load_pipeline, load_pipeline_text
-
-from conftest import plugin_module
-from test_config import digits_pipeline_file
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,8 +159,9 @@ def test_ready_made_terms_next_to_named_ones(classifier):
         def __call__(self, x):
             return x.mean() ** 2
 
-    result = dsv.synthesize(classifier, range(3), losses=[Primal(), Stationarity(weight=2.0)],
-                            priors=[Brightness(), "tv"], **FAST)
+    result = dsv.synthesize(
+        classifier, range(3), losses=[Primal(), Stationarity(weight=2.0)], priors=[Brightness(), "tv"], **FAST
+    )
     assert {"primal", "stationarity", "brightness", "tv"} <= set(result.history)
     assert result.summary["stationarity_params"] == 16 * 10 + 10  # attached to the head
 
@@ -191,8 +191,9 @@ def _events(log_dir):
 @pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
 def test_tensorboard_scalars_and_images_continue_after_a_resume(classifier, tmp_path):
     log_dir, path = tmp_path / "tb", tmp_path / "run.zarr"
-    kwargs = dict(FAST, iterations=10, store=path, logging={"tensorboard": str(log_dir), "images_every": 4},
-                  priors=["tv"])
+    kwargs = dict(
+        FAST, iterations=10, store=path, logging={"tensorboard": str(log_dir), "images_every": 4}, priors=["tv"]
+    )
     first = dsv.synthesize(classifier, range(4), plugins=_stop_at(6), **kwargs)
     assert first.summary["iterations"] == 6
     resumed = dsv.synthesize(classifier, range(4), **kwargs)  # continues the store after iteration 6
@@ -205,7 +206,8 @@ def test_tensorboard_scalars_and_images_continue_after_a_resume(classifier, tmp_
     steps = [e.step for e in acc.Scalars("synthesis/alive")]
     assert sorted(steps) == list(range(1, 11))  # each iteration once, at its own step
     assert [e.value for e in acc.Scalars("synthesis/total") if e.step == 10] == pytest.approx(
-        [float(resumed.history["total"][-1])])
+        [float(resumed.history["total"][-1])]
+    )
     assert sorted(e.step for e in acc.Images("candidates")) == [0, 4, 6, 8, 10]  # start, every 4, stop, end
 
 
@@ -219,11 +221,11 @@ def test_missing_tensorboard_is_a_clear_error_before_any_store(classifier, tmp_p
 
 
 def test_logging_table_in_a_pipeline_file(tmp_path, monkeypatch):
-    from dsv import config as cfg
 
     log_dir = tmp_path / "tb"
     path, _ = digits_pipeline_file(
-        tmp_path, f'classes = [0, 1]\n[logging]\ntensorboard = "{log_dir.as_posix()}"\nimages_every = 2')
+        tmp_path, f'classes = [0, 1]\n[logging]\ntensorboard = "{log_dir.as_posix()}"\nimages_every = 2'
+    )
     text = path.read_text()
     loaded = load_pipeline(path)
     assert loaded.config.logging.images_every == 2

@@ -14,11 +14,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from conftest import REPO_ROOT, digits_run_tables, plugin_module
 from torch import nn
 
 from dsv import cli
@@ -28,8 +29,6 @@ from dsv.errors import ConfigError
 from dsv.pipeline import Pipeline
 from dsv.plugins import DsvPluginManager
 from dsv.store import RunStore
-
-from conftest import REPO_ROOT, digits_run_tables, plugin_module
 
 PLUGIN_DIR = REPO_ROOT / "plugins" / "dsv-bn-prior"
 DIST = "dsv-bn-prior"
@@ -61,8 +60,19 @@ def bn_site(tmp_path_factory) -> Path | None:
     source = root / "src"  # pip builds in the source tree: build from a copy, not the repository
     shutil.copytree(PLUGIN_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = root / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--no-index", "--target", str(site), str(source)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--target",
+        str(site),
+        str(source),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.fail(f"pip could not install plugins/dsv-bn-prior:\n{done.stdout}\n{done.stderr}")
@@ -83,9 +93,16 @@ def bn_net(seed: int = 0) -> nn.Module:
     """conv -> BN -> ReLU -> pool, twice, then a linear head: a tiny BatchNorm classifier for 8x8."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 10),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 10),
     )
 
 
@@ -220,15 +237,27 @@ def test_the_installed_distribution_registers_bn_stats(bn_plugin):
     assert (info.distribution, info.version) == (DIST, version)
     assert info.names == {"priors": ["bn_stats"]} and info.hooks == ["dsv_register_priors"]
     registry = pm.registry("priors")
-    prior = cfg.build(cfg.PluginSpec(name="bn_stats", options={"weight": 0.5, "layers": ["1", "5"]}), registry,
-                      source="p.toml", path="synthesis.priors[0]")
+    prior = cfg.build(
+        cfg.PluginSpec(name="bn_stats", options={"weight": 0.5, "layers": ["1", "5"]}),
+        registry,
+        source="p.toml",
+        path="synthesis.priors[0]",
+    )
     assert (prior.weight, prior.layers, prior.first_layer_multiplier) == (0.5, ["1", "5"], 10.0)
     with pytest.raises(ConfigError, match=r"p\.toml: synthesis\.priors\[0\]\.wieght: unknown key"):
-        cfg.build(cfg.PluginSpec(name="bn_stats", options={"wieght": 0.5}), registry, source="p.toml",
-                  path="synthesis.priors[0]")
+        cfg.build(
+            cfg.PluginSpec(name="bn_stats", options={"wieght": 0.5}),
+            registry,
+            source="p.toml",
+            path="synthesis.priors[0]",
+        )
     with pytest.raises(ConfigError, match="first_layer_multiplier must be at least 0"):
-        cfg.build(cfg.PluginSpec(name="bn_stats", options={"first_layer_multiplier": -1.0}), registry,
-                  source="p.toml", path="synthesis.priors[0]")
+        cfg.build(
+            cfg.PluginSpec(name="bn_stats", options={"first_layer_multiplier": -1.0}),
+            registry,
+            source="p.toml",
+            path="synthesis.priors[0]",
+        )
 
 
 def test_plugins_command_lists_the_distribution(bn_plugin, capsys):
@@ -248,14 +277,17 @@ def bn_models(tmp_path_factory) -> Path:
 
 def bn_pipeline(root: Path, priors: str, iterations: int, models: Path) -> Path:
     path = root / "bn.toml"
-    path.write_text(digits_run_tables("bn", models, store=root / "bn.zarr", model_source="module:test_bn_prior:bn_net") + textwrap.dedent(f"""\
+    path.write_text(
+        digits_run_tables("bn", models, store=root / "bn.zarr", model_source="module:test_bn_prior:bn_net")
+        + textwrap.dedent(f"""\
         [synthesis]
         iterations = {iterations}
         lambda_warmup = 5
         checkpoint_every = 5
         priors = {priors}
         augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.01 }}]
-        """))
+        """)
+    )
     return path
 
 
@@ -271,11 +303,12 @@ def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models
         seen["model"] = run.model
 
     pm = DsvPluginManager()
-    pm.register(plugin_module("watch", dsv_run_started=dsv_run_started, dsv_run_finished=dsv_run_finished),
-                "watch")
+    pm.register(plugin_module("watch", dsv_run_started=dsv_run_started, dsv_run_finished=dsv_run_finished), "watch")
     finals = {}
     for weight in (0.0, 2.0):  # weight 0: the term is recorded but does not steer the candidates
-        path = bn_pipeline(tmp_path, f'[{{ name = "bn_stats", weight = {weight} }}, {{ name = "tv", weight = 0.01 }}]', 20, bn_models)
+        path = bn_pipeline(
+            tmp_path, f'[{{ name = "bn_stats", weight = {weight} }}, {{ name = "tv", weight = 0.01 }}]', 20, bn_models
+        )
         result = Pipeline.from_toml(path, plugins=pm, progress=False, fresh=True).run()
         bn = RunStore.open(result.store).history()["bn_stats"]
         assert len(bn) == 20 and torch.isfinite(torch.from_numpy(bn)).all()

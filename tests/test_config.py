@@ -6,16 +6,15 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
+
 from dsv import cli
 from dsv import config as cfg
 from dsv.builtin.models import ConvNet
 from dsv.errors import ConfigError
-from dsv.pipeline import Pipeline
-from dsv.synthesis.build import target_matrix
+from dsv.pipeline import Pipeline, load_pipeline, load_pipeline_text
 from dsv.plugins import get_plugin_manager
-from dsv.pipeline import load_pipeline, load_pipeline_text
+from dsv.synthesis.build import target_matrix
 
 MINIMAL = '[model]\nsource = "convnet"\n'
 
@@ -92,7 +91,8 @@ def digits_pipeline_file(tmp_path, synthesis_line: str):
     torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
     store = tmp_path / "run.zarr"
     path = tmp_path / "pipeline.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [run]
         stages = ["synthesize"]
         store = "{store.as_posix()}"
@@ -105,7 +105,10 @@ def digits_pipeline_file(tmp_path, synthesis_line: str):
         options = {{ width = 4, depth = 2 }}
         [synthesis]
         iterations = 2
-        """) + synthesis_line + "\n")
+        """)
+        + synthesis_line
+        + "\n"
+    )
     return path, store
 
 
@@ -130,16 +133,18 @@ def test_wrong_type_of_a_table_key():
         MINIMAL + "[synthesis]\niterations = 5.5\n"
     )
     assert "run.seed: expected an integer, got true" in config_error(MINIMAL + "[run]\nseed = true\n")
-    assert "synthesis.classes[1]: expected an integer, got \"a\"" in config_error(
+    assert 'synthesis.classes[1]: expected an integer, got "a"' in config_error(
         MINIMAL + '[synthesis]\nclasses = [1, "a"]\n'
     )
 
 
 def test_unknown_key_at_top_level():
-    message = config_error('bogus = 1\n' + MINIMAL)
+    message = config_error("bogus = 1\n" + MINIMAL)
     assert message.startswith("p.toml: bogus: unknown key")
-    assert ("known: analyse, data, edit, evaluate, export, interpolate, logging, model, retrain, run, select, "
-            "synthesis, train") in message
+    assert (
+        "known: analyse, data, edit, evaluate, export, interpolate, logging, model, retrain, run, select, "
+        "synthesis, train"
+    ) in message
 
 
 def test_unknown_key_in_a_nested_table():
@@ -174,9 +179,7 @@ def test_out_of_range_values():
     message = config_error(MINIMAL + "[synthesis]\nlr_x = -1.0\nlambda_init = 0\n")
     assert "p.toml: synthesis.lr_x: must be positive, got -1.0" in message
     assert "p.toml: synthesis.lambda_init: must be positive" in message  # both problems at once
-    assert "run.stages[1]: unknown stage 'bogus'" in config_error(
-        MINIMAL + '[run]\nstages = ["train", "bogus"]\n'
-    )
+    assert "run.stages[1]: unknown stage 'bogus'" in config_error(MINIMAL + '[run]\nstages = ["train", "bogus"]\n')
 
 
 def test_missing_required_key():
@@ -235,7 +238,7 @@ def test_attrs_choice_validator_gives_a_readable_message(plugins):
 def test_bad_targets():
     message = config_error(MINIMAL + '[synthesis]\ntargets = ["a"]\n')
     assert message.startswith("p.toml: synthesis.targets[0]: expected a class index or a table")
-    loaded = load(MINIMAL + '[synthesis]\ntargets = [3, { 1 = 0.25, 2 = 0.75 }]\n')
+    loaded = load(MINIMAL + "[synthesis]\ntargets = [3, { 1 = 0.25, 2 = 0.75 }]\n")
     assert loaded.config.synthesis.targets == [3, {"1": 0.25, "2": 0.75}]
 
 
@@ -268,8 +271,11 @@ def test_overrides_change_the_loaded_config(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text(MINIMAL + "[synthesis]\niterations = 300\n")
     store = tmp_path / "elsewhere.zarr"
-    loaded = load_pipeline(path, overrides=["synthesis.iterations=50", "run.device=cpu",
-                                       'synthesis.priors=[{ name = "tv", weight = 2 }]'], store=str(store))
+    loaded = load_pipeline(
+        path,
+        overrides=["synthesis.iterations=50", "run.device=cpu", 'synthesis.priors=[{ name = "tv", weight = 2 }]'],
+        store=str(store),
+    )
     assert loaded.config.synthesis.iterations == 50
     assert loaded.config.run.device == "cpu"
     assert loaded.config.synthesis.priors[0].options == {"weight": 2}
@@ -328,7 +334,7 @@ def test_a_string_where_a_list_of_plugins_is_expected_is_not_split_into_characte
 
 def test_a_scalar_where_a_table_is_expected():
     message = config_error('model = "convnet"\n')
-    assert message.startswith('p.toml: model: expected a table'), message
+    assert message.startswith("p.toml: model: expected a table"), message
     assert "AttributeError" not in message
 
 

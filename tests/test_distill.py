@@ -9,23 +9,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import digits_run_tables, image_classifier
 from torch import nn
 
-from conftest import digits_run_tables, image_classifier
 from dsv import cli
 from dsv import config as cfg
-from dsv.evaluation.analysis import class_lambda_sums, pearson
-from dsv.evaluation.baselines import distribution_matching, embedding, herding, random_real, synthesize_images
-from dsv.plugins import InitContext
 from dsv.builtin.models import InputSpec
 from dsv.errors import ConfigError
-from dsv.evaluation.retraining import accuracy_on
-from dsv.plugins import get_plugin_manager
-from dsv.evaluation.retraining import Augmented, fresh_model, retrain_models
-from dsv.plugins import normalize
+from dsv.evaluation.analysis import class_lambda_sums, pearson
+from dsv.evaluation.baselines import distribution_matching, embedding, herding, random_real, synthesize_images
+from dsv.evaluation.retraining import Augmented, accuracy_on, fresh_model, retrain_models
 from dsv.kkt.selection import fit_feasible, fit_multipliers, head_features, top_per_class
-from dsv.store import RunStore
 from dsv.pipeline import load_pipeline_text
+from dsv.plugins import InitContext, get_plugin_manager, normalize
+from dsv.store import RunStore
 
 DISTILL_TABLES = """\
     [synthesis]
@@ -69,8 +66,15 @@ def full_run(tmp_path_factory):
 
 def test_every_stage_records_its_results(full_run, capsys):
     results = full_run.results
-    assert {"select", "retrain", "retrained", "pearson_lambda_accuracy", "entropy_start", "entropy_end",
-            "class_lambda_accuracy"} <= set(results)
+    assert {
+        "select",
+        "retrain",
+        "retrained",
+        "pearson_lambda_accuracy",
+        "entropy_start",
+        "entropy_end",
+        "class_lambda_accuracy",
+    } <= set(results)
     assert cli.main(["show", str(full_run.path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["retrained"] == results["retrained"]
@@ -115,7 +119,9 @@ def test_analyse_correlates_class_lambda_with_class_accuracy(full_run):
 def test_select_alone_then_retrain_on_the_coreset(tmp_path):
     store = run_pipeline(tmp_path, "core", ("train", "select"))
     assert not store.has_candidates and "select" in store.results
-    extra = '\n[retrain]\nsource = "coreset"\ntop_k = 5\nseeds = 3\nretrainer = { name = "adam", epochs = 10, lr = 1e-2 }\n'
+    extra = (
+        '\n[retrain]\nsource = "coreset"\ntop_k = 5\nseeds = 3\nretrainer = { name = "adam", epochs = 10, lr = 1e-2 }\n'
+    )
     tables = DISTILL_TABLES.split("    [retrain]")[0]
     store = run_pipeline(tmp_path, "core", ("train", "retrain", "evaluate"), extra=extra, tables=tables)
     r = store.results["retrained"]
@@ -176,10 +182,20 @@ def test_distribution_matching_moves_the_embedding_towards_the_real_images(digit
 def test_primal_only_inversion_runs_without_a_store_and_reaches_its_targets(digits_bundle):
     model = image_classifier().eval()
     spec = InputSpec(1, 8, digits_bundle.mean, digits_bundle.std, [str(i) for i in range(10)])
-    synthesis = cfg.structure({"iterations": 40, "classes": [0, 3, 7], "candidates_per_class": 2, "lr_x": 0.1,
-                               "losses": [{"name": "primal"}]}, cfg.SynthesisConfig, source="t")
-    x, labels, alive, history = synthesize_images(model, spec, synthesis, plugins=get_plugin_manager(),
-                                                  data=None, seed=0)
+    synthesis = cfg.structure(
+        {
+            "iterations": 40,
+            "classes": [0, 3, 7],
+            "candidates_per_class": 2,
+            "lr_x": 0.1,
+            "losses": [{"name": "primal"}],
+        },
+        cfg.SynthesisConfig,
+        source="t",
+    )
+    x, labels, alive, history = synthesize_images(
+        model, spec, synthesis, plugins=get_plugin_manager(), data=None, seed=0
+    )
     assert x.shape == (6, 1, 8, 8) and labels.tolist() == [0, 0, 3, 3, 7, 7] and bool(alive.all())
     with torch.no_grad():
         assert (model(x).argmax(1) == labels).float().mean() >= 5 / 6
@@ -199,8 +215,12 @@ def test_random_real_draws_each_class_from_the_training_set(digits_bundle):
 
 
 def test_other_initializer_upscales_another_data_set(digits_bundle):
-    init = cfg.build(cfg.PluginSpec(name="other", options={"dataset": "digits"}),
-                     get_plugin_manager().registry("initializers"), source="p.toml", path="synthesis.init")
+    init = cfg.build(
+        cfg.PluginSpec(name="other", options={"dataset": "digits"}),
+        get_plugin_manager().registry("initializers"),
+        source="p.toml",
+        path="synthesis.init",
+    )
     spec = InputSpec(3, 28, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), [str(i) for i in range(10)])
     x = init((6, 3, 28, 28), torch.arange(6), InitContext(torch.Generator().manual_seed(0), spec))
     assert x.shape == (6, 3, 28, 28)
@@ -248,16 +268,19 @@ def test_accuracy_per_class_and_lambda_sums():
     assert np.isnan(pearson(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])))
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[retrain]\nsource = "dsvs"\n', "retrain.source: expected 'candidates' or 'coreset'"),
-    ("[retrain]\nseeds = 0\n", "retrain.seeds: must be at least 1"),
-    ("[select]\ntop_k = [0]\n", "select.top_k: a non-empty list of sizes >= 1"),
-    ('[select]\nnpz = "../x.npz"\n', "select.npz: a file name inside the run store"),
-    ('[analyse]\nlambda_source = "x"\n', "analyse.lambda_source"),
-    ('[select]\ntopk = [1]\n', "select.topk: unknown key"),
-    ('[retrain]\nretrainer = { name = "adamw" }\n', None),
-    ('[run]\nstages = ["select"]\n', "run.stages: the select stage needs a [data] table"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[retrain]\nsource = "dsvs"\n', "retrain.source: expected 'candidates' or 'coreset'"),
+        ("[retrain]\nseeds = 0\n", "retrain.seeds: must be at least 1"),
+        ("[select]\ntop_k = [0]\n", "select.top_k: a non-empty list of sizes >= 1"),
+        ('[select]\nnpz = "../x.npz"\n', "select.npz: a file name inside the run store"),
+        ('[analyse]\nlambda_source = "x"\n', "analyse.lambda_source"),
+        ("[select]\ntopk = [1]\n", "select.topk: unknown key"),
+        ('[retrain]\nretrainer = { name = "adamw" }\n', None),
+        ('[run]\nstages = ["select"]\n', "run.stages: the select stage needs a [data] table"),
+    ],
+)
 def test_bad_distill_tables_name_the_key(text, message):
     source = '[model]\nsource = "convnet"\n' + text
     if message is None:  # an unknown retrainer is reported when the stage builds it
@@ -269,13 +292,21 @@ def test_bad_distill_tables_name_the_key(text, message):
 
 
 def test_range_prior_penalizes_only_values_outside_the_range():
-    prior = cfg.build(cfg.PluginSpec(name="range", options={"low": -1.0, "high": 2.0}),
-                      get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+    prior = cfg.build(
+        cfg.PluginSpec(name="range", options={"low": -1.0, "high": 2.0}),
+        get_plugin_manager().registry("priors"),
+        source="p.toml",
+        path="synthesis.priors[0]",
+    )
     assert float(prior(torch.tensor([[-1.0, 0.0, 2.0]]))) == 0.0
     assert float(prior(torch.tensor([[-3.0, 4.0]]))) == pytest.approx((4.0 + 4.0) / 2)
     with pytest.raises(ConfigError, match="low must be below high"):
-        cfg.build(cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
-                  get_plugin_manager().registry("priors"), source="p.toml", path="synthesis.priors[0]")
+        cfg.build(
+            cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
+            get_plugin_manager().registry("priors"),
+            source="p.toml",
+            path="synthesis.priors[0]",
+        )
 
 
 def test_misclassified_samples_are_no_support_vectors():
@@ -284,9 +315,11 @@ def test_misclassified_samples_are_no_support_vectors():
     labels = logits.argmax(1)
     labels[:3] = (labels[:3] + 1) % 3  # the first three are misclassified
     head = nn.Linear(4, 3)
-    lambdas, _ = fit_feasible(head, logits, features, labels, feasible_only=True, iterations=50, lr=0.1,
-                              lambda_init=0.5)
+    lambdas, _ = fit_feasible(
+        head, logits, features, labels, feasible_only=True, iterations=50, lr=0.1, lambda_init=0.5
+    )
     assert (lambdas[:3] == 0).all() and (lambdas[3:] > 0).any()
-    everyone, _ = fit_feasible(head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1,
-                               lambda_init=0.5)
+    everyone, _ = fit_feasible(
+        head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1, lambda_init=0.5
+    )
     assert (everyone[:3] > 0).any()

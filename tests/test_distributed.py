@@ -13,23 +13,24 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import digits_run_tables, reference_run, small_synthesis_tables
+from conftest import dsv_cli as dsv_pipeline
 
-from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
 from dsv import cli
 from dsv.errors import ConfigError
-from dsv.store import combine_histories
-from dsv.synthesis.groups import combine_summaries, group_seed, group_slices, owned_groups
-from dsv.store import RunStore
+from dsv.store import RunStore, combine_histories
 from dsv.store.run_store import REGION_RECORD
 from dsv.store.verify import verify
+from dsv.synthesis.groups import combine_summaries, group_seed, group_slices, owned_groups
 
 ITERATIONS = 12
 GROUPS = 3
 
 
 def pipeline_text(cache_dir) -> str:
-    return (digits_run_tables("digits_groups", cache_dir, seed=5, stages=("train", "synthesize", "export"))
-            + small_synthesis_tables(ITERATIONS, f"groups = {GROUPS}\n"))
+    return digits_run_tables(
+        "digits_groups", cache_dir, seed=5, stages=("train", "synthesize", "export")
+    ) + small_synthesis_tables(ITERATIONS, f"groups = {GROUPS}\n")
 
 
 def arrays_of(store) -> dict[str, np.ndarray]:
@@ -67,8 +68,9 @@ def test_two_gloo_processes_write_what_one_process_writes(reference, capsys):
     assert two.meta["summary"] == one.meta["summary"] and two.meta["summary"]["candidates"] == 6
     assert two.meta["committed_iteration"] == ITERATIONS and two.group_count == GROUPS
     assert cli.main(["verify", str(store)]) == 0
-    assert capsys.readouterr().out.startswith(f"ok: {store}: schema 3, iteration {ITERATIONS} of {ITERATIONS}, "
-                                              f"6 candidates in {GROUPS} groups")
+    assert capsys.readouterr().out.startswith(
+        f"ok: {store}: schema 3, iteration {ITERATIONS} of {ITERATIONS}, 6 candidates in {GROUPS} groups"
+    )
 
 
 def test_groups_are_optimized_apart(reference):
@@ -76,11 +78,37 @@ def test_groups_are_optimized_apart(reference):
     ungrouped one, and group 0 of it equals a run of group 0's candidates alone."""
     store = RunStore.open(reference["store"])
     ungrouped = reference["root"] / "ungrouped.zarr"
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(ungrouped), "--no-progress",
-                     "--set", "synthesis.groups=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                str(reference["pipeline"]),
+                "--store",
+                str(ungrouped),
+                "--no-progress",
+                "--set",
+                "synthesis.groups=1",
+            ]
+        )
+        == 0
+    )
     alone = reference["root"] / "alone.zarr"
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(alone), "--no-progress",
-                     "--set", "synthesis.groups=1", "--set", "synthesis.classes=[0, 1]"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                str(reference["pipeline"]),
+                "--store",
+                str(alone),
+                "--no-progress",
+                "--set",
+                "synthesis.groups=1",
+                "--set",
+                "synthesis.classes=[0, 1]",
+            ]
+        )
+        == 0
+    )
     assert not np.array_equal(RunStore.open(ungrouped).candidates()["x"], store.candidates()["x"])
     group0, single = store.region(0).candidates(), RunStore.open(alone).candidates()
     assert all(np.array_equal(group0[k], single[k]) for k in single)
@@ -88,8 +116,9 @@ def test_groups_are_optimized_apart(reference):
 
 def test_a_killed_two_process_run_resumes_with_one_process(reference, caplog):
     store = reference["root"] / "killed2.zarr"
-    killed = dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store), "--nproc", "2",
-                          fault="after-iteration:7")
+    killed = dsv_pipeline(
+        "run", str(reference["pipeline"]), "--store", str(store), "--nproc", "2", fault="after-iteration:7"
+    )
     assert killed.returncode != 0
     committed = [r.committed_iteration for r in RunStore.open(store).regions()]
     assert max(committed) < ITERATIONS  # every rank stopped inside its first group
@@ -111,8 +140,18 @@ def test_a_killed_one_process_run_resumes_with_two_processes(reference):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_nccl_without_gpus_is_refused(reference, capsys):
-    code = cli.main(["run", str(reference["pipeline"]), "--store", str(reference["root"] / "x.zarr"),
-                     "--nproc", "2", "--backend", "nccl"])
+    code = cli.main(
+        [
+            "run",
+            str(reference["pipeline"]),
+            "--store",
+            str(reference["root"] / "x.zarr"),
+            "--nproc",
+            "2",
+            "--backend",
+            "nccl",
+        ]
+    )
     assert code == 2
     assert "--backend nccl: needs CUDA GPUs" in capsys.readouterr().err
 
@@ -137,8 +176,20 @@ def as_schema_2(store, target) -> None:
 
 def test_a_schema_2_store_is_read_but_not_continued(reference, tmp_path, capsys):
     one_group = tmp_path / "new.zarr"
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(one_group), "--no-progress",
-                     "--set", "synthesis.groups=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                str(reference["pipeline"]),
+                "--store",
+                str(one_group),
+                "--no-progress",
+                "--set",
+                "synthesis.groups=1",
+            ]
+        )
+        == 0
+    )
     old = tmp_path / "old.zarr"
     as_schema_2(one_group, old)
     new_store, old_store = RunStore.open(one_group), RunStore.open(old)
@@ -149,8 +200,12 @@ def test_a_schema_2_store_is_read_but_not_continued(reference, tmp_path, capsys)
     assert verify(old).ok
     assert cli.main(["export", str(old), "--npz", str(tmp_path / "old.npz")]) == 0
     capsys.readouterr()
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(old), "--no-progress",
-                     "--set", "synthesis.groups=1"]) == 2
+    assert (
+        cli.main(
+            ["run", str(reference["pipeline"]), "--store", str(old), "--no-progress", "--set", "synthesis.groups=1"]
+        )
+        == 2
+    )
     assert "schema 2; it can be read, not continued" in capsys.readouterr().err
 
 
@@ -174,34 +229,79 @@ def test_each_group_has_one_owner_whatever_the_process_count():
 
 
 def test_histories_and_summaries_of_groups_combine():
-    a = {"iteration": np.array([1, 2, 3]), "alive": np.array([2.0, 2, 1]), "total": np.array([1.0, 2, 3]),
-         "lambda": np.ones((3, 2))}
-    b = {"iteration": np.array([1, 2]), "alive": np.array([1.0, 0]), "total": np.array([4.0, 8]),
-         "lambda": np.zeros((2, 1))}
+    a = {
+        "iteration": np.array([1, 2, 3]),
+        "alive": np.array([2.0, 2, 1]),
+        "total": np.array([1.0, 2, 3]),
+        "lambda": np.ones((3, 2)),
+    }
+    b = {
+        "iteration": np.array([1, 2]),
+        "alive": np.array([1.0, 0]),
+        "total": np.array([4.0, 8]),
+        "lambda": np.zeros((2, 1)),
+    }
     h = combine_histories([a, b], [2, 1])
     assert h["iteration"].tolist() == [1, 2]  # the rows both groups committed
     assert h["alive"].tolist() == [3, 2]
     assert h["total"].tolist() == pytest.approx([2.0, 4.0])  # weighted by group size
     assert h["lambda"].shape == (2, 3)
-    s = combine_summaries([{"candidates": 2, "alive": 1, "iterations": 9, "relative_stationarity": 0.5},
-                           {"candidates": 1, "alive": 1, "iterations": 7, "relative_stationarity": 0.8}], [2, 1])
+    s = combine_summaries(
+        [
+            {"candidates": 2, "alive": 1, "iterations": 9, "relative_stationarity": 0.5},
+            {"candidates": 1, "alive": 1, "iterations": 7, "relative_stationarity": 0.8},
+        ],
+        [2, 1],
+    )
     assert s == {"candidates": 3, "alive": 2, "iterations": 7, "relative_stationarity": pytest.approx(0.6)}
 
 
 def test_groups_are_checked(reference, capsys):
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(reference["root"] / "y.zarr"),
-                     "--no-progress", "--set", "synthesis.groups=0"]) == 2
+    assert (
+        cli.main(
+            [
+                "run",
+                str(reference["pipeline"]),
+                "--store",
+                str(reference["root"] / "y.zarr"),
+                "--no-progress",
+                "--set",
+                "synthesis.groups=0",
+            ]
+        )
+        == 2
+    )
     assert "synthesis.groups: must be at least 1, got 0" in capsys.readouterr().err
-    assert cli.main(["run", str(reference["pipeline"]), "--store", str(reference["root"] / "y.zarr"),
-                     "--no-progress", "--set", "synthesis.groups=7"]) == 2
+    assert (
+        cli.main(
+            [
+                "run",
+                str(reference["pipeline"]),
+                "--store",
+                str(reference["root"] / "y.zarr"),
+                "--no-progress",
+                "--set",
+                "synthesis.groups=7",
+            ]
+        )
+        == 2
+    )
     assert "synthesis.groups: 7 groups for 6 candidates" in capsys.readouterr().err
     assert not (reference["root"] / "y.zarr").exists()
 
 
 def test_the_python_api_refuses_groups():
-    import dsv
     from conftest import image_classifier
 
+    import dsv
+
     with pytest.raises(ConfigError, match="groups: must be 1 here"):
-        dsv.synthesize(image_classifier(), targets=range(4), input_shape=(1, 8, 8), iterations=2, groups=2,
-                       device="cpu", progress=False)
+        dsv.synthesize(
+            image_classifier(),
+            targets=range(4),
+            input_shape=(1, 8, 8),
+            iterations=2,
+            groups=2,
+            device="cpu",
+            progress=False,
+        )

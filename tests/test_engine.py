@@ -5,25 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import image_classifier, plugin_module, register_after_construction
 from ignite.engine import Events
 from torch import nn
 
-from conftest import image_classifier, plugin_module, register_after_construction
 from dsv import kkt
 from dsv.builtin.losses import Stationarity
 from dsv.builtin.priors import Norm, TotalVariation
-from dsv.synthesis.engine import build_engine
 from dsv.errors import NonFiniteLossError, StoreError
 from dsv.plugins import DsvPluginManager
 from dsv.store import RunStore, is_store, remove_store
+from dsv.synthesis.engine import build_engine
 
 STORE_META = {"name": "test", "mean": [0.3], "std": [0.4], "classes": [str(i) for i in range(10)]}
 
 
 def new_store(path, run) -> RunStore:
     store = RunStore.create(path, dict(STORE_META))
-    store.init_candidates(run.x.detach().numpy(), run.lambdas.detach().numpy(), run.targets.numpy(),
-                          run.alive.numpy())
+    store.init_candidates(run.x.detach().numpy(), run.lambdas.detach().numpy(), run.targets.numpy(), run.alive.numpy())
     run.store = store
     return store
 
@@ -60,8 +59,7 @@ def test_augmented_terms_are_evaluated_and_weighted(make_run):
     run = make_run(augmentations=[lambda x: x.flip(-1)], augmented_weight=0.5)
     metrics = run.step(1)
     assert {"primal_aug", "stationarity_aug"} <= set(metrics)
-    expected = (metrics["primal"] + metrics["stationarity"]
-                + 0.5 * (metrics["primal_aug"] + metrics["stationarity_aug"]))
+    expected = metrics["primal"] + metrics["stationarity"] + 0.5 * (metrics["primal_aug"] + metrics["stationarity_aug"])
     assert metrics["total"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -128,8 +126,14 @@ def test_dead_candidates_do_not_count_in_the_kkt_terms(make_run):
     batch = run.batch(run.x)
     keep = torch.tensor([0, 1, 3])
     stationarity = run.losses[1][1]
-    expected = kkt.stationarity_loss(run.model(run.x[keep]), run.targets[keep], run.lambdas[keep],
-                                     torch.ones(3, dtype=torch.bool), stationarity.tensors, "l2")
+    expected = kkt.stationarity_loss(
+        run.model(run.x[keep]),
+        run.targets[keep],
+        run.lambdas[keep],
+        torch.ones(3, dtype=torch.bool),
+        stationarity.tensors,
+        "l2",
+    )
     if stationarity.relative:  # the term is reported relative to its value with every lambda = 0
         expected = expected / kkt.zero_multiplier_distance(stationarity.tensors, "l2")
     assert stationarity(batch).item() == pytest.approx(expected.item(), rel=1e-5)
@@ -142,7 +146,7 @@ def test_dead_candidates_do_not_count_in_the_kkt_terms(make_run):
 
 def test_nan_guard_stops_and_keeps_the_last_good_iteration_in_the_store(make_run, tmp_path):
     run = make_run(model=NaNAfter(image_classifier(seed=3), after=5), iterations=10, checkpoint_every=4)
-    store = new_store(tmp_path / "run.zarr", run)
+    new_store(tmp_path / "run.zarr", run)
     x_before = {}
 
     def remember(engine):

@@ -5,25 +5,24 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
+from conftest import REPO_ROOT, digits_run_tables
 from PIL import Image
 
-from conftest import REPO_ROOT, digits_run_tables
 from dsv import cli
 from dsv import config as cfg
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.models import ModelRequest, load_state_dict
 from dsv.errors import ConfigError, DsvError
-from dsv.store.export import to_images
+from dsv.pipeline import Pipeline, load_pipeline, load_pipeline_text
 from dsv.stages.interpolate import mixture_targets
-from dsv.pipeline import Pipeline
-from dsv.synthesis.build import target_matrix
 from dsv.store import RunStore
-from dsv.pipeline import load_pipeline, load_pipeline_text
+from dsv.store.export import to_images
+from dsv.synthesis.build import target_matrix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +64,10 @@ def generated(tmp_path_factory, digit_png):
     first.write_text(text)
     assert cli.main(["run", str(first), "--no-progress"]) == 0  # trains and caches the generator's weights
     weights = next(cache.glob("*.pt"))
-    text = digits_run_tables("gen", cache, store=store, stages=stages) + synthesis_table() + textwrap.dedent(f"""\
+    text = (
+        digits_run_tables("gen", cache, store=store, stages=stages)
+        + synthesis_table()
+        + textwrap.dedent(f"""\
         [evaluate]
         model = "convnet"
         weights_path = "{weights.as_posix()}"
@@ -83,6 +85,7 @@ def generated(tmp_path_factory, digit_png):
         iterations = 10
         png = "edits.png"
         """)
+    )
     pipeline = root / "gen.toml"
     pipeline.write_text(text)
     assert cli.main(["run", str(pipeline), "--no-progress"]) == 0
@@ -93,8 +96,10 @@ def generated(tmp_path_factory, digit_png):
 
 
 def test_a_mixture_target_parses_and_becomes_a_normalized_row():
-    loaded = load_pipeline_text('[model]\nsource = "convnet"\n[synthesis]\ntargets = [{ 2 = 0.4, 5 = 0.6 }, 1, { 3 = 2, 4 = 2 }]\n',
-                           source="t.toml")
+    loaded = load_pipeline_text(
+        '[model]\nsource = "convnet"\n[synthesis]\ntargets = [{ 2 = 0.4, 5 = 0.6 }, 1, { 3 = 2, 4 = 2 }]\n',
+        source="t.toml",
+    )
     rows = target_matrix(loaded.config.synthesis.targets, [], 2, 10, "t.toml")
     assert rows.shape == (6, 10)
     assert torch.allclose(rows.sum(1), torch.ones(6))
@@ -173,8 +178,9 @@ def test_the_image_initializer_reads_the_file_into_model_space(digit_png):
 
 
 def test_a_missing_image_file_is_named(generated, tmp_path):
-    text = digits_run_tables("gen", generated["root"] / "models", store=tmp_path / "s.zarr",
-                             stages=("train", "synthesize", "edit")) + synthesis_table(2)
+    text = digits_run_tables(
+        "gen", generated["root"] / "models", store=tmp_path / "s.zarr", stages=("train", "synthesize", "edit")
+    ) + synthesis_table(2)
     text += f'[edit]\nedits = [{{ image = "{(tmp_path / "nope.png").as_posix()}", target = 1 }}]\n'
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(DsvError, match=r"nope\.png: image file not found"):
@@ -199,7 +205,9 @@ def test_the_verifier_scores_the_candidates_overall_and_per_class(generated, cap
     c, meta = store.candidates(), store.meta
     from dsv.builtin.models import convnet
 
-    model = convnet(ModelRequest(data=load_digits_bundle(), weights_path=str(generated["weights"])), width=8, depth=2).module
+    model = convnet(
+        ModelRequest(data=load_digits_bundle(), weights_path=str(generated["weights"])), width=8, depth=2
+    ).module
     pixels = torch.from_numpy(to_images(c["x"], meta["mean"], meta["std"]).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         # the candidates ended at 16x16 (the schedule); the verifier takes them at its own 8x8
@@ -229,7 +237,7 @@ def test_the_verifier_leaves_mixtures_out():
 def test_the_evaluate_table_is_resumable():
     base = '[model]\nsource = "convnet"\n'
     with_table = base + '[evaluate]\nmodel = "efficientnet-lite0"\n'
-    changed = base + '[synthesis]\niterations = 7\n'
+    changed = base + "[synthesis]\niterations = 7\n"
     hashes = [load_pipeline_text(text, source="t.toml").config_hash for text in (base, with_table, changed)]
     assert hashes[0] == hashes[1] != hashes[2]
 
@@ -247,8 +255,13 @@ def test_a_torchvision_resnet50_loads_from_a_weights_file(tmp_path):
     path = tmp_path / "resnet50.pt"
     torch.save(reference.state_dict(), path)
     source = get_plugin_manager().registry("models").get("torchvision:resnet50")
-    loaded = cfg.build(cfg.PluginSpec(name="torchvision:resnet50"), get_plugin_manager().registry("models"),
-                       source="t.toml", path="model", request=ModelRequest(weights_path=str(path)))
+    loaded = cfg.build(
+        cfg.PluginSpec(name="torchvision:resnet50"),
+        get_plugin_manager().registry("models"),
+        source="t.toml",
+        path="model",
+        request=ModelRequest(weights_path=str(path)),
+    )
     assert source is not None and loaded.spec.num_classes == 1000 and loaded.spec.size == 224
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -277,13 +290,22 @@ def test_the_pipeline_files_parse():
         assert tomllib.loads(path.read_text())["model"]["source"] == "efficientnet-lite0"
 
 
-@pytest.mark.parametrize("table, message", [
-    ("[interpolate]\nfrom_class = 1\nto_class = 2\nsteps = 1\n", "interpolate.steps: must be at least 2"),
-    ('[interpolate]\nfrom_class = 1\nto_class = 2\npng = "../x.png"\n', "interpolate.png: a file name inside the run store"),
-    ("[edit]\nedits = []\n", "edit.edits: give at least one"),
-    ('[edit]\nedits = [{ image = "a.png", target = "cat" }]\n', 'edit.edits[0].target: expected an integer, got "cat"'),
-    ("[evaluate]\nbatch_size = 0\n", "evaluate.batch_size: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[interpolate]\nfrom_class = 1\nto_class = 2\nsteps = 1\n", "interpolate.steps: must be at least 2"),
+        (
+            '[interpolate]\nfrom_class = 1\nto_class = 2\npng = "../x.png"\n',
+            "interpolate.png: a file name inside the run store",
+        ),
+        ("[edit]\nedits = []\n", "edit.edits: give at least one"),
+        (
+            '[edit]\nedits = [{ image = "a.png", target = "cat" }]\n',
+            'edit.edits[0].target: expected an integer, got "cat"',
+        ),
+        ("[evaluate]\nbatch_size = 0\n", "evaluate.batch_size: must be at least 1"),
+    ],
+)
 def test_bad_generation_tables_name_the_key(table, message):
     with pytest.raises(ConfigError, match=re.escape(f"t.toml: {message}")):
         load_pipeline_text('[model]\nsource = "convnet"\n' + table, source="t.toml")
@@ -303,7 +325,13 @@ def test_the_strip_starts_every_candidate_from_the_same_noise():
 def test_a_changed_interpolate_table_replaces_only_the_strip(generated):
     store_path = generated["store"]
     main_before = RunStore.open(store_path).candidates()["x"].copy()
-    args = ["run", str(generated["pipeline"]), "--no-progress", "--set", 'run.stages=["train", "interpolate"]']  # train: the cached weights
+    args = [
+        "run",
+        str(generated["pipeline"]),
+        "--no-progress",
+        "--set",
+        'run.stages=["train", "interpolate"]',
+    ]  # train: the cached weights
     assert cli.main([*args, "--set", "interpolate.iterations=5"]) == 0
     sub = RunStore.open(store_path / "generated" / "interpolate")
     assert sub.meta["committed_iteration"] == 5 and sub.history_length == 5
@@ -313,9 +341,15 @@ def test_a_changed_interpolate_table_replaces_only_the_strip(generated):
 
 
 def test_a_class_the_model_lacks_is_named_with_its_key(generated, tmp_path):
-    overrides = ['run.stages=["train", "synthesize", "interpolate"]', "synthesis.iterations=1",
-                 "interpolate.to_class=10"]
-    pipeline = Pipeline.from_toml(generated["pipeline"], overrides=overrides, store=str(tmp_path / "s.zarr"),
-                                  progress=False)
-    with pytest.raises(ConfigError, match=r"interpolate\.to_class: class 10 is out of range \(the model has 10 classes\)"):
+    overrides = [
+        'run.stages=["train", "synthesize", "interpolate"]',
+        "synthesis.iterations=1",
+        "interpolate.to_class=10",
+    ]
+    pipeline = Pipeline.from_toml(
+        generated["pipeline"], overrides=overrides, store=str(tmp_path / "s.zarr"), progress=False
+    )
+    with pytest.raises(
+        ConfigError, match=r"interpolate\.to_class: class 10 is out of range \(the model has 10 classes\)"
+    ):
         pipeline.run()

@@ -92,9 +92,7 @@ def test_primal_loss_excludes_dead_candidates(linear_3x2):
     # the misclassified x1 dead: nothing left to count
     assert kkt.primal_loss(logits, t, torch.tensor([False, True])).item() == 0.0
     # x2 dead: the mean is over the one alive candidate, so CE1 / 1
-    assert kkt.primal_loss(logits, t, torch.tensor([True, False])).item() == pytest.approx(
-        _ce(Z[0], T[0]), rel=1e-12
-    )
+    assert kkt.primal_loss(logits, t, torch.tensor([True, False])).item() == pytest.approx(_ce(Z[0], T[0]), rel=1e-12)
     # every candidate dead: 0, not a division by zero
     loss = kkt.primal_loss(logits, t, torch.tensor([False, False]))
     assert torch.isfinite(loss) and loss.item() == 0.0

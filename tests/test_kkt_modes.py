@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_classifier
 from torch import nn
 
-from conftest import image_classifier
 from dsv import config as cfg
 from dsv import kkt
-from dsv.kkt import modes as kkt_modes
 from dsv.builtin.losses import Stationarity
 from dsv.builtin.models import ConvNet
 from dsv.errors import ConfigError
+from dsv.kkt import modes as kkt_modes
 from dsv.plugins import get_plugin_manager
 
 F64 = torch.float64
@@ -55,8 +55,9 @@ def _candidates(digits_bundle, n: int = 5, dtype=F64):
     return x, targets, lambdas
 
 
-def _gradients(model, x, targets, lambdas, *, mode, selection="all", distance="l1", rows=None,
-               alive=None, augment=None, scale=1.0):
+def _gradients(
+    model, x, targets, lambdas, *, mode, selection="all", distance="l1", rows=None, alive=None, augment=None, scale=1.0
+):
     """(value, d/dx, d/dlambda) of the term as the engine takes them: a batch on (augmented) x."""
     named = kkt.select_parameters(model, selection)
     for _, p in named:
@@ -115,8 +116,9 @@ def test_fast_modes_on_target_rows(digits_bundle, distance):
     expected = residual.abs().mean() if distance == "l1" else residual.pow(2).mean()
     for mode in kkt.STATIONARITY_MODES:
         batch = kkt.KKTBatch(model, x, model(x), t, lam, torch.ones(3, dtype=torch.bool))
-        value = kkt.stationarity_term(batch, kkt.select_parameters(model, "head"), distance=distance,
-                                      mode=mode, rows=rows)
+        value = kkt.stationarity_term(
+            batch, kkt.select_parameters(model, "head"), distance=distance, mode=mode, rows=rows
+        )
         assert value.item() == pytest.approx(expected.item(), rel=1e-12), mode
 
 
@@ -179,8 +181,15 @@ def test_finite_differences_need_frozen_gates_on_a_float32_relu_net(digits_bundl
 
 def test_frozen_gates_replay_the_recorded_pattern_and_restore_inplace():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 6), nn.ReLU6(), nn.Linear(6, 6),
-                          nn.LeakyReLU(0.1), nn.Linear(6, 2)).double()
+    model = nn.Sequential(
+        nn.Linear(4, 6),
+        nn.ReLU(inplace=True),
+        nn.Linear(6, 6),
+        nn.ReLU6(),
+        nn.Linear(6, 6),
+        nn.LeakyReLU(0.1),
+        nn.Linear(6, 2),
+    ).double()
     a, b = torch.randn(5, 4, dtype=F64), torch.randn(5, 4, dtype=F64)
     with torch.no_grad(), kkt_modes.frozen_gates(model) as gates:
         gates.mode = "record"
@@ -212,7 +221,12 @@ def test_modes_leave_theta_and_its_flags_alone(digits_bundle):
     term = Stationarity(params=["features.4.*", "classifier.*"], mode="finite_difference")
     term.attach(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    assert [n for n, f in flags.items() if f] == ["features.4.weight", "features.4.bias", "classifier.weight", "classifier.bias"]
+    assert [n for n, f in flags.items() if f] == [
+        "features.4.weight",
+        "features.4.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
     for mode in kkt.STATIONARITY_MODES:
         term.mode = mode
         xg, lg = x.clone().requires_grad_(True), lam.clone().requires_grad_(True)
@@ -248,16 +262,28 @@ def test_unknown_mode_is_a_clear_error(digits_bundle):
         kkt.stationarity_term(batch, kkt.select_parameters(model, "head"), mode="hvp")
     registry = get_plugin_manager().registry("losses")
     with pytest.raises(ConfigError) as info:
-        cfg.build(cfg.PluginSpec(name="stationarity", options={"mode": "hvp"}), registry,
-                  source="p.toml", path="synthesis.losses[1]")
+        cfg.build(
+            cfg.PluginSpec(name="stationarity", options={"mode": "hvp"}),
+            registry,
+            source="p.toml",
+            path="synthesis.losses[1]",
+        )
     message = str(info.value)
     assert message.startswith("p.toml: synthesis.losses[1]") and "mode" in message and "'hvp'" in message
     assert len(message.splitlines()) == 1
     with pytest.raises(ConfigError, match="fd_eps"):
-        cfg.build(cfg.PluginSpec(name="stationarity", options={"fd_eps": 0.0}), registry,
-                  source="p.toml", path="synthesis.losses[1]")
-    term = cfg.build(cfg.PluginSpec(name="stationarity", options={"mode": "finite_difference", "fd_eps": 1e-5}),
-                     registry, source="p.toml", path="synthesis.losses[1]")
+        cfg.build(
+            cfg.PluginSpec(name="stationarity", options={"fd_eps": 0.0}),
+            registry,
+            source="p.toml",
+            path="synthesis.losses[1]",
+        )
+    term = cfg.build(
+        cfg.PluginSpec(name="stationarity", options={"mode": "finite_difference", "fd_eps": 1e-5}),
+        registry,
+        source="p.toml",
+        path="synthesis.losses[1]",
+    )
     assert term.mode == "finite_difference" and term.fd_eps == 1e-5
 
 
@@ -295,8 +321,11 @@ def test_the_loss_term_takes_one_sided_differences_from_the_batch_forward(digits
 
 def test_gate_tracking_sees_in_place_activations_before_they_overwrite():
     torch.manual_seed(0)
-    model = _freeze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU6(inplace=True),
-                                  nn.Linear(8, 3)).double())
+    model = _freeze(
+        nn.Sequential(
+            nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU6(inplace=True), nn.Linear(8, 3)
+        ).double()
+    )
     tracker = kkt_modes.GateTracker(model)
     a = torch.randn(6, 4, dtype=F64)
     out = model(a)
@@ -343,12 +372,20 @@ def test_auto_mode_is_exact_near_the_output_and_finite_differences_deeper(digits
     x, t, lam = _candidates(digits_bundle, n=2)
     model = _convnet()  # 8x8: conv 1->6 (64 * 9 MACs per channel), pool, conv 6->6 at 4x4, pool, linear 24->10
     first, second, head = 64 * 6 * 9, 16 * 6 * 54, 10 * 24
-    assert kkt_modes.work_behind(model, x[:1], [model.classifier.weight]) == pytest.approx(head / (first + second + head))
+    assert kkt_modes.work_behind(model, x[:1], [model.classifier.weight]) == pytest.approx(
+        head / (first + second + head)
+    )
     assert kkt_modes.work_behind(model, x[:1], list(model.features[4].parameters())) == pytest.approx(
-        (second + head) / (first + second + head))
+        (second + head) / (first + second + head)
+    )
     assert kkt_modes.work_behind(model, x[:1], list(model.parameters())) == 1.0
-    cases = {"head": "exact", ("classifier.weight",): "exact", ("features.5.*",): "exact", "all": "finite_difference",
-             ("features.4.*", "classifier.*"): "finite_difference"}
+    cases = {
+        "head": "exact",
+        ("classifier.weight",): "exact",
+        ("features.5.*",): "exact",
+        "all": "finite_difference",
+        ("features.4.*", "classifier.*"): "finite_difference",
+    }
     for selection, expected in cases.items():
         term = Stationarity(params=selection if isinstance(selection, str) else list(selection))
         assert term.mode == "auto"

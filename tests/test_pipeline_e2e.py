@@ -7,20 +7,29 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import digits_run_tables
+
 from dsv import cli
 from dsv.store import RunStore, is_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHOW_KEYS = {
-    "candidates", "alive", "classified_as_target", "relative_stationarity", "stationarity_params",
-    "entropy_start", "entropy_end", "iterations", "config_hash",
+    "candidates",
+    "alive",
+    "classified_as_target",
+    "relative_stationarity",
+    "stationarity_params",
+    "entropy_start",
+    "entropy_end",
+    "iterations",
+    "config_hash",
 }
 
 
 def pipeline_text(store, cache_dir) -> str:
-    return digits_run_tables("digits_e2e", cache_dir, store=store, stages=("train", "synthesize", "export")) + textwrap.dedent("""\
+    return digits_run_tables(
+        "digits_e2e", cache_dir, store=store, stages=("train", "synthesize", "export")
+    ) + textwrap.dedent("""\
         [synthesis]
         iterations = 20
         record_every = 1
@@ -131,8 +140,17 @@ def test_second_run_without_fresh_refuses_and_keeps_the_store(e2e, capsys):
 
 def test_fresh_replaces_a_store_and_reuses_the_cache(e2e, tmp_path, capsys):
     store = tmp_path / "fresh.zarr"
-    args = ["run", str(e2e["pipeline"]), "--no-progress", "--store", str(store),
-            "--set", "synthesis.iterations=4", "--set", "export.npz=''"]
+    args = [
+        "run",
+        str(e2e["pipeline"]),
+        "--no-progress",
+        "--store",
+        str(store),
+        "--set",
+        "synthesis.iterations=4",
+        "--set",
+        "export.npz=''",
+    ]
     assert cli.main(args) == 0
     cached = list(e2e["cache"].glob("*.pt"))
     mtime = cached[0].stat().st_mtime_ns
@@ -151,12 +169,21 @@ def test_fresh_refuses_a_plain_user_folder(e2e, tmp_path, capsys):
     (folder / "sub").mkdir()
     (folder / "sub" / "more.txt").write_text("also precious")
     capsys.readouterr()
-    code = cli.main(["run", str(e2e["pipeline"]), "--no-progress", "--fresh", "--store", str(folder),
-                     "--set", "synthesis.iterations=2"])
+    code = cli.main(
+        [
+            "run",
+            str(e2e["pipeline"]),
+            "--no-progress",
+            "--fresh",
+            "--store",
+            str(folder),
+            "--set",
+            "synthesis.iterations=2",
+        ]
+    )
     assert code != 0
     assert "not a dsv store" in capsys.readouterr().err
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
-        "holiday.txt", "sub", "sub/more.txt"]
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["holiday.txt", "sub", "sub/more.txt"]
     assert (folder / "holiday.txt").read_text() == "precious"
 
 
@@ -179,13 +206,17 @@ def test_plugins_command_lists_names_by_kind(capsys):
 def test_a_resolution_the_model_cannot_take_is_a_config_error_before_the_run(e2e, tmp_path):
     from torch import nn
 
-    from dsv.plugins import InputSpec, LoadedModel
     from dsv.errors import ConfigError
     from dsv.pipeline import Pipeline
+    from dsv.plugins import InputSpec, LoadedModel
     from dsv.stages.synthesize import group_run
 
-    pipeline = Pipeline.from_toml(e2e["pipeline"], store=str(tmp_path / "r.zarr"), progress=False,
-                                  overrides=["synthesis.resolutions=[[1, 8], [5, 12]]"])
+    pipeline = Pipeline.from_toml(
+        e2e["pipeline"],
+        store=str(tmp_path / "r.zarr"),
+        progress=False,
+        overrides=["synthesis.resolutions=[[1, 8], [5, 12]]"],
+    )
     fixed = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # takes 8x8 inputs only
     spec = InputSpec(1, 8, (0.0,), (1.0,), [str(i) for i in range(10)])
     pipeline.context.model = LoadedModel(fixed, spec)

@@ -11,18 +11,17 @@ import types
 import attrs
 import pytest
 import torch
+from conftest import REPO_ROOT, digits_run_tables, plugin_module
 from torch import nn
 
 from dsv import cli
 from dsv import config as cfg
 from dsv import plugins as dsv_plugins
 from dsv.builtin.models import LoadedModel, ModelRequest
-from dsv.synthesis.engine import build_engine
 from dsv.pipeline import Pipeline
-from dsv.store import RunStore
 from dsv.plugins import KINDS, DsvPluginManager, PluginError, Registry, UnknownNameError, get_plugin_manager, hookimpl
-
-from conftest import REPO_ROOT, digits_run_tables, plugin_module
+from dsv.store import RunStore
+from dsv.synthesis.engine import build_engine
 
 BUILTIN_NAMES = {
     "losses": {"primal", "stationarity"},
@@ -133,8 +132,9 @@ def test_builtin_factories_build_working_objects():
     x = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
     tv = cfg.build(cfg.PluginSpec(name="tv", options={"weight": 0.5}), pm.registry("priors"), source="s", path="p")
     assert tv.weight == 0.5 and tv(x).item() == pytest.approx(2.0)
-    flip = cfg.build(cfg.PluginSpec(name="flip", options={"p": 1.0}), pm.registry("augmentations"),
-                     source="s", path="p")
+    flip = cfg.build(
+        cfg.PluginSpec(name="flip", options={"p": 1.0}), pm.registry("augmentations"), source="s", path="p"
+    )
     assert torch.equal(flip(x), x.flip(-1))
 
 
@@ -190,8 +190,13 @@ def test_module_prefix_builds_a_users_model(monkeypatch, digits_bundle):
     user.make = lambda hidden=4: nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     monkeypatch.setitem(sys.modules, user.__name__, user)
     spec = cfg.PluginSpec(name="module:dsv_test_user_models:make", options={"kwargs": {"hidden": 3}})
-    loaded = cfg.build(spec, get_plugin_manager().registry("models"), source="s", path="model",
-                       request=ModelRequest(data=digits_bundle))
+    loaded = cfg.build(
+        spec,
+        get_plugin_manager().registry("models"),
+        source="s",
+        path="model",
+        request=ModelRequest(data=digits_bundle),
+    )
     assert isinstance(loaded, LoadedModel)
     assert loaded.trainable and not loaded.module.training
     assert loaded.module[1].out_features == 3
@@ -217,13 +222,18 @@ def test_a_plugin_registered_on_a_manager_adds_a_prior():
     registry = pm.registry("priors")
     assert registry.names() == ["norm", "range", "sharpness", "tv"]
     assert registry.split("sharpness")[0].plugin.startswith("plugin 'sharpness_plugin'")
-    prior = cfg.build(cfg.PluginSpec(name="sharpness", options={"weight": 0.1, "power": 2}), registry,
-                      source="s", path="synthesis.priors[0]")
+    prior = cfg.build(
+        cfg.PluginSpec(name="sharpness", options={"weight": 0.1, "power": 2}),
+        registry,
+        source="s",
+        path="synthesis.priors[0]",
+    )
     assert prior.weight == 0.1
     assert prior(torch.tensor([1.0, -3.0])).item() == pytest.approx(5.0)
     with pytest.raises(Exception, match=r"synthesis\.priors\[0\]\.power: expected an integer"):
-        cfg.build(cfg.PluginSpec(name="sharpness", options={"power": 1.5}), registry, source="s",
-                  path="synthesis.priors[0]")
+        cfg.build(
+            cfg.PluginSpec(name="sharpness", options={"power": 1.5}), registry, source="s", path="synthesis.priors[0]"
+        )
 
 
 def test_entry_point_plugins_load_and_can_be_disabled(fake_entry_points):
@@ -317,7 +327,9 @@ def test_call_lifecycle_passes_only_the_arguments_a_hook_takes():
 
     pm = DsvPluginManager(load_entry_points=False)
     pm.register(plugin_module("p", dsv_candidate_pruned=dsv_candidate_pruned), "pruned_logger")
-    assert pm.call_lifecycle("dsv_candidate_pruned", run=None, indices=[2, 5], iteration=4) == []  # pluggy: non-None results
+    assert (
+        pm.call_lifecycle("dsv_candidate_pruned", run=None, indices=[2, 5], iteration=4) == []
+    )  # pluggy: non-None results
     assert calls == [[2, 5]]
 
 
@@ -350,13 +362,16 @@ SHARP_SOURCE = """
 def tiny_pipeline(root, priors="[]", iterations=6, models=None):
     """Digits, a small ConvNet trained one epoch (cached), a few synthesis iterations."""
     path = root / "tiny.toml"
-    path.write_text(digits_run_tables("tiny", models or root / "models", store=root / "tiny.zarr") + textwrap.dedent(f"""\
+    path.write_text(
+        digits_run_tables("tiny", models or root / "models", store=root / "tiny.zarr")
+        + textwrap.dedent(f"""\
         [synthesis]
         iterations = {iterations}
         lambda_warmup = 2
         checkpoint_every = 4
         priors = {priors}
-        """))
+        """)
+    )
     return path
 
 
@@ -410,8 +425,9 @@ def test_a_duplicate_name_from_a_distribution_is_named_on_the_command_line(fake_
     assert cli.main(["plugins", "--disable-plugin", "sharp-fork"]) == 0
 
 
-def test_a_distribution_that_fails_to_import_is_named_and_can_be_skipped(fake_distribution, capsys, tmp_path,
-                                                                          models_dir):
+def test_a_distribution_that_fails_to_import_is_named_and_can_be_skipped(
+    fake_distribution, capsys, tmp_path, models_dir
+):
     broken = """
         import dsv_missing_dependency_xyz
     """
@@ -431,14 +447,15 @@ def test_a_prior_raising_during_a_run_names_its_distribution(fake_distribution, 
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.startswith("dsv-pipeline: error: plugin 'sharp' (dsv-sharp 1.2.3) raised RuntimeError: "
-                          "sharp cannot handle these candidates")
+    assert err.startswith(
+        "dsv-pipeline: error: plugin 'sharp' (dsv-sharp 1.2.3) raised RuntimeError: "
+        "sharp cannot handle these candidates"
+    )
     assert "dsv_sharp.py:" in err and "in __call__" in err and "--disable-plugin sharp" in err
     assert RunStore.open(tmp_path / "tiny.zarr").meta["committed_iteration"] == 2  # the store kept the rest
 
 
-def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path,
-                                                                       models_dir):
+def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path, models_dir):
     flaky = """
         from dsv.plugins import hookimpl
 
@@ -486,10 +503,16 @@ def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp
         events.append(("finished", summary["iterations"], summary["candidates"]))
 
     pm = DsvPluginManager(load_entry_points=False)
-    pm.register(plugin_module("recorder", dsv_run_started=dsv_run_started,
-                              dsv_iteration_completed=dsv_iteration_completed,
-                              dsv_candidate_pruned=dsv_candidate_pruned,
-                              dsv_run_finished=dsv_run_finished), "recorder")
+    pm.register(
+        plugin_module(
+            "recorder",
+            dsv_run_started=dsv_run_started,
+            dsv_iteration_completed=dsv_iteration_completed,
+            dsv_candidate_pruned=dsv_candidate_pruned,
+            dsv_run_finished=dsv_run_finished,
+        ),
+        "recorder",
+    )
     # lambda_init tiny and lr_lambda large: lambdas cross 0 within a few iterations (pruning)
     overrides = ["synthesis.lambda_init=1e-4", "synthesis.lr_lambda=0.5", "synthesis.lambda_warmup=0"]
     path = tiny_pipeline(tmp_path, iterations=20, models=models_dir)
@@ -555,13 +578,20 @@ def test_a_misspelt_hook_is_an_error_naming_the_plugin_and_the_hook_meant():
 
 
 def test_a_misspelt_hook_of_an_installed_distribution_stops_the_cli_with_its_name(fake_distribution, capsys):
-    fake_distribution("dsv-typo", "0.2", {"dsv_typo": """
+    fake_distribution(
+        "dsv-typo",
+        "0.2",
+        {
+            "dsv_typo": """
         from dsv.plugins import hookimpl
 
         @hookimpl
         def dsv_run_start(run):
             pass
-        """}, {"typo": "dsv_typo"})
+        """
+        },
+        {"typo": "dsv_typo"},
+    )
     assert cli.main(["plugins"]) == 2
     err = capsys.readouterr().err
     assert "plugin 'typo' (dsv-typo 0.2) implements 'dsv_run_start', which is no dsv hook" in err
@@ -573,15 +603,21 @@ def guide_code(marker: str) -> str:
     """The Python block of docs/writing-plugins.md that starts with ``marker``."""
     text = (REPO_ROOT / "docs" / "writing-plugins.md").read_text()
     start = text.index(f"```python\n{marker}") + len("```python\n")
-    return text[start:text.index("```", start)]
+    return text[start : text.index("```", start)]
 
 
 def test_the_stage_of_the_guide_runs_from_a_pipeline_file(fake_distribution, tmp_path, models_dir, capsys):
-    fake_distribution("dsv-predictions-csv", "0.1.0", {"dsv_predictions_csv": guide_code("# dsv_predictions_csv.py")},
-                      {"predictions-csv": "dsv_predictions_csv"})
+    fake_distribution(
+        "dsv-predictions-csv",
+        "0.1.0",
+        {"dsv_predictions_csv": guide_code("# dsv_predictions_csv.py")},
+        {"predictions-csv": "dsv_predictions_csv"},
+    )
     path = tiny_pipeline(tmp_path, iterations=3, models=models_dir)
-    text = path.read_text().replace('stages = ["train", "synthesize"]', 'stages = ["predictions_csv", "train", "synthesize"]')
-    path.write_text(text + "\n[predictions_csv]\ntop = 2\nfile = \"guesses.csv\"\n")
+    text = path.read_text().replace(
+        'stages = ["train", "synthesize"]', 'stages = ["predictions_csv", "train", "synthesize"]'
+    )
+    path.write_text(text + '\n[predictions_csv]\ntop = 2\nfile = "guesses.csv"\n')
     assert cli.main(["run", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     rows = (tmp_path / "tiny.zarr" / "exports" / "guesses.csv").read_text().splitlines()

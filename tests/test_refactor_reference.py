@@ -24,12 +24,23 @@ RECORDED_WITH = "2.14.1"
 @pytest.fixture(scope="module")
 def rerun(tmp_path_factory):
     if torch.__version__.split("+")[0] != RECORDED_WITH or torch.get_num_threads() != 1:
-        pytest.skip(f"recorded with torch {RECORDED_WITH} on one thread; this is torch {torch.__version__} "
-                    f"on {torch.get_num_threads()} threads")
+        pytest.skip(
+            f"recorded with torch {RECORDED_WITH} on one thread; this is torch {torch.__version__} "
+            f"on {torch.get_num_threads()} threads"
+        )
     root = tmp_path_factory.mktemp("reference")
     store = root / "ref.zarr"
-    code = cli.main(["run", str(DATA / "refactor_reference.toml"), "--store", str(store), "--no-progress",
-                     "--set", f'train.cache_dir="{(root / "models").as_posix()}"'])
+    code = cli.main(
+        [
+            "run",
+            str(DATA / "refactor_reference.toml"),
+            "--store",
+            str(store),
+            "--no-progress",
+            "--set",
+            f'train.cache_dir="{(root / "models").as_posix()}"',
+        ]
+    )
     assert code == 0
     return store
 

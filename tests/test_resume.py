@@ -13,19 +13,21 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import digits_run_tables, reference_run, small_synthesis_tables
+from conftest import dsv_cli as dsv_pipeline
 
-from conftest import digits_run_tables, dsv_cli as dsv_pipeline, reference_run, small_synthesis_tables
 from dsv import cli
-from dsv.store import checkpoint
-from dsv.store import SCHEMA_VERSION, RunStore
+from dsv.store import SCHEMA_VERSION, RunStore, checkpoint
 
 ITERATIONS = 24
 
 
 def pipeline_text(cache_dir) -> str:
-    return (digits_run_tables("digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export"))
-            + small_synthesis_tables(ITERATIONS, "candidates_per_class = 1\nrecord_every = 1\n"
-                                                 "resolutions = [[1, 8], [12, 12]]\n"))
+    return digits_run_tables(
+        "digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export")
+    ) + small_synthesis_tables(
+        ITERATIONS, "candidates_per_class = 1\nrecord_every = 1\nresolutions = [[1, 8], [12, 12]]\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,14 @@ def arrays_of(store) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("fault, resumes_from", [
-    ("after-iteration:7", 5),  # between two checkpoints
-    ("in-checkpoint:15", 10),  # halfway through writing the checkpoint of iteration 15
-    ("after-iteration:22", 20),  # after the resolution change
-])
+@pytest.mark.parametrize(
+    "fault, resumes_from",
+    [
+        ("after-iteration:7", 5),  # between two checkpoints
+        ("in-checkpoint:15", 10),  # halfway through writing the checkpoint of iteration 15
+        ("after-iteration:22", 20),  # after the resolution change
+    ],
+)
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(reference, fault, resumes_from, capsys, caplog):
     store = reference["root"] / f"killed-{fault.replace(':', '-')}.zarr"
     killed = dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store), fault=fault)
@@ -100,9 +105,21 @@ def test_run_on_a_finished_store_of_the_same_config_does_not_repeat_the_synthesi
 
 
 def test_a_changed_config_is_refused_with_the_changed_keys(reference, capsys):
-    code = cli.main(["run", str(reference["pipeline"]), "--store", str(reference["store"]), "--no-progress",
-                     "--set", "synthesis.lr_x=0.1", "--set", "synthesis.priors=[]",
-                     "--set", "synthesis.checkpoint_every=2"])
+    code = cli.main(
+        [
+            "run",
+            str(reference["pipeline"]),
+            "--store",
+            str(reference["store"]),
+            "--no-progress",
+            "--set",
+            "synthesis.lr_x=0.1",
+            "--set",
+            "synthesis.priors=[]",
+            "--set",
+            "synthesis.checkpoint_every=2",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "synthesis.lr_x: (unset) -> 0.1" in err
@@ -128,8 +145,10 @@ def test_resume_refuses_other_model_weights(reference, tmp_path, capsys):
     (weights,) = cache.glob("*.pt")
     original = weights.read_bytes()
     store = tmp_path / "copy.zarr"
-    assert dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store),
-                        fault="after-iteration:3").returncode == -signal.SIGKILL
+    assert (
+        dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store), fault="after-iteration:3").returncode
+        == -signal.SIGKILL
+    )
     state = torch.load(weights, weights_only=True)
     first = next(iter(state))
     state[first] = state[first] + 1.0
@@ -188,7 +207,9 @@ def test_verify_refuses_a_newer_schema_and_a_non_store(reference, tmp_path, caps
 
 def test_verify_accepts_the_reference(reference, capsys):
     assert cli.main(["verify", str(reference["store"])]) == 0
-    assert capsys.readouterr().out.startswith(f"ok: {reference['store']}: schema {SCHEMA_VERSION}, iteration {ITERATIONS}")
+    assert capsys.readouterr().out.startswith(
+        f"ok: {reference['store']}: schema {SCHEMA_VERSION}, iteration {ITERATIONS}"
+    )
 
 
 # ---- the pieces of a checkpoint --------------------------------------------------------------------

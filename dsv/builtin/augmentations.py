@@ -65,7 +65,10 @@ class Crop:
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if size not in self._by_size:  # one kornia module per resolution (multi-resolution runs)
             self._by_size[size] = K.RandomResizedCrop(
-                size, scale=(1.0 - self.strength, 1.0), ratio=(0.9, 1.1), p=self.p,
+                size,
+                scale=(1.0 - self.strength, 1.0),
+                ratio=(0.9, 1.1),
+                p=self.p,
                 cropping_mode="resample",
             )
         return self._by_size[size](x)

@@ -12,18 +12,25 @@ import gzip
 import hashlib
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from dsv.errors import DsvError
 from dsv.plugins import DatasetBundle, hookimpl
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +79,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DatasetError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise DatasetError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
@@ -101,8 +108,14 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
         train = torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
         test = torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
         return _bundle_from_arrays(
-            "fashion-mnist", train.data.numpy(), train.targets.numpy(), test.data.numpy(),
-            test.targets.numpy(), FASHION_MNIST_CLASSES, (0.2860,), (0.3530,),
+            "fashion-mnist",
+            train.data.numpy(),
+            train.targets.numpy(),
+            test.data.numpy(),
+            test.targets.numpy(),
+            FASHION_MNIST_CLASSES,
+            (0.2860,),
+            (0.3530,),
         )
     raise DatasetError(
         f"fashion-mnist: IDX files not found in {', '.join(map(str, roots))}; install them with "
@@ -120,8 +133,14 @@ def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -
     n_test = int(round(len(images) * test_fraction))
     test_idx, train_idx = order[:n_test], order[n_test:]
     return _bundle_from_arrays(
-        "digits", images[train_idx], d.target[train_idx], images[test_idx], d.target[test_idx],
-        [str(i) for i in range(10)], (0.3,), (0.4,),
+        "digits",
+        images[train_idx],
+        d.target[train_idx],
+        images[test_idx],
+        d.target[test_idx],
+        [str(i) for i in range(10)],
+        (0.3,),
+        (0.4,),
     )
 
 
@@ -141,24 +160,42 @@ def _torchvision_arrays(cls_name: str, root: str, download: bool, split_kw):
 def cifar10(root: str = "", download: bool = False) -> DatasetBundle:
     train, test = _torchvision_arrays("CIFAR10", root, download, ({"train": True}, {"train": False}))
     return _bundle_from_arrays(
-        "cifar10", train.data, np.array(train.targets), test.data, np.array(test.targets),
-        train.classes, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "cifar10",
+        train.data,
+        np.array(train.targets),
+        test.data,
+        np.array(test.targets),
+        train.classes,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
     )
 
 
 def cifar100(root: str = "", download: bool = False) -> DatasetBundle:
     train, test = _torchvision_arrays("CIFAR100", root, download, ({"train": True}, {"train": False}))
     return _bundle_from_arrays(
-        "cifar100", train.data, np.array(train.targets), test.data, np.array(test.targets),
-        train.classes, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "cifar100",
+        train.data,
+        np.array(train.targets),
+        test.data,
+        np.array(test.targets),
+        train.classes,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
     )
 
 
 def svhn(root: str = "", download: bool = False) -> DatasetBundle:
     train, test = _torchvision_arrays("SVHN", root, download, ({"split": "train"}, {"split": "test"}))
     return _bundle_from_arrays(
-        "svhn", train.data.transpose(0, 2, 3, 1), train.labels, test.data.transpose(0, 2, 3, 1),
-        test.labels, [str(i) for i in range(10)], (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+        "svhn",
+        train.data.transpose(0, 2, 3, 1),
+        train.labels,
+        test.data.transpose(0, 2, 3, 1),
+        test.labels,
+        [str(i) for i in range(10)],
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
     )
 
 
@@ -177,8 +214,15 @@ def imagefolder(root: str = "", download: bool = False, size: int = 64, test_roo
         st = Path(path).stat()
         h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return DatasetBundle(
-        name="imagefolder", train=train, test=test, classes=list(train.classes), channels=3,
-        size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, fingerprint=h.hexdigest()[:16],
+        name="imagefolder",
+        train=train,
+        test=test,
+        classes=list(train.classes),
+        channels=3,
+        size=size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        fingerprint=h.hexdigest()[:16],
     )
 
 

@@ -69,9 +69,10 @@ def read_image(path: str | Path, channels: int, size: int) -> Tensor:
     pixels = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
     side = min(pixels.shape[-2:])
     top, left = (pixels.shape[-2] - side) // 2, (pixels.shape[-1] - side) // 2
-    square = pixels[:, top: top + side, left: left + side]
-    return torch.nn.functional.interpolate(square[None], size=(size, size), mode="bilinear",
-                                           align_corners=False, antialias=True)[0].clamp(0, 1)
+    square = pixels[:, top : top + side, left : left + side]
+    return torch.nn.functional.interpolate(
+        square[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0].clamp(0, 1)
 
 
 @attrs.define(kw_only=True)
@@ -85,6 +86,8 @@ class ImageInit:
             raise DsvError(f"init 'image': {len(self.paths)} image files for {shape[0]} candidates")
         images = torch.stack([read_image(p, shape[1], shape[-1]) for p in self.paths])
         return context.normalize(images)
+
+
 def fit_images(images: Tensor, shape) -> Tensor:
     """Images (N, C', H', W') in [0, 1] resized and channel-matched to ``shape`` (N, C, H, W)."""
     channels = shape[1]
@@ -92,8 +95,9 @@ def fit_images(images: Tensor, shape) -> Tensor:
         images = images.mean(dim=1, keepdim=True)  # to grey, then repeated if colour is needed
         images = images.expand(-1, channels, -1, -1)
     if images.shape[-2:] != tuple(shape[-2:]):
-        images = torch.nn.functional.interpolate(images, size=tuple(shape[-2:]), mode="bilinear",
-                                                 antialias=images.shape[-1] > shape[-1])
+        images = torch.nn.functional.interpolate(
+            images, size=tuple(shape[-2:]), mode="bilinear", antialias=images.shape[-1] > shape[-1]
+        )
     return images.clamp(0.0, 1.0)
 
 

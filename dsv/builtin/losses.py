@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from dsv import kkt
-
 from dsv.kkt import modes as kkt_modes
 from dsv.plugins import hookimpl
 
@@ -132,9 +131,17 @@ class Stationarity:
             rows, covered, reference = None, params, self._reference
         scale = 1.0 / reference if self.relative and reference > 0 else 1.0
         mode = self.resolved_mode(batch)
-        loss = kkt.stationarity_term(batch, self._selected, distance=self.distance, mode=mode, rows=rows,
-                                     scale=scale, fd_eps=self.fd_eps, gates=self._gate_tracker(mode),
-                                     micro_batch=self.micro_batch)
+        loss = kkt.stationarity_term(
+            batch,
+            self._selected,
+            distance=self.distance,
+            mode=mode,
+            rows=rows,
+            scale=scale,
+            fd_eps=self.fd_eps,
+            gates=self._gate_tracker(mode),
+            micro_batch=self.micro_batch,
+        )
         return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:

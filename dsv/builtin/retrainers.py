@@ -43,7 +43,9 @@ class SupervisedRetrainer:
         """Train ``model`` on ``dataset`` (already normalized); returns the model in eval mode."""
         torch.manual_seed(seed)
         loader = DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=True,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
             generator=torch.Generator().manual_seed(seed),
         )
         model.to(device).train()
@@ -58,7 +60,9 @@ class SupervisedRetrainer:
 
     def trainer(self, model: nn.Module, device) -> Engine:
         """The ignite engine of one training step per batch."""
-        return create_supervised_trainer(model, self.optimizer(model.parameters()), nn.CrossEntropyLoss(), device=device)
+        return create_supervised_trainer(
+            model, self.optimizer(model.parameters()), nn.CrossEntropyLoss(), device=device
+        )
 
 
 @attrs.define(kw_only=True)
@@ -98,8 +102,9 @@ class SAM(Adam):
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             with torch.no_grad():
-                norm = torch.sqrt(sum((p.grad.pow(2).sum() for p in params if p.grad is not None),
-                                      torch.zeros((), device=x.device)))
+                norm = torch.sqrt(
+                    sum((p.grad.pow(2).sum() for p in params if p.grad is not None), torch.zeros((), device=x.device))
+                )
                 shifts = [p.grad * (self.rho / (norm + 1e-12)) if p.grad is not None else None for p in params]
                 for p, e in zip(params, shifts):
                     if e is not None:

@@ -56,9 +56,12 @@ def _structure_plugin(value, _type) -> PluginSpec:
 def _structure_target(value, _type):
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, dict) and value and all(
-        re.fullmatch(r"\d+", str(k)) and _is_number(v) and math.isfinite(v) and v >= 0
-        for k, v in value.items()
+    if (
+        isinstance(value, dict)
+        and value
+        and all(
+            re.fullmatch(r"\d+", str(k)) and _is_number(v) and math.isfinite(v) and v >= 0 for k, v in value.items()
+        )
     ):
         return {str(k): float(v) for k, v in value.items()}
     raise _TypeMismatch(
@@ -122,9 +125,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(
         attrs.has, lambda t: _requiring("a table", _is_table, conv.gen_structure_attrs_fromdict(t))
     )
-    conv.register_unstructure_hook(
-        PluginSpec, lambda spec: {"name": spec.name, **conv.unstructure(spec.options)}
-    )
+    conv.register_unstructure_hook(PluginSpec, lambda spec: {"name": spec.name, **conv.unstructure(spec.options)})
     return conv
 
 
@@ -165,9 +166,7 @@ def _messages(exc: BaseException, path: str) -> list[str]:
                 sub_path = f"{path}[{note.index}]"
             else:
                 sub_path = _key_path(path, note.name)
-            if isinstance(sub, KeyError) and not isinstance(
-                sub, (ClassValidationError, IterableValidationError)
-            ):
+            if isinstance(sub, KeyError) and not isinstance(sub, (ClassValidationError, IterableValidationError)):
                 out.append(f"{sub_path}: required key missing")
             else:
                 out.extend(_messages(sub, sub_path))

@@ -8,12 +8,12 @@ which :func:`dsv.pipeline.load_pipeline` takes from the stage registry.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomllib
 
 from dsv.config.converter import describe_value, structure
 from dsv.config.raw import apply_overrides, config_hash
@@ -41,22 +41,37 @@ class LoadedPipeline:
         return Path(self.config.run.store or f"stores/{self.config.run.name}.zarr")
 
 
-def load_text(text: str, *, source: str, overrides: Sequence[str] = (), store: str | None = None,
-              tables: Mapping[str, type | None] | None = None, resumable: Sequence[str] = (),
-              check: Check | None = None) -> LoadedPipeline:
+def load_text(
+    text: str,
+    *,
+    source: str,
+    overrides: Sequence[str] = (),
+    store: str | None = None,
+    tables: Mapping[str, type | None] | None = None,
+    resumable: Sequence[str] = (),
+    check: Check | None = None,
+) -> LoadedPipeline:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    loaded = from_dict(raw, source=source, overrides=overrides, store=store, tables=tables, resumable=resumable,
-                       check=check)
+    loaded = from_dict(
+        raw, source=source, overrides=overrides, store=store, tables=tables, resumable=resumable, check=check
+    )
     loaded.text = text
     return loaded
 
 
-def from_dict(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = (), store: str | None = None,
-              tables: Mapping[str, type | None] | None = None, resumable: Sequence[str] = (),
-              check: Check | None = None) -> LoadedPipeline:
+def from_dict(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    overrides: Sequence[str] = (),
+    store: str | None = None,
+    tables: Mapping[str, type | None] | None = None,
+    resumable: Sequence[str] = (),
+    check: Check | None = None,
+) -> LoadedPipeline:
     """``raw`` (a parsed TOML document) as a checked pipeline. ``tables`` maps each stage that has
     a table to its attrs class (None: the stage takes no table)."""
     tables = dict(tables or {})
@@ -88,14 +103,13 @@ def from_dict(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = ()
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     assert config is not None
-    return LoadedPipeline(config=config, raw=raw, source=source, overrides=list(overrides),
-                          resumable=tuple(resumable))
+    return LoadedPipeline(config=config, raw=raw, source=source, overrides=list(overrides), resumable=tuple(resumable))
 
 
 def _lines(exc: ConfigError, source: str) -> list[str]:
     """The problems of one ConfigError without their ``source: `` prefix (added back once)."""
     prefix = f"{source}: "
-    return [line[len(prefix):] if line.startswith(prefix) else line for line in str(exc).splitlines()]
+    return [line[len(prefix) :] if line.startswith(prefix) else line for line in str(exc).splitlines()]
 
 
 def _set_store(raw: dict[str, Any], store: str, source: str) -> None:

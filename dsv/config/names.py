@@ -14,5 +14,8 @@ def is_plain_file_name(name: str) -> bool:
 
 def file_name_problems(table: str, names: dict[str, str]) -> list[str]:
     """``table.key: ...`` for each non-empty name of ``names`` (key -> name) that is not plain."""
-    return [f"{table}.{key}: a file name inside the run store, not a path, got {name!r}"
-            for key, name in names.items() if name and not is_plain_file_name(name)]
+    return [
+        f"{table}.{key}: a file name inside the run store, not a path, got {name!r}"
+        for key, name in names.items()
+        if name and not is_plain_file_name(name)
+    ]

@@ -7,8 +7,9 @@ import copy
 import hashlib
 import json
 import re
-import tomllib
 from typing import Any
+
+import tomllib
 
 from dsv.errors import ConfigError
 

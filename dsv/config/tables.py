@@ -13,7 +13,7 @@ from dsv.config.plugin_spec import PluginSpec
 DEFAULT_STAGES = ("train", "synthesize", "export")
 
 
-Target = Union[int, dict[str, float]]
+Target = Union[int, dict[str, float]]  # noqa: UP007 (cattrs keys its structure hook on this object)
 
 
 @attrs.define(kw_only=True)
@@ -62,7 +62,9 @@ class SynthesisConfig:
     resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
-    groups: int = 1  # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
+    groups: int = (
+        1  # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
+    )
 
 
 @attrs.define(kw_only=True)
@@ -102,7 +104,9 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
         if getattr(s, key) < 1:
             problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
     if s.checkpoint_every < 0:
-        problems.append(f"synthesis.checkpoint_every: must be at least 0 (0: only at the end), got {s.checkpoint_every}")
+        problems.append(
+            f"synthesis.checkpoint_every: must be at least 0 (0: only at the end), got {s.checkpoint_every}"
+        )
     for key in ("lr_x", "lr_lambda"):
         if getattr(s, key) <= 0:
             problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
@@ -117,5 +121,8 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
 
 
 def check_logging(c: LoggingConfig) -> list[str]:
-    return [f"logging.{key}: must be at least {low}, got {getattr(c, key)}"
-            for key, low in (("scalars_every", 1), ("images_every", 0)) if getattr(c, key) < low]
+    return [
+        f"logging.{key}: must be at least {low}, got {getattr(c, key)}"
+        for key, low in (("scalars_every", 1), ("images_every", 0))
+        if getattr(c, key) < low
+    ]

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,10 +52,20 @@ def embedding(model: nn.Module, x: Tensor) -> Tensor:
     return captured[0].flatten(1)
 
 
-def distribution_matching(template: nn.Module, real: Tensor, real_labels: Tensor, init: Tensor, labels: Tensor, *,
-                          iterations: int = 500, lr: float = 1.0, momentum: float = 0.5,
-                          augmentations: Sequence[Callable[[Tensor], Tensor]] = (), seed: int = 0,
-                          progress: bool = False) -> Tensor:
+def distribution_matching(
+    template: nn.Module,
+    real: Tensor,
+    real_labels: Tensor,
+    init: Tensor,
+    labels: Tensor,
+    *,
+    iterations: int = 500,
+    lr: float = 1.0,
+    momentum: float = 0.5,
+    augmentations: Sequence[Callable[[Tensor], Tensor]] = (),
+    seed: int = 0,
+    progress: bool = False,
+) -> Tensor:
     """DM: move ``init`` (model input space, one row per entry of ``labels``) so that, for a new
     randomly initialized copy of ``template`` at each step, the mean embedding of each class's
     synthetic images matches that of its real images (SGD as in the paper: lr 1, momentum 0.5).
@@ -114,11 +124,30 @@ def random_per_class(labels: Tensor, per_class: int, generator: torch.Generator)
     return pool_indices(labels, per_class, generator)
 
 
-def synthesize_images(module: nn.Module, spec, synthesis, *, plugins, data, seed: int, device="cpu",
-                      source: str = "synthesis", progress: bool = False) -> tuple[Tensor, Tensor, Tensor, dict]:
+def synthesize_images(
+    module: nn.Module,
+    spec,
+    synthesis,
+    *,
+    plugins,
+    data,
+    seed: int,
+    device="cpu",
+    source: str = "synthesis",
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Run one ``[synthesis]`` table on ``module`` without a store: (candidates in model input
     space, labels, alive mask, history in memory). ``primal_only`` is this with ``losses = [primal]``."""
-    run = build_run(module, spec, synthesis, plugins=plugins, device=torch.device(device), seed=seed, data=data,
-                    source=source, progress=progress)
+    run = build_run(
+        module,
+        spec,
+        synthesis,
+        plugins=plugins,
+        device=torch.device(device),
+        seed=seed,
+        data=data,
+        source=source,
+        progress=progress,
+    )
     execute(run, {"mean": list(spec.mean), "std": list(spec.std)}, store_path=None)
     return (run.x.detach().cpu(), run.targets.argmax(1).cpu(), run.alive.cpu(), memory_history(run))

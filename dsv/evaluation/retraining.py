@@ -48,9 +48,17 @@ def fresh_model(template: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def retrain_models(template: nn.Module, images: Tensor, labels: Tensor, retrainer: Any, *,
-                   augmentations: Sequence[Callable] = (), seeds: Sequence[int] = (0, 1, 2),
-                   device: torch.device | str = "cpu", progress: bool = False) -> list[nn.Module]:
+def retrain_models(
+    template: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    retrainer: Any,
+    *,
+    augmentations: Sequence[Callable] = (),
+    seeds: Sequence[int] = (0, 1, 2),
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[nn.Module]:
     """One fresh model per seed, fitted by ``retrainer`` to ``images`` (model input space) and
     hard ``labels``; returned in eval mode, without the augmentations."""
     if len(images) == 0:
@@ -68,10 +76,13 @@ def build_retrainer(spec: cfg.PluginSpec, plugins: DsvPluginManager, source: str
     return cfg.build(spec, plugins.registry("retrainers"), source=source, path=path)
 
 
-def build_augmentations(specs: Sequence[cfg.PluginSpec], plugins: DsvPluginManager, source: str,
-                        table: str) -> list[Any]:
-    return [cfg.build(s, plugins.registry("augmentations"), source=source, path=f"{table}.augmentations[{i}]")
-            for i, s in enumerate(specs)]
+def build_augmentations(
+    specs: Sequence[cfg.PluginSpec], plugins: DsvPluginManager, source: str, table: str
+) -> list[Any]:
+    return [
+        cfg.build(s, plugins.registry("augmentations"), source=source, path=f"{table}.augmentations[{i}]")
+        for i, s in enumerate(specs)
+    ]
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
@@ -85,8 +96,9 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model.eval()
 
 
-def accuracy_on(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int,
-                batch_size: int = 250) -> tuple[float, np.ndarray]:
+def accuracy_on(
+    model: nn.Module, images: Tensor, labels: Tensor, num_classes: int, batch_size: int = 250
+) -> tuple[float, np.ndarray]:
     """(overall accuracy, accuracy of each class) of ``model`` on ``images`` (model input space);
     a class without test images gets nan."""
     right = torch.zeros(num_classes)
@@ -94,7 +106,7 @@ def accuracy_on(model: nn.Module, images: Tensor, labels: Tensor, num_classes: i
     model.eval()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
+            xb, yb = images[start : start + batch_size], labels[start : start + batch_size]
             hit = (model(xb).argmax(1) == yb).float()
             right.index_add_(0, yb, hit)
             total.index_add_(0, yb, torch.ones_like(hit))

@@ -23,18 +23,20 @@ from dsv.plugins import LoadedModel, normalize
 
 
 @torch.no_grad()
-def verifier_probabilities(x: np.ndarray, mean, std, verifier: LoadedModel, *, batch_size: int = 16,
-                           device: torch.device | str = "cpu") -> torch.Tensor:
+def verifier_probabilities(
+    x: np.ndarray, mean, std, verifier: LoadedModel, *, batch_size: int = 16, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Softmax of ``verifier`` on model-space candidates ``x`` (N, C, H, W) normalized by ``mean``/``std``."""
     module = verifier.module.to(device).eval()
     spec = verifier.spec
     pixel_mean, pixel_std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
     out = []
     for start in range(0, len(x), batch_size):
-        images = (torch.from_numpy(np.asarray(x[start: start + batch_size])) * pixel_std + pixel_mean).clamp(0, 1)
+        images = (torch.from_numpy(np.asarray(x[start : start + batch_size])) * pixel_std + pixel_mean).clamp(0, 1)
         if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
-            images = F.interpolate(images, size=(spec.size, spec.size), mode="bilinear", align_corners=False,
-                                   antialias=True)
+            images = F.interpolate(
+                images, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True
+            )
         out.append(module(normalize(images, spec.mean, spec.std).to(device)).softmax(dim=1).cpu())
     return torch.cat(out)
 
@@ -54,11 +56,22 @@ def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) 
     per_class = {}
     for cls in sorted(set(labels.tolist())):
         rows = labels == cls
-        per_class[_name(classes, cls)] = {"class": int(cls), "n": int(rows.sum()), "top1": float(top1[rows].mean()),
-                           "top5": float(top5[rows].mean()), "predicted": [_name(classes, int(i)) for i in top[rows, 0]]}
-    mean = (lambda t: float(t.mean()) if len(t) else None)  # noqa: E731
-    return {"top1": mean(top1), "top5": mean(top5), "p_target": mean(p_target), "n": int(len(labels)),
-            "mixtures_skipped": int((~single).sum()), "per_class": per_class}
+        per_class[_name(classes, cls)] = {
+            "class": int(cls),
+            "n": int(rows.sum()),
+            "top1": float(top1[rows].mean()),
+            "top5": float(top5[rows].mean()),
+            "predicted": [_name(classes, int(i)) for i in top[rows, 0]],
+        }
+    mean = lambda t: float(t.mean()) if len(t) else None  # noqa: E731
+    return {
+        "top1": mean(top1),
+        "top5": mean(top5),
+        "p_target": mean(p_target),
+        "n": int(len(labels)),
+        "mixtures_skipped": int((~single).sum()),
+        "per_class": per_class,
+    }
 
 
 def _name(classes: list[str], index: int) -> str:

@@ -5,8 +5,8 @@ samples used for coreset selection (:mod:`dsv.kkt.selection`)."""
 from dsv.kkt import modes
 from dsv.kkt.terms import (
     DISTANCES,
-    KKTBatch,
     STATIONARITY_MODES,
+    KKTBatch,
     class_rows,
     classifier_head,
     covered_parameters,
@@ -25,4 +25,25 @@ from dsv.kkt.terms import (
     zero_multiplier_distance,
 )
 
-__all__ = ["modes", "DISTANCES", "KKTBatch", "STATIONARITY_MODES", "class_rows", "classifier_head", "covered_parameters", "lagrangian_gradient", "misclassified", "newly_infeasible", "norm_loss", "prediction_entropy", "primal_loss", "select_parameters", "soft_cross_entropy", "stationarity_distance", "stationarity_loss", "stationarity_term", "total_variation", "zero_multiplier_distance"]
+__all__ = [
+    "modes",
+    "DISTANCES",
+    "KKTBatch",
+    "STATIONARITY_MODES",
+    "class_rows",
+    "classifier_head",
+    "covered_parameters",
+    "lagrangian_gradient",
+    "misclassified",
+    "newly_infeasible",
+    "norm_loss",
+    "prediction_entropy",
+    "primal_loss",
+    "select_parameters",
+    "soft_cross_entropy",
+    "stationarity_distance",
+    "stationarity_loss",
+    "stationarity_term",
+    "total_variation",
+    "zero_multiplier_distance",
+]

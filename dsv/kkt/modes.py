@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +58,11 @@ def work_behind(model: nn.Module, sample: Tensor, params: Sequence[Tensor]) -> f
             macs = output.numel() * (weight.numel() // weight.shape[0])
         work.append((macs, any(id(p) in covered for p in module.parameters(recurse=False))))
 
-    handles = [m.register_forward_hook(count) for m in model.modules()
-               if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))]
+    handles = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))
+    ]
     try:
         with torch.no_grad():
             model(sample)
@@ -86,8 +89,15 @@ def chunks(n: int, micro_batch: int = 0) -> list[slice]:
 
 
 def jvp_directional(
-    model: nn.Module, inputs: Tensor, targets: Tensor, weights: Tensor, names: Sequence[str],
-    params: Sequence[Tensor], direction: Sequence[Tensor], need_x: bool = True, micro_batch: int = 0,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    names: Sequence[str],
+    params: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    need_x: bool = True,
+    micro_batch: int = 0,
 ) -> tuple[Tensor | None, Tensor]:
     """(``grad_inputs sum_i w_i dCE_i`` or None, per-candidate ``dCE_i = d/deps CE_i(theta + eps s)``)
     by forward-mode AD: a forward carrying primal and tangent (only the covered parameters are
@@ -183,7 +193,7 @@ class GateTracker:
         return self.patterns if seen is inputs and self.patterns else None
 
     @contextlib.contextmanager
-    def passes(self) -> Iterator["GateTracker"]:
+    def passes(self) -> Iterator[GateTracker]:
         """Around the perturbed passes: in-place activations run out of place (the replay needs
         the pre-activation); afterwards back to tracking, the kept pattern untouched."""
         kept = self.patterns
@@ -200,7 +210,7 @@ class GateTracker:
             self.mode, self.cursor, self.patterns, self.rows = "track", 0, kept, None
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator["GateTracker"]:
+    def paused(self) -> Iterator[GateTracker]:
         """A forward that is none of the batches': the kept pattern stays as it is."""
         mode, self.mode = self.mode, "off"
         try:
@@ -238,9 +248,18 @@ def fd_step(thetas: Sequence[Tensor], directions: Sequence[Tensor], eps: float =
 
 
 def finite_difference_directional(
-    model: nn.Module, inputs: Tensor, targets: Tensor, weights: Tensor, names: Sequence[str],
-    params: Sequence[Tensor], direction: Sequence[Tensor], step: float, need_x: bool = True,
-    gates: GateTracker | None = None, base: tuple[Tensor | None, Tensor] | None = None, micro_batch: int = 0,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    names: Sequence[str],
+    params: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    step: float,
+    need_x: bool = True,
+    gates: GateTracker | None = None,
+    base: tuple[Tensor | None, Tensor] | None = None,
+    micro_batch: int = 0,
 ) -> tuple[Tensor | None, Tensor]:
     """The directional derivative along ``s`` by differences: (``grad_inputs sum_i w_i dCE_i`` or
     None, per-candidate ``dCE_i``).
@@ -252,6 +271,7 @@ def finite_difference_directional(
     n = inputs.shape[0]
     if step == 0.0:  # s = 0: D is flat in G here
         return (torch.zeros_like(inputs) if need_x else None), torch.zeros(n, dtype=inputs.dtype, device=inputs.device)
+
     def moved(sign: float) -> dict[str, Tensor]:
         return {k: p.detach() + (sign * step) * s for k, p, s in zip(names, params, direction)}
 

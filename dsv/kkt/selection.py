@@ -25,15 +25,24 @@ def head_features(model: nn.Module, images: Tensor, batch_size: int = 1000) -> t
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                logits.append(model(images[start:start + batch_size]).detach())
+                logits.append(model(images[start : start + batch_size]).detach())
     finally:
         handle.remove()
     return torch.cat(logits), torch.cat(captured).flatten(1)
 
 
-def fit_multipliers(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, iterations: int = 300,
-                    lr: float = 0.05, lambda_init: float = 0.0, distance: str = "l2",
-                    progress: bool = False) -> tuple[Tensor, list[float]]:
+def fit_multipliers(
+    head: nn.Linear,
+    logits: Tensor,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    iterations: int = 300,
+    lr: float = 0.05,
+    lambda_init: float = 0.0,
+    distance: str = "l2",
+    progress: bool = False,
+) -> tuple[Tensor, list[float]]:
     """Multipliers (N,) >= 0 minimizing the relative stationarity distance over ``head`` for fixed
     samples, and that distance after each step (1.0 = the multipliers explain nothing)."""
     residual_pt = F.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
@@ -61,8 +70,9 @@ def fit_multipliers(head: nn.Linear, logits: Tensor, features: Tensor, labels: T
     return lambdas.detach(), history
 
 
-def fit_feasible(head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = True,
-                 **options) -> tuple[Tensor, list[float]]:
+def fit_feasible(
+    head: nn.Linear, logits: Tensor, features: Tensor, labels: Tensor, *, feasible_only: bool = True, **options
+) -> tuple[Tensor, list[float]]:
     """:func:`fit_multipliers` over the primal-feasible samples only (those the model classifies
     right) when ``feasible_only``; the others keep lambda = 0 and rank last."""
     keep = (logits.argmax(1) == labels) if feasible_only else torch.ones_like(labels, dtype=torch.bool)

@@ -7,7 +7,7 @@ Notation (DeepKKT, Lee et al. 2024, Eq. 7-9): candidates ``x_i`` with soft targe
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import torch
@@ -64,8 +64,9 @@ def lagrangian_gradient(
     second derivative the stationarity term needs (double backward).
     """
     weighted = (lambdas * soft_cross_entropy(logits, targets)).sum()
-    return list(torch.autograd.grad(weighted, params, create_graph=create_graph, retain_graph=retain_graph,
-                                    allow_unused=True))
+    return list(
+        torch.autograd.grad(weighted, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
+    )
 
 
 def stationarity_distance(
@@ -172,8 +173,9 @@ def stationarity_term(
     need_lambda = grad_on and batch.lambdas.requires_grad
     if mode == "exact":
         with torch.enable_grad():
-            grads = lagrangian_gradient(batch.logits, batch.targets, lam, params, create_graph=need_x or need_lambda,
-                                        retain_graph=True)  # the logits' graph stays for the other terms
+            grads = lagrangian_gradient(
+                batch.logits, batch.targets, lam, params, create_graph=need_x or need_lambda, retain_graph=True
+            )  # the logits' graph stays for the other terms
         covered, grads = class_rows(params, grads, rows) if rows is not None else (params, grads)
         return stationarity_distance(covered, grads, distance) * scale
     # G = sum_i lambda_i grad_theta CE_i on the logits already there (the graph stays for the others);
@@ -183,11 +185,12 @@ def stationarity_term(
     with torch.enable_grad():
         ce = soft_cross_entropy(batch.logits, batch.targets)
         weighted = (lam.detach() * ce).sum()
-        grads = torch.autograd.grad(weighted, [*params, *([batch.inputs] if with_inputs else [])],
-                                    retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            weighted, [*params, *([batch.inputs] if with_inputs else [])], retain_graph=True, allow_unused=True
+        )
     base = ((grads[-1] if with_inputs else None), ce.detach()) if one_sided else None
     seen_storage = {grads[-1].data_ptr()} if with_inputs and grads[-1] is not None else set()
-    grads = list(grads[:len(params)])
+    grads = list(grads[: len(params)])
     for i, g in enumerate(grads):  # modified in place below: no gradient may share storage
         if g is not None:
             if g.data_ptr() in seen_storage:
@@ -218,11 +221,24 @@ def stationarity_term(
             batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, need_x, micro_batch
         )
     else:
-        step = modes.fd_step(covered_parameters(params, rows), covered_parameters(direction, rows),
-                             modes.FD_EPS if fd_eps is None else fd_eps)
+        step = modes.fd_step(
+            covered_parameters(params, rows),
+            covered_parameters(direction, rows),
+            modes.FD_EPS if fd_eps is None else fd_eps,
+        )
         grad_x, tangent = modes.finite_difference_directional(
-            batch.model, batch.inputs, batch.targets, lam.detach(), names, params, direction, step, need_x,
-            gates=gates, base=base, micro_batch=micro_batch,
+            batch.model,
+            batch.inputs,
+            batch.targets,
+            lam.detach(),
+            names,
+            params,
+            direction,
+            step,
+            need_x,
+            gates=gates,
+            base=base,
+            micro_batch=micro_batch,
         )
     with torch.enable_grad():  # d/dx through what the model saw, d/dlambda_i = alive_i dCE_i
         surrogate = (lam * tangent).sum()
@@ -279,7 +295,7 @@ def select_parameters(model: nn.Module, selection: str | Iterable[str]) -> list[
     if selection == "head":
         head_name, _ = classifier_head(model)
         prefix = f"{head_name}." if head_name else ""
-        return [(n, p) for n, p in named if n.startswith(prefix) and n[len(prefix):] in ("weight", "bias")]
+        return [(n, p) for n, p in named if n.startswith(prefix) and n[len(prefix) :] in ("weight", "bias")]
     if isinstance(selection, str):
         selection = [selection]
     patterns = list(selection)

@@ -12,5 +12,15 @@ from dsv.pipeline.orchestrator import (
 )
 from dsv.pipeline.stage import PHASES, Phase, Stage, StageContext
 
-__all__ = ["PHASES", "Phase", "Pipeline", "PipelineResult", "Stage", "StageContext", "load_pipeline", "load_pipeline_text",
-           "registered_stages", "stage_tables"]
+__all__ = [
+    "PHASES",
+    "Phase",
+    "Pipeline",
+    "PipelineResult",
+    "Stage",
+    "StageContext",
+    "load_pipeline",
+    "load_pipeline_text",
+    "registered_stages",
+    "stage_tables",
+]

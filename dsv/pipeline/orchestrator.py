@@ -33,8 +33,10 @@ def registered_stages(plugins: DsvPluginManager) -> list[Stage]:
     stages = []
     for entry in registry.entries():
         if not isinstance(entry.factory, Stage):
-            raise PluginError(f"{entry.plugin} registered stage {entry.name!r} as {type(entry.factory).__name__}; "
-                              "a stage is a dsv.pipeline.Stage")
+            raise PluginError(
+                f"{entry.plugin} registered stage {entry.name!r} as {type(entry.factory).__name__}; "
+                "a stage is a dsv.pipeline.Stage"
+            )
         if entry.factory.name != entry.name:
             raise PluginError(f"{entry.plugin} registered a Stage named {entry.factory.name!r} as {entry.name!r}")
         stages.append(entry.factory)
@@ -70,35 +72,63 @@ def stage_tables(plugins: DsvPluginManager) -> dict[str, Any]:
     }
 
 
-def load_pipeline(path: str | Path, plugins: DsvPluginManager | None = None,
-                  overrides: list[str] | tuple[str, ...] = (), store: str | None = None) -> cfg.LoadedPipeline:
+def load_pipeline(
+    path: str | Path,
+    plugins: DsvPluginManager | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    store: str | None = None,
+) -> cfg.LoadedPipeline:
     """A pipeline file, checked against the registered stages (every problem at once)."""
     return cfg.load(path, overrides=overrides, store=store, **stage_tables(plugins or get_plugin_manager()))
 
 
-def load_pipeline_text(text: str, *, source: str, plugins: DsvPluginManager | None = None,
-                       overrides: list[str] | tuple[str, ...] = (), store: str | None = None) -> cfg.LoadedPipeline:
+def load_pipeline_text(
+    text: str,
+    *,
+    source: str,
+    plugins: DsvPluginManager | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    store: str | None = None,
+) -> cfg.LoadedPipeline:
     """:func:`load_pipeline` of a pipeline's text; ``source`` names it in messages."""
-    return cfg.load_text(text, source=source, overrides=overrides, store=store,
-                         **stage_tables(plugins or get_plugin_manager()))
+    return cfg.load_text(
+        text, source=source, overrides=overrides, store=store, **stage_tables(plugins or get_plugin_manager())
+    )
 
 
 class Pipeline:
     """Runs the stages of a pipeline file. ``Pipeline.from_toml(path).run()`` is what
     ``dsv-pipeline run`` does."""
 
-    def __init__(self, loaded: cfg.LoadedPipeline, *, plugins: DsvPluginManager | None = None,
-                 progress: bool = True, fresh: bool = False):
+    def __init__(
+        self,
+        loaded: cfg.LoadedPipeline,
+        *,
+        plugins: DsvPluginManager | None = None,
+        progress: bool = True,
+        fresh: bool = False,
+    ):
         self.loaded = loaded
         self.config = loaded.config
         self.plugins = plugins or get_plugin_manager()
-        self.context = StageContext(config=loaded.config, plugins=self.plugins,
-                                    device=resolve_device(loaded.config.run.device), file=loaded,
-                                    progress=progress, fresh=fresh)
+        self.context = StageContext(
+            config=loaded.config,
+            plugins=self.plugins,
+            device=resolve_device(loaded.config.run.device),
+            file=loaded,
+            progress=progress,
+            fresh=fresh,
+        )
 
     @classmethod
-    def from_toml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), store: str | None = None,
-                  plugins: DsvPluginManager | None = None, **kwargs: Any) -> Pipeline:
+    def from_toml(
+        cls,
+        path: str | Path,
+        overrides: list[str] | tuple[str, ...] = (),
+        store: str | None = None,
+        plugins: DsvPluginManager | None = None,
+        **kwargs: Any,
+    ) -> Pipeline:
         plugins = plugins or get_plugin_manager()
         return cls(load_pipeline(path, plugins, overrides, store), plugins=plugins, **kwargs)
 
@@ -108,8 +138,10 @@ class Pipeline:
         store = RunStore.open(path)
         raw = store.meta.get("config")
         if store.meta.get("config_source") == API_SOURCE:
-            raise StoreError(f"{path}: written by {API_SOURCE}; resume it by calling {API_SOURCE} again "
-                             "with the same model, arguments and store")
+            raise StoreError(
+                f"{path}: written by {API_SOURCE}; resume it by calling {API_SOURCE} again "
+                "with the same model, arguments and store"
+            )
         if not isinstance(raw, dict):
             raise StoreError(f"{path}: holds no pipeline config; it cannot be resumed")
         plugins = plugins or get_plugin_manager()
@@ -142,7 +174,8 @@ class Pipeline:
             if context.model.trainable:
                 raise ConfigError(
                     f"{self.source}: model {self.config.model.source!r} has no weights: add a [train] table and "
-                    "the 'train' stage, or give model.weights_path")
+                    "the 'train' stage, or give model.weights_path"
+                )
         for stage in (s for s in stages if s.phase == "store"):
             stage.run(context, None)
         if not distributed.is_main_rank():

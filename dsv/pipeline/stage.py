@@ -106,8 +106,14 @@ class StageContext:
         if self._data is None and self.config.data is not None:
             d = self.config.data
             spec = cfg.PluginSpec(name=d.name, options=d.options)
-            self._data = cfg.build(spec, self.plugins.registry("datasets"), source=self.source, path="data",
-                                   root=d.root, download=d.download)
+            self._data = cfg.build(
+                spec,
+                self.plugins.registry("datasets"),
+                source=self.source,
+                path="data",
+                root=d.root,
+                download=d.download,
+            )
         return self._data
 
     def require_data(self) -> DatasetBundle:
@@ -124,8 +130,13 @@ class StageContext:
             m = self.config.model
             request = ModelRequest(data=self.data(), weights_path=m.weights_path)
             torch.manual_seed(self.seed)  # a model to train starts from weights of run.seed
-            self._model = cfg.build(cfg.PluginSpec(name=m.source, options=m.options), self.plugins.registry("models"),
-                                    source=self.source, path="model", request=request)
+            self._model = cfg.build(
+                cfg.PluginSpec(name=m.source, options=m.options),
+                self.plugins.registry("models"),
+                source=self.source,
+                path="model",
+                request=request,
+            )
         return self._model
 
     @model.setter
@@ -146,7 +157,16 @@ class StageContext:
     def store_meta(self) -> dict[str, Any]:
         """What a new store records about this pipeline and its model."""
         loaded = self.model
-        return run_meta(name=self.config.run.name, config=self.file.raw, config_hash=self.file.config_hash,
-                        source=self.source, spec=loaded.spec, model=self.config.model.source, module=loaded.module,
-                        config_text=self.file.text, config_overrides=self.file.overrides,
-                        config_resumable=list(self.file.resumable), **self.facts)
+        return run_meta(
+            name=self.config.run.name,
+            config=self.file.raw,
+            config_hash=self.file.config_hash,
+            source=self.source,
+            spec=loaded.spec,
+            model=self.config.model.source,
+            module=loaded.module,
+            config_text=self.file.text,
+            config_overrides=self.file.overrides,
+            config_resumable=list(self.file.resumable),
+            **self.facts,
+        )

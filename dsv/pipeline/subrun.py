@@ -24,18 +24,35 @@ from dsv.synthesis.execution import Hints, execute
 SUBRUN_GROUP = "generated"
 
 
-def run_subsynthesis(context: StageContext, store: RunStore, name: str, synthesis: cfg.SynthesisConfig,
-                     *, source: str) -> RunStore:
+def run_subsynthesis(
+    context: StageContext, store: RunStore, name: str, synthesis: cfg.SynthesisConfig, *, source: str
+) -> RunStore:
     """Run (or resume, or reuse when complete) the synthesis ``synthesis`` of the pipeline's model
     in ``<store>/generated/<name>``; ``source`` names the table for error messages."""
     loaded = context.model
     synthesis = attrs.evolve(synthesis, groups=1)  # a sub-run is small: one group, on this process
     config = {"synthesis": cfg.CONVERTER.unstructure(synthesis), "parent": store.meta.get("config_hash")}
-    meta = run_meta(name=f"{context.config.run.name}/{name}", config=config, config_hash=cfg.config_hash(config),
-                    source=source, spec=loaded.spec, model=context.config.model.source, module=loaded.module)
+    meta = run_meta(
+        name=f"{context.config.run.name}/{name}",
+        config=config,
+        config_hash=cfg.config_hash(config),
+        source=source,
+        spec=loaded.spec,
+        model=context.config.model.source,
+        module=loaded.module,
+    )
     path = Path(store.path) / SUBRUN_GROUP / name
-    run = build_run(loaded.module, loaded.spec, synthesis, plugins=context.plugins, device=context.device,
-                    seed=context.seed, data=context.data(), source=source, progress=context.progress)
+    run = build_run(
+        loaded.module,
+        loaded.spec,
+        synthesis,
+        plugins=context.plugins,
+        device=context.device,
+        seed=context.seed,
+        data=context.data(),
+        source=source,
+        progress=context.progress,
+    )
     replace = is_store(path) and RunStore.open(path).meta.get("config_hash") != meta["config_hash"]
     if replace:
         remove_store(path)

@@ -25,8 +25,24 @@ from dsv.plugins.registry import DuplicateNameError, Entry, PluginError, Registr
 from dsv.plugins.spec import hookimpl, hookspec
 
 __all__ = [
-    "BUILTIN_MODULES", "ENTRY_POINT_GROUP", "KINDS", "DatasetBundle", "DsvPluginManager", "DuplicateNameError",
-    "Entry", "InitContext", "InputSpec", "LoadedModel", "ModelRequest", "PluginError", "PluginInfo", "Registry",
-    "UnknownNameError", "describe_plugin_failure", "get_plugin_manager", "hookimpl", "hookspec",
+    "BUILTIN_MODULES",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "DatasetBundle",
+    "DsvPluginManager",
+    "DuplicateNameError",
+    "Entry",
+    "InitContext",
+    "InputSpec",
+    "LoadedModel",
+    "ModelRequest",
+    "PluginError",
+    "PluginInfo",
+    "Registry",
+    "UnknownNameError",
+    "describe_plugin_failure",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
     "normalize",
 ]

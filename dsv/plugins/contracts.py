@@ -17,8 +17,9 @@ from torch.utils.data import Dataset, TensorDataset
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Images in [0, 1] (N, C, H, W) -> model input space, ``(x - mean) / std`` per channel
     (kornia's normalize; the one implementation dsv uses)."""
-    return kornia.enhance.normalize(images, torch.tensor(mean, dtype=images.dtype),
-                                    torch.tensor(std, dtype=images.dtype))
+    return kornia.enhance.normalize(
+        images, torch.tensor(mean, dtype=images.dtype), torch.tensor(std, dtype=images.dtype)
+    )
 
 
 @attrs.define
@@ -72,7 +73,6 @@ class LoadedModel:
     trainable: bool = False  # True: fresh weights that the train stage must fit
 
 
-
 @attrs.define
 class InitContext:
     generator: torch.Generator
@@ -81,8 +81,6 @@ class InitContext:
 
     def normalize(self, images: Tensor) -> Tensor:
         return normalize(images, self.spec.mean, self.spec.std)
-
-
 
 
 class SynthesisRunView(Protocol):

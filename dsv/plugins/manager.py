@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import sys
 import traceback
 import types
 from collections.abc import Iterable
@@ -129,8 +128,10 @@ class DsvPluginManager:
                 for impl in caller.get_hookimpls():
                     close = _close_hooks(name)
                     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-                    problems.append(f"{self._label(impl.plugin_name)} implements {name!r}, which is no dsv hook"
-                                    f"{hint} (skip it with --disable-plugin {impl.plugin_name})")
+                    problems.append(
+                        f"{self._label(impl.plugin_name)} implements {name!r}, which is no dsv hook"
+                        f"{hint} (skip it with --disable-plugin {impl.plugin_name})"
+                    )
             raise PluginError("\n".join(problems)) from None
 
     def _build_registries(self) -> dict[str, Registry[Any]]:
@@ -144,7 +145,9 @@ class DsvPluginManager:
             # that each name is attributed to its plugin and a clash names the built-in first
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 current[:] = [self._label(impl.plugin_name), impl.plugin_name]
-                caller = self.pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not impl.plugin])
+                caller = self.pm.subset_hook_caller(
+                    hook_name, remove_plugins=[p for p in plugins if p is not impl.plugin]
+                )
                 try:
                     caller(registry=registry)
                 except DuplicateNameError:
@@ -175,8 +178,9 @@ class DsvPluginManager:
         for name, plugin in self.pm.list_name_plugin():
             dist, version = self._dist_of.get(name, ("?", "?"))
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
-            names = {kind: [e.name for e in reg.entries() if e.plugin_name == name]
-                     for kind, reg in self.registries.items()}
+            names = {
+                kind: [e.name for e in reg.entries() if e.plugin_name == name] for kind, reg in self.registries.items()
+            }
             out.append(PluginInfo(name, dist, version, hooks, {k: v for k, v in names.items() if v}))
         return out
 

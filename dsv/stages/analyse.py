@@ -62,8 +62,10 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     sums = class_lambda_sums(lambdas, lambda_labels, len(classes))
     rho = pearson(sums, per_class)
     store.put_result("pearson_lambda_accuracy", rho)
-    store.put_result("class_lambda_accuracy", {"lambda_source": source, "lambda_sum": sums.tolist(),
-                                               "test_accuracy": [float(v) for v in per_class]})
+    store.put_result(
+        "class_lambda_accuracy",
+        {"lambda_source": source, "lambda_sum": sums.tolist(), "test_accuracy": [float(v) for v in per_class]},
+    )
     if a.lambda_png:
         files.append(plot_lambda_accuracy(sums, per_class, classes, rho, store.export_path(a.lambda_png)))
     return files
@@ -73,8 +75,12 @@ def check(analyse: AnalyseConfig, config: cfg.PipelineConfig) -> list[str]:
     """Range checks of the [analyse] table."""
     problems: list[str] = []
     if analyse.lambda_source not in ("auto", "select", "synthesis"):
-        problems.append(f"analyse.lambda_source: expected 'auto', 'select' or 'synthesis', got {analyse.lambda_source!r}")
-    problems += cfg.file_name_problems("analyse", {"entropy_png": analyse.entropy_png, "lambda_png": analyse.lambda_png})
+        problems.append(
+            f"analyse.lambda_source: expected 'auto', 'select' or 'synthesis', got {analyse.lambda_source!r}"
+        )
+    problems += cfg.file_name_problems(
+        "analyse", {"entropy_png": analyse.entropy_png, "lambda_png": analyse.lambda_png}
+    )
     return problems
 
 

@@ -46,9 +46,14 @@ def edit_synthesis(context: StageContext) -> cfg.SynthesisConfig:
     s = context.config.synthesis
     size = e.size or context.model.spec.size
     return attrs.evolve(
-        s, classes=[], candidates_per_class=1, targets=[x.target for x in e.edits],
+        s,
+        classes=[],
+        candidates_per_class=1,
+        targets=[x.target for x in e.edits],
         init=cfg.PluginSpec(name="image", options={"paths": [x.image for x in e.edits]}),
-        resolutions=[[0, size]], iterations=e.iterations or s.iterations, lr_x=e.lr_x or s.lr_x,
+        resolutions=[[0, size]],
+        iterations=e.iterations or s.iterations,
+        lr_x=e.lr_x or s.lr_x,
     )
 
 
@@ -71,17 +76,23 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     mean, std = sub.meta["mean"], sub.meta["std"]
     predicted = list(zip(_predicted(context, before), _predicted(context, after)))
     rows = [list(pair) for pair in zip(to_images(before, mean, std), to_images(after, mean, std))]
-    titles = [[f"{Path(x.image).name}\nmodel: {classes[pb]}", f"target {classes[x.target]}\nmodel: {classes[pa]}"]
-              for x, (pb, pa) in zip(e.edits, predicted)]
-    store.put_result("edits", [{"image": x.image, "target": classes[x.target], "before": classes[pb],
-                                "after": classes[pa]} for x, (pb, pa) in zip(e.edits, predicted)])
+    titles = [
+        [f"{Path(x.image).name}\nmodel: {classes[pb]}", f"target {classes[x.target]}\nmodel: {classes[pa]}"]
+        for x, (pb, pa) in zip(e.edits, predicted)
+    ]
+    store.put_result(
+        "edits",
+        [
+            {"image": x.image, "target": classes[x.target], "before": classes[pb], "after": classes[pa]}
+            for x, (pb, pa) in zip(e.edits, predicted)
+        ],
+    )
     return [save_rows(rows, titles, store.export_path(e.png), title="edits: before | after")]
 
 
 def _start_images(context: StageContext, synthesis: cfg.SynthesisConfig, shape: tuple[int, ...]) -> np.ndarray:
     """The candidates as the sub-run started them (its checkpoints keep only the latest state)."""
-    init = cfg.build(synthesis.init, context.plugins.registry("initializers"), source=context.source,
-                     path="edit.edits")
+    init = cfg.build(synthesis.init, context.plugins.registry("initializers"), source=context.source, path="edit.edits")
     start = InitContext(torch.Generator(), context.model.spec)
     return init(shape, torch.zeros(shape[0], dtype=torch.long), start).numpy()
 

@@ -43,15 +43,22 @@ def evaluate_retrained(context: StageContext, store: RunStore) -> None:
     for name in info["weights"]:
         model = load_weights(fresh_model(context.model.module, 0), store.export_path(name))
         accuracies.append(accuracy_on(model, images, labels, num_classes)[0])
-    store.put_result("retrained", {**mean_std(accuracies), "accuracies": accuracies,
-                                   "source": info["source"], "images": info["images"]})
+    store.put_result(
+        "retrained",
+        {**mean_std(accuracies), "accuracies": accuracies, "source": info["source"], "images": info["images"]},
+    )
 
 
 def load_verifier(context: StageContext, e: EvaluateConfig) -> LoadedModel:
     """The [evaluate] table's model, built from the model registry like [model]."""
     request = ModelRequest(data=context.data(), weights_path=e.weights_path)
-    loaded = cfg.build(cfg.PluginSpec(name=e.model, options=e.options), context.plugins.registry("models"),
-                       source=context.source, path="evaluate.model", request=request)
+    loaded = cfg.build(
+        cfg.PluginSpec(name=e.model, options=e.options),
+        context.plugins.registry("models"),
+        source=context.source,
+        path="evaluate.model",
+        request=request,
+    )
     return LoadedModel(loaded.module.eval(), loaded.spec)
 
 
@@ -64,11 +71,14 @@ def evaluate_verifier(context: StageContext, store: RunStore) -> None:
     meta = store.meta
     classes: list[Any] = list(meta.get("classes", []))
     if verifier.spec.num_classes != len(classes):
-        raise ConfigError(f"{context.source}: evaluate.model: {e.model!r} has {verifier.spec.num_classes} classes, "
-                          f"the generator {len(classes)}; the verifier must name the same classes")
+        raise ConfigError(
+            f"{context.source}: evaluate.model: {e.model!r} has {verifier.spec.num_classes} classes, "
+            f"the generator {len(classes)}; the verifier must name the same classes"
+        )
     candidates = store.candidates()
-    probs = verifier_probabilities(candidates["x"], meta["mean"], meta["std"], verifier,
-                                   batch_size=e.batch_size, device=context.device)
+    probs = verifier_probabilities(
+        candidates["x"], meta["mean"], meta["std"], verifier, batch_size=e.batch_size, device=context.device
+    )
     store.put_result(RESULT_KEY, {"model": e.model, **score(probs, candidates["targets"], classes)})
 
 

@@ -53,9 +53,14 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     init = s.init
     if isinstance(init, cfg.PluginSpec) and init.name == "noise":  # one start: the strip varies by its targets
         init = attrs.evolve(init, options={**init.options, "shared": True})
-    synthesis = attrs.evolve(s, classes=[], candidates_per_class=1, init=init,
-                             targets=mixture_targets(c.from_class, c.to_class, c.steps),
-                             iterations=c.iterations or s.iterations)
+    synthesis = attrs.evolve(
+        s,
+        classes=[],
+        candidates_per_class=1,
+        init=init,
+        targets=mixture_targets(c.from_class, c.to_class, c.steps),
+        iterations=c.iterations or s.iterations,
+    )
     sub = run_subsynthesis(context, store, "interpolate", synthesis, source=f"{context.source} [interpolate]")
     x = sub.candidates()["x"]
     images = list(to_images(x, sub.meta["mean"], sub.meta["std"]))

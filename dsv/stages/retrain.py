@@ -28,7 +28,8 @@ class RetrainConfig:
     """Train fresh models (the [model] source with new weights) on a DSV set or on a coreset."""
 
     retrainer: cfg.PluginSpec = attrs.field(
-        factory=lambda: cfg.PluginSpec(name="adam", options={"epochs": 300, "batch_size": 256, "lr": 1e-3}))
+        factory=lambda: cfg.PluginSpec(name="adam", options={"epochs": 300, "batch_size": 256, "lr": 1e-3})
+    )
     source: str = "candidates"  # "candidates" (the synthesized DSVs) or "coreset" (the select stage's)
     top_k: int = 0  # with source = "coreset": which exported size (0: the largest)
     seeds: int = 3
@@ -57,11 +58,20 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     retrainer = build_retrainer(r.retrainer, context.plugins, context.source, "retrain.retrainer")
     augs = build_augmentations(r.augmentations, context.plugins, context.source, "retrain")
     seeds = [context.seed * 1000 + i for i in range(r.seeds)]
-    models = retrain_models(context.model.module, images, labels, retrainer, augmentations=augs,
-                            seeds=seeds, device=context.device, progress=context.progress)
+    models = retrain_models(
+        context.model.module,
+        images,
+        labels,
+        retrainer,
+        augmentations=augs,
+        seeds=seeds,
+        device=context.device,
+        progress=context.progress,
+    )
     files = [save_weights(m, store.export_path(f"{WEIGHTS_PREFIX}{s}.npz")) for m, s in zip(models, seeds)]
-    store.put_result("retrain", {"source": r.source, "images": int(len(images)), "seeds": seeds,
-                                 "weights": [f.name for f in files]})
+    store.put_result(
+        "retrain", {"source": r.source, "images": int(len(images)), "seeds": seeds, "weights": [f.name for f in files]}
+    )
     return files
 
 

@@ -1,11 +1,10 @@
 """The ``select`` stage: DSVs among real training samples (coreset selection by lambda).
 
-The fit is :mod:`dsv.kkt.selection`: with the samples ``x_i`` fixed, only the multipliers are fitted: stationarity over the classifier
-head, ``theta_head + sum_i lambda_i grad_head CE(Phi(x_i), y_i) = 0`` with ``lambda >= 0``. The
-gradient of CE for a linear head is ``(p_i - t_i) h_i^T`` (``h_i`` the head's input), so the sum
-is ``(P - T)^T diag(lambda) H``: one forward over the samples gives every quantity, and the fit
-costs a few matrix products per step however many samples take part. Samples are ranked by
-lambda within each class; the top-k of each class is the coreset.
+The fit is :mod:`dsv.kkt.selection`: with the samples ``x_i`` fixed, only the multipliers are
+fitted, stationarity over the classifier head (``theta_head + sum_i lambda_i grad_head CE_i = 0``,
+``lambda >= 0``) in closed form, so all of a data set fits in a few matrix products per step.
+Samples are ranked by lambda within each class; the top-k of each class is the coreset, exported
+as ``coreset.npz`` inside the run store.
 """
 
 from __future__ import annotations
@@ -69,11 +68,24 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     model = context.model.module.cpu().eval()
     logits, features = head_features(model, normalize(images[pool], data.mean, data.std))
     _, head = kkt.classifier_head(model)
-    lambdas, history = fit_feasible(head, logits, features, labels[pool], feasible_only=s.feasible_only,
-                                    iterations=s.iterations, lr=s.lr_lambda, lambda_init=s.lambda_init,
-                                    distance=s.distance, progress=context.progress)
-    arrays = {"top_k": np.asarray(s.top_k), "pool_indices": pool.numpy(), "pool_lambda": lambdas.numpy(),
-              "pool_labels": labels[pool].numpy()}
+    lambdas, history = fit_feasible(
+        head,
+        logits,
+        features,
+        labels[pool],
+        feasible_only=s.feasible_only,
+        iterations=s.iterations,
+        lr=s.lr_lambda,
+        lambda_init=s.lambda_init,
+        distance=s.distance,
+        progress=context.progress,
+    )
+    arrays = {
+        "top_k": np.asarray(s.top_k),
+        "pool_indices": pool.numpy(),
+        "pool_lambda": lambdas.numpy(),
+        "pool_labels": labels[pool].numpy(),
+    }
     entropy_selected = {}
     for k in s.top_k:
         chosen = top_per_class(lambdas, labels[pool], k)
@@ -84,11 +96,17 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     random_rows = torch.randperm(len(pool), generator=gen)[: s.random_samples]
     path = store.export_path(s.npz)
     np.savez(path, **arrays)
-    store.put_result("select", {
-        "pool": int(len(pool)), "positive_lambda": int((lambdas > 0).sum()),
-        "relative_stationarity": history[-1], "entropy_selected": entropy_selected,
-        "entropy_random": mean_entropy(logits[random_rows]), "npz": s.npz,
-    })
+    store.put_result(
+        "select",
+        {
+            "pool": int(len(pool)),
+            "positive_lambda": int((lambdas > 0).sum()),
+            "relative_stationarity": history[-1],
+            "entropy_selected": entropy_selected,
+            "entropy_random": mean_entropy(logits[random_rows]),
+            "npz": s.npz,
+        },
+    )
     return [path]
 
 

@@ -23,15 +23,29 @@ def group_run(context: StageContext, group: int) -> SynthesisRun:
     count = len(target_matrix(s.targets, s.classes, s.candidates_per_class, loaded.spec.num_classes, context.source))
     seed = group_seed(context.seed, group)
     seed_everything(seed)
-    return build_run(loaded.module, loaded.spec, s, plugins=context.plugins, device=context.device, seed=seed,
-                     data=context.data(), source=context.source,
-                     progress=context.progress and distributed.is_main_rank(),
-                     candidates=group_slices(count, s.groups, source=context.source)[group])
+    return build_run(
+        loaded.module,
+        loaded.spec,
+        s,
+        plugins=context.plugins,
+        device=context.device,
+        seed=seed,
+        data=context.data(),
+        source=context.source,
+        progress=context.progress and distributed.is_main_rank(),
+        candidates=group_slices(count, s.groups, source=context.source)[group],
+    )
 
 
 def run(context: StageContext, store: RunStore | None) -> list[Path]:
-    execute_groups(lambda g: group_run(context, g), context.config.synthesis.groups, context.store_meta(),
-                   store_path=context.store_path, fresh=context.fresh, logging=context.config.logging)
+    execute_groups(
+        lambda g: group_run(context, g),
+        context.config.synthesis.groups,
+        context.store_meta(),
+        store_path=context.store_path,
+        fresh=context.fresh,
+        logging=context.config.logging,
+    )
     return []
 
 

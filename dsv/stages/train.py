@@ -49,18 +49,26 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
         return []
     table: TrainConfig | None = context.table("train")
     if table is None:
-        raise ConfigError(f"{context.source}: model {context.config.model.source!r} has no weights: add a [train] "
-                          "table and the 'train' stage, or give model.weights_path")
+        raise ConfigError(
+            f"{context.source}: model {context.config.model.source!r} has no weights: add a [train] "
+            "table and the 'train' stage, or give model.weights_path"
+        )
     cache = cache_path(context, table)
     if cache.exists():
         log.info("reusing trained weights %s", cache)
         loaded.module.load_state_dict(load_state_dict(cache))
     else:
-        retrainer = cfg.build(table.retrainer, context.plugins.registry("retrainers"), source=context.source,
-                              path="train.retrainer")
+        retrainer = cfg.build(
+            table.retrainer, context.plugins.registry("retrainers"), source=context.source, path="train.retrainer"
+        )
         data = context.require_data()
-        retrainer.fit(loaded.module, Normalized(data.train, data.mean, data.std), device=context.device,
-                      seed=context.seed, progress=context.progress)
+        retrainer.fit(
+            loaded.module,
+            Normalized(data.train, data.mean, data.std),
+            device=context.device,
+            seed=context.seed,
+            progress=context.progress,
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in loaded.module.state_dict().items()}, tmp)

@@ -13,6 +13,13 @@ from dsv.store.run_store import (
 from dsv.store.summary import run_summary, summary
 
 __all__ = [
-    "SCHEMA_VERSION", "Region", "RunStore", "combine_histories", "concatenate_candidates", "is_store",
-    "remove_store", "run_summary", "summary",
+    "SCHEMA_VERSION",
+    "Region",
+    "RunStore",
+    "combine_histories",
+    "concatenate_candidates",
+    "is_store",
+    "remove_store",
+    "run_summary",
+    "summary",
 ]

@@ -63,8 +63,12 @@ def capture_adam(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tenso
     return arrays, {"adam_steps": steps}
 
 
-def restore_adam(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor],
-                 arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+def restore_adam(
+    optimizer: torch.optim.Optimizer,
+    params: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray],
+    scalars: dict[str, Any],
+) -> None:
     for name, step in scalars.get("adam_steps", {}).items():
         p = params[name]
         optimizer.state[p] = {
@@ -89,7 +93,7 @@ class StopSignals:
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

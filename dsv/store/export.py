@@ -45,8 +45,13 @@ def _title(classes: list[str], target_row: np.ndarray) -> str:
 
 
 def _show(ax, img: np.ndarray) -> None:
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        img[..., 0] if img.shape[-1] == 1 else img,
+        cmap="gray" if img.shape[-1] == 1 else None,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
 
 
 def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> Path:

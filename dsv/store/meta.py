@@ -21,8 +21,17 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_meta(*, name: str, config: dict[str, Any], config_hash: str, source: str, spec: InputSpec, model: str,
-             module: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+def run_meta(
+    *,
+    name: str,
+    config: dict[str, Any],
+    config_hash: str,
+    source: str,
+    spec: InputSpec,
+    model: str,
+    module: torch.nn.Module,
+    **extra: Any,
+) -> dict[str, Any]:
     """The metadata of a new store: the run's name, dsv's version, the config and its hash, where
     the config came from, the model's input spec, name and weights fingerprint, and ``extra``
     (e.g. the pipeline file's text, the base model's test accuracy)."""

@@ -42,8 +42,8 @@ import numpy as np
 import zarr
 
 from dsv.config.names import is_plain_file_name
-from dsv.store.checkpoint import fault_point
 from dsv.errors import StoreError
+from dsv.store.checkpoint import fault_point
 
 SCHEMA_VERSION = 3
 OLDEST_READABLE_SCHEMA = 2
@@ -117,7 +117,6 @@ def combine_histories(parts: list[dict[str, np.ndarray]], sizes: list[int]) -> d
     return out
 
 
-
 class Region:
     """One writer's part of a store: the candidates, checkpoint slots, history and commit record
     of one candidate group. ``record_key`` names the attribute holding the commit record."""
@@ -159,8 +158,14 @@ class Region:
 
     # ---- candidates and the committed state -----------------------------------------------
 
-    def init_candidates(self, x: np.ndarray, lambdas: np.ndarray, targets: np.ndarray, alive: np.ndarray,
-                        state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None) -> None:
+    def init_candidates(
+        self,
+        x: np.ndarray,
+        lambdas: np.ndarray,
+        targets: np.ndarray,
+        alive: np.ndarray,
+        state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+    ) -> None:
         """The fixed targets and labels, and the state at iteration 0 as the first commit."""
         g = self.group.require_group("candidates")
         g.create_array("targets", shape=targets.shape, dtype="float32", chunks=targets.shape, overwrite=True)
@@ -170,8 +175,13 @@ class Region:
         arrays, scalars = state if state is not None else ({}, {})
         self.commit(0, {"x": x, "lambda": lambdas, "alive": alive, **arrays}, scalars, {})
 
-    def commit(self, iteration: int, arrays: dict[str, np.ndarray], scalars: dict[str, Any],
-               history_rows: dict[str, np.ndarray]) -> None:
+    def commit(
+        self,
+        iteration: int,
+        arrays: dict[str, np.ndarray],
+        scalars: dict[str, Any],
+        history_rows: dict[str, np.ndarray],
+    ) -> None:
         """Write one checkpoint: history rows, then every state array into the slot that is *not*
         committed, then the commit record (one atomic metadata write). A crash anywhere before
         the last write leaves the previous checkpoint intact and authoritative."""
@@ -224,13 +234,15 @@ class Region:
             if name not in h:
                 dtype = "int64" if name == "iteration" else "float32"
                 h.create_array(
-                    name, shape=(0, *values.shape[1:]), dtype=dtype,
+                    name,
+                    shape=(0, *values.shape[1:]),
+                    dtype=dtype,
                     chunks=(HISTORY_CHUNK, *values.shape[1:]),
                 )
             arr = h[name]
             if arr.shape[0] != start + count:  # also cuts rows an interrupted write left behind
                 arr.resize((start + count, *values.shape[1:]))
-            arr[start: start + count] = values
+            arr[start : start + count] = values
         return start + count
 
     def history(self) -> dict[str, np.ndarray]:
@@ -254,7 +266,7 @@ class RunStore:
     # ---- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, meta: dict[str, Any], groups: int = 1) -> "RunStore":
+    def create(cls, path: str | Path, meta: dict[str, Any], groups: int = 1) -> RunStore:
         """A new store of ``groups`` empty regions (each filled by the rank owning it)."""
         path = Path(path)
         if path.exists():
@@ -271,7 +283,7 @@ class RunStore:
         return cls(path, group)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "RunStore":
+    def open(cls, path: str | Path, mode: str = "r") -> RunStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no such store")

@@ -9,21 +9,30 @@ from typing import Any
 from dsv.store.run_store import RunStore
 
 
-def run_summary(base: Mapping[str, Any], entropy: Sequence[float] | None, iterations: int,
-                config_hash: str | None) -> dict[str, Any]:
+def run_summary(
+    base: Mapping[str, Any], entropy: Sequence[float] | None, iterations: int, config_hash: str | None
+) -> dict[str, Any]:
     """``base`` (the summary a run wrote) plus the first and last mean entropy, the committed
     iteration count and the config hash."""
     has = entropy is not None and len(entropy) > 0
-    return {**base, "entropy_start": float(entropy[0]) if has else None,  # type: ignore[index]
-            "entropy_end": float(entropy[-1]) if has else None,  # type: ignore[index]
-            "iterations": int(iterations), "config_hash": config_hash}
+    return {
+        **base,
+        "entropy_start": float(entropy[0]) if has else None,  # type: ignore[index]
+        "entropy_end": float(entropy[-1]) if has else None,  # type: ignore[index]
+        "iterations": int(iterations),
+        "config_hash": config_hash,
+    }
 
 
 def summary(store: RunStore) -> dict[str, Any]:
     """The ``show --json`` contract of a store: its run summary and every stage result."""
     meta = store.meta
-    out = run_summary(meta.get("summary", {}), store.history().get("entropy"), meta.get("committed_iteration", 0),
-                      meta.get("config_hash"))
+    out = run_summary(
+        meta.get("summary", {}),
+        store.history().get("entropy"),
+        meta.get("committed_iteration", 0),
+        meta.get("config_hash"),
+    )
     out.update(store.results)  # e.g. verifier, pearson_lambda_accuracy, retrained accuracies
     if "candidates" not in out and store.has_candidates:
         c = store.candidates()

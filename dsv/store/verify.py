@@ -6,8 +6,9 @@ up as a problem naming that array; nothing here raises on a damaged store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -68,8 +69,11 @@ def verify(path: str | Path) -> Report:
     config = meta.get("config")
     if isinstance(config, dict):
         recomputed = cfg.config_hash(config, tuple(meta.get("config_resumable", cfg.LEGACY_RESUMABLE)))
-        _check(report, recomputed == meta.get("config_hash"),
-               f"metadata config_hash: {meta.get('config_hash')!r} does not match the stored config ({recomputed})")
+        _check(
+            report,
+            recomputed == meta.get("config_hash"),
+            f"metadata config_hash: {meta.get('config_hash')!r} does not match the stored config ({recomputed})",
+        )
         report.facts["iterations"] = config.get("synthesis", {}).get("iterations")
     else:
         report.problems.append("metadata config: missing")
@@ -77,8 +81,11 @@ def verify(path: str | Path) -> Report:
         return report
     counts = [verify_region(report, region) for region in regions]
     if not report.problems:
-        report.facts.update(committed_iteration=meta["committed_iteration"], history_length=meta["history_length"],
-                            candidates=sum(counts))
+        report.facts.update(
+            committed_iteration=meta["committed_iteration"],
+            history_length=meta["history_length"],
+            candidates=sum(counts),
+        )
     return report
 
 
@@ -89,8 +96,11 @@ def verify_region(report: Report, region: Region) -> int:
     committed, length, slot = record.get("committed_iteration"), record.get("history_length"), record.get("state_slot")
     before = len(report.problems)
     for key, value in (("committed_iteration", committed), ("history_length", length)):
-        _check(report, isinstance(value, int) and value >= 0,
-               f"{where or 'metadata '}{key}: expected an integer >= 0, got {value!r}")
+        _check(
+            report,
+            isinstance(value, int) and value >= 0,
+            f"{where or 'metadata '}{key}: expected an integer >= 0, got {value!r}",
+        )
     _check(report, slot in ("a", "b"), f"{where or 'metadata '}state_slot: expected 'a' or 'b', got {slot!r}")
     if len(report.problems) > before:
         return 0
@@ -107,20 +117,29 @@ def verify_region(report: Report, region: Region) -> int:
     if len(report.problems) > before:
         return 0
     n = len(labels)
-    _check(report, targets.shape[0] == n and np.array_equal(targets.argmax(1), labels),
-           f"{where}candidates/targets: does not match {where}candidates/labels")
+    _check(
+        report,
+        targets.shape[0] == n and np.array_equal(targets.argmax(1), labels),
+        f"{where}candidates/targets: does not match {where}candidates/labels",
+    )
     x, lam = arrays["x"], arrays["lambda"]
     _check(report, x.ndim == 4 and x.shape[0] == n, f"{where}state/{slot}/x: shape {x.shape}, expected ({n}, C, H, W)")
-    _check(report, lam.shape == (n,) and arrays["alive"].shape == (n,),
-           f"{where}state/{slot}: lambda {lam.shape} and alive {arrays['alive'].shape} must both be ({n},)")
+    _check(
+        report,
+        lam.shape == (n,) and arrays["alive"].shape == (n,),
+        f"{where}state/{slot}: lambda {lam.shape} and alive {arrays['alive'].shape} must both be ({n},)",
+    )
     _check(report, bool(np.isfinite(x).all()), f"{where}state/{slot}/x: holds non-finite values")
     _check(report, bool(np.isfinite(lam).all()), f"{where}state/{slot}/lambda: holds non-finite values")
     for p, ref in (("x", x), ("lambda", lam)):
         for moment in ("exp_avg", "exp_avg_sq"):
             a = arrays.get(f"adam_{p}_{moment}")
             if a is not None:
-                _check(report, a.shape == ref.shape,
-                       f"{where}state/{slot}/adam_{p}_{moment}: shape {a.shape} != {ref.shape}")
+                _check(
+                    report,
+                    a.shape == ref.shape,
+                    f"{where}state/{slot}/adam_{p}_{moment}: shape {a.shape} != {ref.shape}",
+                )
     if length:
         history = _group(report, region, "history")
         if history is None:
@@ -131,8 +150,11 @@ def verify_region(report: Report, region: Region) -> int:
                 _read(report, history, name, f"{where}history/{name}", rows=length)
         if iterations is not None:
             _check(report, bool(np.all(np.diff(iterations) > 0)), f"{where}history/iteration: not strictly increasing")
-            _check(report, int(iterations[-1]) <= committed,
-                   f"{where}history/iteration: ends at {int(iterations[-1])}, after the committed iteration {committed}")
+            _check(
+                report,
+                int(iterations[-1]) <= committed,
+                f"{where}history/iteration: ends at {int(iterations[-1])}, after the committed iteration {committed}",
+            )
     return n
 
 
@@ -152,9 +174,11 @@ def describe(report: Report, echo: Callable[[str], None] = print) -> None:
     if report.ok:
         f = report.facts
         groups = f" in {f['groups']} groups" if f.get("groups", 1) > 1 else ""
-        echo(f"ok: {report.path}: schema {f['schema_version']}, iteration {f['committed_iteration']} of "
-             f"{f.get('iterations', '?')}, {f.get('candidates', 0)} candidates{groups}, "
-             f"{f['history_length']} history rows")
+        echo(
+            f"ok: {report.path}: schema {f['schema_version']}, iteration {f['committed_iteration']} of "
+            f"{f.get('iterations', '?')}, {f.get('candidates', 0)} candidates{groups}, "
+            f"{f['history_length']} history rows"
+        )
         return
     echo(f"{report.path}: {len(report.problems)} problem(s)")
     for problem in report.problems:

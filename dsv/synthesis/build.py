@@ -37,7 +37,9 @@ def target_matrix(targets: list, classes: list[int], per_class: int, num_classes
         weights = {int(entry): 1.0} if isinstance(entry, int) else {int(k): v for k, v in entry.items()}
         for cls, w in weights.items():
             if not 0 <= cls < num_classes:
-                raise ConfigError(f"{source}: {key}[{i}]: class {cls} is out of range (the model has {num_classes} classes)")
+                raise ConfigError(
+                    f"{source}: {key}[{i}]: class {cls} is out of range (the model has {num_classes} classes)"
+                )
             row[cls] = w
         if row.sum() <= 0:
             raise ConfigError(f"{source}: {key}[{i}]: the weights sum to 0")
@@ -53,9 +55,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def build_run(module: torch.nn.Module, spec: InputSpec, s: cfg.SynthesisConfig, *, plugins: DsvPluginManager,
-              device: torch.device, seed: int, data=None, source: str, progress: bool = True,
-              candidates: slice = slice(None)) -> SynthesisRun:
+def build_run(
+    module: torch.nn.Module,
+    spec: InputSpec,
+    s: cfg.SynthesisConfig,
+    *,
+    plugins: DsvPluginManager,
+    device: torch.device,
+    seed: int,
+    data=None,
+    source: str,
+    progress: bool = True,
+    candidates: slice = slice(None),
+) -> SynthesisRun:
     """The run of one [synthesis] table on ``module`` (frozen, moved to ``device``, eval mode).
 
     ``spec`` is the model's :class:`~dsv.plugins.InputSpec`. Entries of ``s.losses``,
@@ -73,8 +85,10 @@ def build_run(module: torch.nn.Module, spec: InputSpec, s: cfg.SynthesisConfig, 
     x0 = init(shape, targets.argmax(1), InitContext(gen, spec, data))
     losses = _named(s.losses, "losses", plugins, source)
     priors = _named(s.priors, "priors", plugins, source)
-    augs = [_term(a, "augmentations", plugins, source, f"synthesis.augmentations[{i}]")
-            for i, a in enumerate(s.augmentations)]
+    augs = [
+        _term(a, "augmentations", plugins, source, f"synthesis.augmentations[{i}]")
+        for i, a in enumerate(s.augmentations)
+    ]
     model = module.to(device).eval()
     _check_resolutions(model, s, spec.channels, device, source)  # before any term hooks into the model
     for p in model.parameters():
@@ -93,10 +107,24 @@ def build_run(module: torch.nn.Module, spec: InputSpec, s: cfg.SynthesisConfig, 
     lambdas = torch.full((n,), s.lambda_init, device=device, requires_grad=True)
     alive = torch.ones(n, dtype=torch.bool, device=device)
     return SynthesisRun(
-        model=model, x=x, lambdas=lambdas, targets=targets.to(device), alive=alive,
-        losses=losses, priors=priors, augmentations=augs, augmented_weight=s.augmented_weight,
-        lr_x=s.lr_x, lr_lambda=s.lr_lambda, lambda_warmup=s.lambda_warmup, iterations=s.iterations, record_every=s.record_every,
-        checkpoint_every=s.checkpoint_every, resolutions=[tuple(r) for r in s.resolutions], hooks=plugins, progress=progress,
+        model=model,
+        x=x,
+        lambdas=lambdas,
+        targets=targets.to(device),
+        alive=alive,
+        losses=losses,
+        priors=priors,
+        augmentations=augs,
+        augmented_weight=s.augmented_weight,
+        lr_x=s.lr_x,
+        lr_lambda=s.lr_lambda,
+        lambda_warmup=s.lambda_warmup,
+        iterations=s.iterations,
+        record_every=s.record_every,
+        checkpoint_every=s.checkpoint_every,
+        resolutions=[tuple(r) for r in s.resolutions],
+        hooks=plugins,
+        progress=progress,
     )
 
 
@@ -108,8 +136,9 @@ def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels:
                 model(torch.zeros(1, channels, size, size, device=device))
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise ConfigError(f"{source}: synthesis.resolutions[{i}]: the model does not take "
-                              f"{size}x{size} inputs ({first})") from None
+            raise ConfigError(
+                f"{source}: synthesis.resolutions[{i}]: the model does not take {size}x{size} inputs ({first})"
+            ) from None
 
 
 def _term(entry, kind: str, plugins: DsvPluginManager, source: str, path: str) -> Any:
@@ -120,8 +149,10 @@ def _term(entry, kind: str, plugins: DsvPluginManager, source: str, path: str) -
     weight = getattr(entry, "weight", None)
     if not callable(entry) or (weighted and not (isinstance(weight, (int, float)) and not isinstance(weight, bool))):
         need = "a callable with a numeric 'weight' attribute" if weighted else "a callable"
-        raise ConfigError(f"{source}: {path}: expected a plugin name, a table with a 'name' key, or {need}; "
-                          f"got {type(entry).__name__}")
+        raise ConfigError(
+            f"{source}: {path}: expected a plugin name, a table with a 'name' key, or {need}; "
+            f"got {type(entry).__name__}"
+        )
     return entry
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -98,7 +99,9 @@ def rank_device(device: torch.device) -> torch.device:
         return device
     local = idist.get_local_rank()
     if local >= torch.cuda.device_count():
-        raise ConfigError(f"rank {idist.get_rank()}: local rank {local} has no GPU "
-                          f"({torch.cuda.device_count()} visible); start at most that many processes per machine")
+        raise ConfigError(
+            f"rank {idist.get_rank()}: local rank {local} has no GPU "
+            f"({torch.cuda.device_count()} visible); start at most that many processes per machine"
+        )
     torch.cuda.set_device(local)
     return torch.device("cuda", local)

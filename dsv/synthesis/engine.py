@@ -7,18 +7,19 @@ went negative. Handlers record histories, write the store, guard against NaN and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 import torch.nn.functional as F
+from ignite.engine import Engine, Events
 from torch import Tensor, nn
 
 from dsv import kkt
-from dsv.store import checkpoint
 from dsv.errors import NonFiniteLossError
+from dsv.store import checkpoint
 
 SHOWN_IN_PROGRESS = ("total", "primal", "stationarity", "entropy", "alive")
 
@@ -238,11 +239,13 @@ def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
             eng.terminate()
 
     if run.checkpoint_every:
+
         @engine.on(Events.ITERATION_COMPLETED(every=run.checkpoint_every))
         def _write(eng):
             run.flush(eng.state.iteration)
 
     if checkpoint.faults_enabled():  # the crash tests' switch; nothing in the loop otherwise
+
         @engine.on(Events.ITERATION_COMPLETED)
         def _fault(eng):
             checkpoint.fault_point("after-iteration", eng.state.iteration)

@@ -9,8 +9,9 @@ pipeline on every rank (see :mod:`dsv.synthesis.groups` and :mod:`dsv.synthesis.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -63,8 +64,10 @@ def existing_store(path: Path, meta: dict[str, Any], fresh: bool, hints: Hints =
             f"({stored.get('model_fingerprint')} != {meta['model_fingerprint']}); pass {hints.fresh} to start over"
         )
     if store.schema_version < SCHEMA_VERSION:
-        raise StoreError(f"{path}: written with store schema {store.schema_version}; it can be read, not continued "
-                         f"(this dsv writes schema {SCHEMA_VERSION}); pass {hints.fresh} to start over")
+        raise StoreError(
+            f"{path}: written with store schema {store.schema_version}; it can be read, not continued "
+            f"(this dsv writes schema {SCHEMA_VERSION}); pass {hints.fresh} to start over"
+        )
     return store
 
 
@@ -78,8 +81,14 @@ def open_run_store(path: Path, meta: dict[str, Any], fresh: bool, groups: int, h
     return store
 
 
-def run_group(run: SynthesisRun, region: Region | None, meta: dict[str, Any], *,
-              logging: cfg.LoggingConfig | None = None, hints: Hints = Hints()) -> dict[str, Any]:
+def run_group(
+    run: SynthesisRun,
+    region: Region | None,
+    meta: dict[str, Any],
+    *,
+    logging: cfg.LoggingConfig | None = None,
+    hints: Hints = Hints(),
+) -> dict[str, Any]:
     """Run the engine of ``run`` in ``region``: from iteration 0 when the region is empty,
     from its last checkpoint otherwise (with the same result as if it had never stopped), or
     without a store (``region`` None; the history then stays in ``run.pending``). ``logging``
@@ -91,8 +100,13 @@ def run_group(run: SynthesisRun, region: Region | None, meta: dict[str, Any], *,
         start = 0
         if region is not None:
             if region.record.get("state_slot") is None:
-                region.init_candidates(run.x.detach().cpu().numpy(), run.lambdas.detach().cpu().numpy(),
-                                       run.targets.cpu().numpy(), run.alive.cpu().numpy(), state=run.state())
+                region.init_candidates(
+                    run.x.detach().cpu().numpy(),
+                    run.lambdas.detach().cpu().numpy(),
+                    run.targets.cpu().numpy(),
+                    run.alive.cpu().numpy(),
+                    state=run.state(),
+                )
             else:
                 start = region.committed_iteration
                 run.restore(*region.read_state(), iteration=start)
@@ -107,19 +121,28 @@ def run_group(run: SynthesisRun, region: Region | None, meta: dict[str, Any], *,
             if start < total:
                 _run_engine(run, start, logging, meta["mean"], meta["std"])
         if signals.received is not None:
-            where = (f"checkpoint written to {region.path}.\nResume with: {hints.resume.format(path=region.path)}"
-                     if region is not None else "nothing was saved (no store was given)")
-            raise Interrupted(f"{signals.name} received: stopped after iteration {run.committed_iteration} of "
-                              f"{total}, {where}", exit_code=128 + int(signals.received))
+            where = (
+                f"checkpoint written to {region.path}.\nResume with: {hints.resume.format(path=region.path)}"
+                if region is not None
+                else "nothing was saved (no store was given)"
+            )
+            raise Interrupted(
+                f"{signals.name} received: stopped after iteration {run.committed_iteration} of {total}, {where}",
+                exit_code=128 + int(signals.received),
+            )
         final = run.summary()
         if region is not None:
             region.set_summary(final)
     finally:
         run.stop_signals = None
         detach_terms(run.losses + run.priors)
-    shown = (run_summary(final, run.pending.get("entropy"), run.committed_iteration, None) if region is None
-             else run_summary(region.summary, region.history().get("entropy"), region.committed_iteration,
-                              meta.get("config_hash")))
+    shown = (
+        run_summary(final, run.pending.get("entropy"), run.committed_iteration, None)
+        if region is None
+        else run_summary(
+            region.summary, region.history().get("entropy"), region.committed_iteration, meta.get("config_hash")
+        )
+    )
     run.hooks.call_lifecycle("dsv_run_finished", run=run, summary=shown)
     return final
 
@@ -135,8 +158,15 @@ def _run_engine(run: SynthesisRun, start: int, logging: cfg.LoggingConfig | None
             logger.close()
 
 
-def execute(run: SynthesisRun, meta: dict[str, Any], *, store_path: Path | None = None, fresh: bool = False,
-            logging: cfg.LoggingConfig | None = None, hints: Hints = Hints()) -> tuple[RunStore | None, dict[str, Any]]:
+def execute(
+    run: SynthesisRun,
+    meta: dict[str, Any],
+    *,
+    store_path: Path | None = None,
+    fresh: bool = False,
+    logging: cfg.LoggingConfig | None = None,
+    hints: Hints = Hints(),
+) -> tuple[RunStore | None, dict[str, Any]]:
     """Run the engine of one ungrouped ``run``: in a new store at ``store_path`` (with ``meta``),
     continuing the run already there, or without a store. Returns the store and the run
     summary (``show --json``'s keys); ``run`` ends holding the final state either way."""
@@ -154,16 +184,27 @@ def execute(run: SynthesisRun, meta: dict[str, Any], *, store_path: Path | None 
     return store, summary(store)
 
 
-def execute_groups(build: Callable[[int], SynthesisRun], groups: int, meta: dict[str, Any], *, store_path: Path,
-                   fresh: bool = False, logging: cfg.LoggingConfig | None = None,
-                   hints: Hints = Hints()) -> RunStore:
+def execute_groups(
+    build: Callable[[int], SynthesisRun],
+    groups: int,
+    meta: dict[str, Any],
+    *,
+    store_path: Path,
+    fresh: bool = False,
+    logging: cfg.LoggingConfig | None = None,
+    hints: Hints = Hints(),
+) -> RunStore:
     """Every rank: run the groups it owns (:func:`dsv.synthesis.groups.owned_groups`), each in its own
     region of the store at ``store_path``. ``build(g)`` makes the run of group g. Rank 0 creates
     (or reopens) the store and, once every rank is done, writes the combined summary."""
     mine = owned_groups(groups, distributed.rank(), distributed.world_size())
     if not mine:
-        log.warning("rank %d: no group to run (%d groups for %d processes)", distributed.rank(), groups,
-                    distributed.world_size())
+        log.warning(
+            "rank %d: no group to run (%d groups for %d processes)",
+            distributed.rank(),
+            groups,
+            distributed.world_size(),
+        )
     pending = build(mine[0] if mine else 0)  # every config error surfaces before a store exists
     try:
         if logging is not None and logging.tensorboard:
@@ -197,8 +238,10 @@ def _group_logging(logging: cfg.LoggingConfig | None, group: int, groups: int) -
 
 def memory_history(run: SynthesisRun) -> dict[str, np.ndarray]:
     """The history a run without a store kept in memory, typed as a store keeps it."""
-    return {name: np.asarray(rows, dtype=np.int64 if name == "iteration" else np.float32)
-            for name, rows in sorted(run.pending.items())}
+    return {
+        name: np.asarray(rows, dtype=np.int64 if name == "iteration" else np.float32)
+        for name, rows in sorted(run.pending.items())
+    }
 
 
 def detach_terms(named: list[tuple[str, Any]]) -> None:

@@ -17,8 +17,9 @@ from dsv.errors import ConfigError
 def group_slices(candidates: int, groups: int, *, source: str = "synthesis") -> list[slice]:
     """The G contiguous index ranges of ``candidates`` (sizes differ by at most one, larger first)."""
     if not 1 <= groups <= candidates:
-        raise ConfigError(f"{source}: synthesis.groups: {groups} groups for {candidates} candidates; "
-                          f"choose 1 to {candidates}")
+        raise ConfigError(
+            f"{source}: synthesis.groups: {groups} groups for {candidates} candidates; choose 1 to {candidates}"
+        )
     bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(candidates), groups)])
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -44,7 +45,7 @@ def combine_summaries(parts: list[dict], sizes: list[int]) -> dict:
     number the mean weighted by group size, anything else group 0's."""
     out = dict(parts[0])
     weights = np.asarray(sizes, dtype=np.float64) / float(sum(sizes))
-    for key, value in parts[0].items():
+    for key, _value in parts[0].items():
         values = [p.get(key) for p in parts]
         if key in SUMMED:
             out[key] = int(sum(values))

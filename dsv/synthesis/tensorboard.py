@@ -55,8 +55,12 @@ def attach(engine, run, config, mean, std) -> Any:
         lam = run.lambdas.detach()[alive]
         return {**output, "lambda_mean": float(lam.mean()) if alive.any() else 0.0}
 
-    logger.attach_output_handler(engine, event_name=Events.ITERATION_COMPLETED(every=config.scalars_every),
-                                 tag="synthesis", output_transform=scalars)
+    logger.attach_output_handler(
+        engine,
+        event_name=Events.ITERATION_COMPLETED(every=config.scalars_every),
+        tag="synthesis",
+        output_transform=scalars,
+    )
 
     if config.images_every:
         logged: list[int] = []
