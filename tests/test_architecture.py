@@ -137,6 +137,7 @@ def test_py_typed_ships_with_the_package():
     assert 'dsv = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
 def test_every_benchmark_imports_and_answers_help(script):
     done = subprocess.run(

@@ -23,6 +23,8 @@ from dsv.store.run_store import REGION_RECORD
 from dsv.store.verify import verify
 from dsv.synthesis.groups import combine_summaries, group_seed, group_slices, owned_groups
 
+pytestmark = pytest.mark.slow  # several processes and killed runs, in subprocesses (tox -e slow)
+
 ITERATIONS = 12
 GROUPS = 3
 

@@ -52,6 +52,7 @@ def arrays_of(store) -> dict[str, np.ndarray]:
         ("after-iteration:22", 20),  # after the resolution change
     ],
 )
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(reference, fault, resumes_from, capsys, caplog):
     store = reference["root"] / f"killed-{fault.replace(':', '-')}.zarr"
     killed = dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store), fault=fault)
@@ -77,6 +78,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(reference, fau
         assert np.array_equal(exported["lambda"], want["candidates/lambda"])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_checkpoints_and_says_how_to_resume(reference):
     store = reference["root"] / "terminated.zarr"
     stopped = dsv_pipeline("run", str(reference["pipeline"]), "--store", str(store), fault="term-after-iteration:8")
@@ -140,6 +142,7 @@ def test_fresh_refuses_a_path_that_is_not_a_store(reference, tmp_path, capsys):
     assert (target / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_model_weights(reference, tmp_path, capsys):
     cache = reference["root"] / "models"
     (weights,) = cache.glob("*.pt")
