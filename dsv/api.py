@@ -366,7 +366,7 @@ def _target_entries(targets, num_classes: int) -> list:
             f"{API_SOURCE}: targets: expected class indices, soft-label rows or "
             f"{{class: weight}} tables, got {type(targets).__name__}"
         )
-    out = []
+    out: list[Any] = []
     for i, entry in enumerate(targets):
         if isinstance(entry, torch.Tensor):
             entry = entry.item() if entry.ndim == 0 else entry.detach().cpu().numpy()

@@ -7,6 +7,8 @@ crop 0.2, cutout 0.15, flip 0.5, noise 0.01).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import kornia.augmentation as K
 from torch import Tensor
@@ -28,7 +30,7 @@ class Flip:
 
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
-    _aug: object = attrs.field(init=False, repr=False, default=None)
+    _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         self._aug = K.RandomHorizontalFlip(p=self.p)
@@ -44,7 +46,7 @@ class Translate:
     strength: float = attrs.field(default=0.125, validator=_unit("strength"))
     p: float = attrs.field(default=1.0, validator=_unit("p"))
 
-    _aug: object = attrs.field(init=False, repr=False, default=None)
+    _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         self._aug = K.RandomAffine(degrees=0.0, translate=(self.strength, self.strength), p=self.p)
@@ -81,7 +83,7 @@ class Cutout:
     strength: float = attrs.field(default=0.15, validator=_unit("strength"))
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
-    _aug: object = attrs.field(init=False, repr=False, default=None)
+    _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         area = max(self.strength**2, 1e-4)
@@ -98,7 +100,7 @@ class Noise:
     strength: float = attrs.field(default=0.01)
     p: float = attrs.field(default=1.0, validator=_unit("p"))
 
-    _aug: object = attrs.field(init=False, repr=False, default=None)
+    _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self):
         if self.strength < 0:

@@ -97,10 +97,12 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
     roots = [Path(root)] if root else [FASHION_MNIST_DEBIAN]
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     for r in roots:
-        paths = [_find_idx(r, s) for s in stems]
-        if all(paths):
-            arrays = [read_idx(p) for p in paths]
-            return _bundle_from_arrays("fashion-mnist", *arrays, FASHION_MNIST_CLASSES, (0.2860,), (0.3530,))
+        paths = [p for p in (_find_idx(r, s) for s in stems) if p is not None]
+        if len(paths) == len(stems):
+            train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
+            return _bundle_from_arrays(
+                "fashion-mnist", train_x, train_y, test_x, test_y, FASHION_MNIST_CLASSES, (0.2860,), (0.3530,)
+            )
     if download:
         import torchvision
 

@@ -59,8 +59,8 @@ def read_image(path: str | Path, channels: int, size: int) -> Tensor:
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as file:
+            img = file.convert("L" if channels == 1 else "RGB")
             pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
     except FileNotFoundError:
         raise DsvError(f"{path}: image file not found") from None

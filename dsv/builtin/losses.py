@@ -68,7 +68,7 @@ class Stationarity:
         self._reference = float(kkt.zero_multiplier_distance(self.tensors, self.distance))
         self._model = model
         self._auto = None
-        if self.mode == "finite_difference" or (self.mode == "auto" and not self._only_head()):
+        if self.mode == "finite_difference" or (self.mode == "auto" and not self._only_head(model)):
             self._gates = kkt_modes.GateTracker(model)  # gates from the first forward on
 
     def detach(self) -> None:
@@ -87,7 +87,7 @@ class Stationarity:
         if self._auto is None:
             if self._model is None:
                 raise RuntimeError("Stationarity.attach(model) must be called before use")
-            if self._only_head():  # the usual case, without a counting forward
+            if self._only_head(self._model):  # the usual case, without a counting forward
                 self._auto = "exact"
             else:
                 sample = batch.inputs[:1].detach()
@@ -96,10 +96,10 @@ class Stationarity:
                 self._auto = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "finite_difference"
         return self._auto
 
-    def _only_head(self) -> bool:
-        if not any(isinstance(m, nn.Linear) for m in self._model.modules()):
+    def _only_head(self, model: nn.Module) -> bool:
+        if not any(isinstance(m, nn.Linear) for m in model.modules()):
             return False
-        head = {id(p) for p in kkt.classifier_head(self._model)[1].parameters()}
+        head = {id(p) for p in kkt.classifier_head(model)[1].parameters()}
         return all(id(p) in head for p in self.tensors)
 
     def _gate_tracker(self, mode: str) -> kkt_modes.GateTracker | None:
@@ -111,6 +111,7 @@ class Stationarity:
                 self._gates = None
             return None
         if self._gates is None:
+            assert self._model is not None  # attach set it with the selection self.tensors checked
             self._gates = kkt_modes.GateTracker(self._model)
         return self._gates
 

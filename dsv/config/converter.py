@@ -16,7 +16,12 @@ from typing import Any, get_origin
 import attrs
 import cattrs
 from cattrs.cols import list_structure_factory
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
 
 from dsv.config.plugin_spec import PluginSpec
 from dsv.config.tables import Target
@@ -162,10 +167,10 @@ def _messages(exc: BaseException, path: str) -> list[str]:
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
-            if isinstance(exc, IterableValidationError):
-                sub_path = f"{path}[{note.index}]"
-            else:
+            if isinstance(note, AttributeValidationNote):  # the notes of a ClassValidationError
                 sub_path = _key_path(path, note.name)
+            else:
+                sub_path = f"{path}[{note.index}]"
             if isinstance(sub, KeyError) and not isinstance(sub, (ClassValidationError, IterableValidationError)):
                 out.append(f"{sub_path}: required key missing")
             else:

@@ -25,7 +25,7 @@ def _without(raw: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     for key in dotted:
         *parents, last = key.split(".")
-        node = raw
+        node: Any = raw  # a table, until a key leads elsewhere
         for k in parents:
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ def fresh_model(template: nn.Module, seed: int) -> nn.Module:
     model = copy.deepcopy(template).cpu()
     torch.manual_seed(seed)
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        if hasattr(module, "reset_parameters"):  # a method; torch types other attributes as Tensor | Module
+            cast(Callable[[], None], module.reset_parameters)()
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -102,7 +102,8 @@ def jvp_directional(
     """(``grad_inputs sum_i w_i dCE_i`` or None, per-candidate ``dCE_i = d/deps CE_i(theta + eps s)``)
     by forward-mode AD: a forward carrying primal and tangent (only the covered parameters are
     duals), then one backward in the inputs through it."""
-    grads, tangents = [], []
+    grads: list[Tensor] = []
+    tangents: list[Tensor] = []
     for rows in chunks(inputs.shape[0], micro_batch):
         with torch.enable_grad() if need_x else torch.no_grad():
             seen = inputs.detach()[rows].requires_grad_(need_x)
@@ -113,7 +114,8 @@ def jvp_directional(
                 tangent = torch.zeros_like(logits)
             dce = soft_cross_entropy_tangent(logits, tangent, targets[rows])
             grad = torch.autograd.grad((weights[rows] * dce).sum(), seen)[0] if need_x else None
-        grads.append(grad)
+        if grad is not None:  # need_x
+            grads.append(grad)
         tangents.append(dce.detach())
     return (torch.cat(grads) if need_x else None), torch.cat(tangents)
 
@@ -161,7 +163,7 @@ class GateTracker:
         self.patterns: list[Tensor] = []
         self.cursor = 0
         self.rows: slice | None = None  # replay these candidates of the kept pattern only
-        self._inputs = None
+        self._inputs: weakref.ref[Tensor] | None = None
         self.modules = [m for m in model.modules() if isinstance(m, GATED) and m is not model]
         self._handles = [model.register_forward_pre_hook(self._start)]
         for m in self.modules:
@@ -287,7 +289,7 @@ def finite_difference_directional(
         return grad, ce.detach()
 
     own = gates is None
-    tracker = GateTracker(model) if own else gates
+    tracker = GateTracker(model) if gates is None else gates
     one_sided = base is not None and bool(tracker.patterns)
     # a kept pattern is sliced per candidate: only where every gated tensor is batch-first
     sliceable = not one_sided or all(code.dim() > 0 and code.shape[0] == n for code in tracker.patterns)
@@ -301,13 +303,19 @@ def finite_difference_directional(
                 else:
                     g_up, ce_up = one_pass(1.0, rows, "record")
                     g_down, ce_down = one_pass(-1.0, rows, "replay")
-                    parts.append(((g_up - g_down if need_x else None), ce_up - ce_down))
+                    # the input gradients are there exactly when need_x
+                    g_diff = g_up - g_down if g_up is not None and g_down is not None else None
+                    parts.append((g_diff, ce_up - ce_down))
     finally:
         if own:
             tracker.remove()
-    diff_x = torch.cat([g for g, _ in parts]) if need_x else None
+    diff_x = torch.cat([g for g, _ in parts if g is not None]) if need_x else None
     diff_ce = torch.cat([c for _, c in parts])
     if one_sided:
+        assert base is not None  # one_sided says so
         g_base, ce_base = base
-        return ((diff_x - g_base) / step if need_x else None), (diff_ce - ce_base) / step
-    return ((diff_x / (2 * step)) if need_x else None), diff_ce / (2 * step)
+        if need_x:
+            assert diff_x is not None and g_base is not None  # the caller's base holds theta's input gradient
+            return (diff_x - g_base) / step, (diff_ce - ce_base) / step
+        return None, (diff_ce - ce_base) / step
+    return ((diff_x / (2 * step)) if diff_x is not None else None), diff_ce / (2 * step)

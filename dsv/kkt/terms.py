@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import attrs
 import torch
@@ -57,8 +58,9 @@ def lagrangian_gradient(
     *,
     create_graph: bool = True,
     retain_graph: bool | None = None,
-) -> list[Tensor]:
-    """``sum_i lambda_i grad_theta CE(Phi(x_i), t_i)`` for each parameter tensor.
+) -> list[Tensor | None]:
+    """``sum_i lambda_i grad_theta CE(Phi(x_i), t_i)`` for each parameter tensor (None where the
+    candidates do not reach it).
 
     With ``create_graph`` the result stays differentiable in ``x`` and ``lambda``: the mixed
     second derivative the stationarity term needs (double backward).
@@ -79,14 +81,14 @@ def stationarity_distance(
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown stationarity distance {distance!r} (known: {', '.join(DISTANCES)})")
-    total = None
+    total: Tensor | None = None
     count = 0
     for theta, grad in zip(params, lagrangian_grads):
         residual = theta.detach() + grad if grad is not None else theta.detach()
         part = residual.abs().sum() if distance == "l1" else residual.pow(2).sum()
         total = part if total is None else total + part
         count += theta.numel()
-    return total / max(count, 1)
+    return cast(Tensor, total) / max(count, 1)  # total is None only for no params at all
 
 
 def stationarity_loss(
@@ -185,8 +187,10 @@ def stationarity_term(
     with torch.enable_grad():
         ce = soft_cross_entropy(batch.logits, batch.targets)
         weighted = (lam.detach() * ce).sum()
-        grads = torch.autograd.grad(
-            weighted, [*params, *([batch.inputs] if with_inputs else [])], retain_graph=True, allow_unused=True
+        grads = list(
+            torch.autograd.grad(
+                weighted, [*params, *([batch.inputs] if with_inputs else [])], retain_graph=True, allow_unused=True
+            )
         )
     base = ((grads[-1] if with_inputs else None), ce.detach()) if one_sided else None
     seen_storage = {grads[-1].data_ptr()} if with_inputs and grads[-1] is not None else set()
@@ -203,7 +207,7 @@ def stationarity_term(
     value = torch.zeros((), dtype=batch.logits.dtype, device=batch.logits.device)
     for p, g in zip(params, grads):
         r = g.add_(p.detach()) if g is not None else p.detach().clone()
-        if _class_shaped(p, rows):
+        if rows is not None and _class_shaped(p, rows):
             r.mul_(rows.view(-1, *([1] * (p.dim() - 1))))
         if distance == "l1":
             value = value + r.abs().sum()
@@ -242,7 +246,7 @@ def stationarity_term(
         )
     with torch.enable_grad():  # d/dx through what the model saw, d/dlambda_i = alive_i dCE_i
         surrogate = (lam * tangent).sum()
-        if need_x:
+        if grad_x is not None:  # need_x
             surrogate = surrogate + (batch.inputs * grad_x).sum()
     return value + (surrogate - surrogate.detach())
 
@@ -289,7 +293,7 @@ def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
 def select_parameters(model: nn.Module, selection: str | Iterable[str]) -> list[tuple[str, Tensor]]:
     """Resolve a parameter selection: ``"head"`` (the last linear layer), ``"all"``, or globs
     over ``named_parameters`` names (``["classifier.*", "features.6.*"]``)."""
-    named = list(model.named_parameters())
+    named: list[tuple[str, Tensor]] = list(model.named_parameters())
     if selection == "all":
         return named
     if selection == "head":

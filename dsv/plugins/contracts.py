@@ -4,8 +4,8 @@ plugins alike import them from :mod:`dsv.plugins` and nothing above."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence, Sized
+from typing import Any, Protocol, cast
 
 import attrs
 import kornia
@@ -43,7 +43,7 @@ class DatasetBundle:
         ds = self.train if split == "train" else self.test
         if isinstance(ds, TensorDataset):
             return ds.tensors[0], ds.tensors[1]
-        xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        xs, ys = zip(*(ds[i] for i in range(len(cast(Sized, ds)))))  # torch's Dataset type declares no __len__
         return torch.stack(xs), torch.as_tensor(ys)
 
 

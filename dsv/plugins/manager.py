@@ -139,7 +139,8 @@ class DsvPluginManager:
         registries: dict[str, Registry[Any]] = {}
         for kind, hook_name in KINDS.items():
             current = ["?", ""]  # (label, plugin name) of the plugin whose hook runs now
-            registry: Registry[Any] = Registry(kind, owner=lambda current=current: (current[0], current[1]))
+            owner = lambda current=current: (current[0], current[1])  # bound to this kind's list
+            registry: Registry[Any] = Registry(kind, owner=owner)
             plugins = [impl.plugin for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
             # through pluggy, one plugin at a time and in registration order (built-ins first), so
             # that each name is attributed to its plugin and a clash names the built-in first

@@ -32,9 +32,9 @@ class InterpolateConfig:
     png: str = "interpolation.png"
 
 
-def mixture_targets(from_class: int, to_class: int, steps: int) -> list[dict[str, float]]:
+def mixture_targets(from_class: int, to_class: int, steps: int) -> list[cfg.Target]:
     """The targets of the strip, as [synthesis] targets (tables of class index = weight)."""
-    out = []
+    out: list[cfg.Target] = []
     for j in range(steps):
         d = j / (steps - 1)
         row = {str(from_class): 1.0 - d}

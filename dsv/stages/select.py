@@ -95,7 +95,7 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
         entropy_selected[str(k)] = mean_entropy(logits[chosen])
     random_rows = torch.randperm(len(pool), generator=gen)[: s.random_samples]
     path = store.export_path(s.npz)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays, allow_pickle=False)  # plain arrays only: a store holds no pickles
     store.put_result(
         "select",
         {

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from dsv.store.run_store import RunStore
+
+class ExportSource(Protocol):
+    """What the exports read: a run store, or a result kept in memory (``dsv.api.SynthesisResult``)."""
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    def candidates(self) -> dict[str, np.ndarray]: ...
 
 
 def pyplot() -> Any:
@@ -29,10 +36,18 @@ def to_images(x: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(x * std + mean, 0.0, 1.0).transpose(0, 2, 3, 1)
 
 
-def save_npz(store: RunStore, path: str | Path) -> Path:
+def save_npz(store: ExportSource, path: str | Path) -> Path:
     c = store.candidates()
     path = Path(path)
-    np.savez(path, x=c["x"], **{"lambda": c["lambda"]}, labels=c["labels"], alive=c["alive"], targets=c["targets"])
+    np.savez(
+        path,
+        x=c["x"],
+        **{"lambda": c["lambda"]},
+        labels=c["labels"],
+        alive=c["alive"],
+        targets=c["targets"],
+        allow_pickle=False,  # plain arrays only: exports hold no pickles
+    )
     return path
 
 
@@ -54,7 +69,7 @@ def _show(ax, img: np.ndarray) -> None:
     )
 
 
-def save_grid(store: RunStore, path: str | Path, columns: int | None = None) -> Path:
+def save_grid(store: ExportSource, path: str | Path, columns: int | None = None) -> Path:
     """A grid of the candidates, each titled with its target class and its lambda."""
     plt = pyplot()
 

@@ -36,7 +36,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -51,6 +51,7 @@ HISTORY_CHUNK = 256
 REGION_RECORD = "dsv_region"
 # commit-record keys RunStore.meta derives from the regions of a schema-3 store (never written at its root)
 DERIVED_KEYS = ("committed_iteration", "history_length")
+AccessMode = Literal["r", "r+", "a", "w", "w-"]  # zarr's modes of opening a group
 
 
 def is_store(path: str | Path) -> bool:
@@ -65,18 +66,41 @@ def is_store(path: str | Path) -> bool:
     return isinstance(doc.get("attributes", {}).get("dsv"), dict)
 
 
+# zarr types a member of a group as array or group, an array's contents as any array-like or a
+# scalar, an attribute as any JSON value: the layout above says which each one is
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``."""
+    return cast(zarr.Array, group[name])
+
+
+def _group(group: zarr.Group, name: str) -> zarr.Group:
+    """The group ``name`` of ``group``."""
+    return cast(zarr.Group, group[name])
+
+
+def _values(group: zarr.Group, name: str, rows: int | None = None) -> np.ndarray:
+    """The array ``name`` of ``group`` read whole, or its first ``rows``."""
+    arr = _array(group, name)
+    return cast(np.ndarray, arr[...] if rows is None else arr[:rows])
+
+
+def _attribute(group: zarr.Group, key: str) -> dict[str, Any]:
+    """The JSON object stored as attribute ``key`` of ``group``."""
+    return cast(dict[str, Any], group.attrs[key])
+
+
 def _put_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
     """Write ``values`` as array ``name`` of ``group``, recreating it when shape or dtype changed."""
     if values.dtype == np.float64:
         values = values.astype(np.float32)
     if name in group:
-        arr = group[name]
+        arr = _array(group, name)
         if tuple(arr.shape) == values.shape and arr.dtype == values.dtype:
             arr[...] = values
             return
     chunks = (1, *values.shape[1:]) if values.ndim == 4 else values.shape
     group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True)
-    group[name][...] = values
+    _array(group, name)[...] = values
 
 
 def remove_store(path: str | Path) -> None:
@@ -129,7 +153,7 @@ class Region:
 
     @property
     def record(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get(self.record_key, {}))
+        return dict(cast(dict[str, Any], self.group.attrs.get(self.record_key, {})))
 
     def _write_record(self, record: dict[str, Any]) -> None:
         self.group.attrs[self.record_key] = record
@@ -154,7 +178,7 @@ class Region:
 
     @property
     def size(self) -> int:
-        return int(self.group["candidates/labels"].shape[0])
+        return int(_array(self.group, "candidates/labels").shape[0])
 
     # ---- candidates and the committed state -----------------------------------------------
 
@@ -170,8 +194,8 @@ class Region:
         g = self.group.require_group("candidates")
         g.create_array("targets", shape=targets.shape, dtype="float32", chunks=targets.shape, overwrite=True)
         g.create_array("labels", shape=targets.shape[:1], dtype="int64", chunks=targets.shape[:1], overwrite=True)
-        g["targets"][...] = targets.astype(np.float32)
-        g["labels"][...] = targets.argmax(axis=1).astype(np.int64)
+        _array(g, "targets")[...] = targets.astype(np.float32)
+        _array(g, "labels")[...] = targets.argmax(axis=1).astype(np.int64)
         arrays, scalars = state if state is not None else ({}, {})
         self.commit(0, {"x": x, "lambda": lambdas, "alive": alive, **arrays}, scalars, {})
 
@@ -205,16 +229,16 @@ class Region:
         slot = record.get("state_slot")
         if slot not in ("a", "b") or f"state/{slot}" not in self.group:
             raise StoreError(f"{self.path}{' ' + self.label if self.label else ''}: holds no committed state yet")
-        group = self.group[f"state/{slot}"]
-        return {name: group[name][...] for name in sorted(group.array_keys())}, dict(record.get("state", {}))
+        group = _group(self.group, f"state/{slot}")
+        return {name: _values(group, name) for name in sorted(group.array_keys())}, dict(record.get("state", {}))
 
     def candidates(self) -> dict[str, np.ndarray]:
         if "candidates" not in self.group:
             raise StoreError(f"{self.path}{' ' + self.label if self.label else ''}: holds no candidates yet")
         arrays, _ = self.read_state()
-        g = self.group["candidates"]
+        g = _group(self.group, "candidates")
         out = {"x": arrays["x"], "lambda": arrays["lambda"], "alive": arrays["alive"].astype(bool)}
-        out.update({name: g[name][...] for name in ("targets", "labels")})
+        out.update({name: _values(g, name) for name in ("targets", "labels")})
         return out
 
     # ---- histories -----------------------------------------------------------------------------
@@ -239,7 +263,7 @@ class Region:
                     dtype=dtype,
                     chunks=(HISTORY_CHUNK, *values.shape[1:]),
                 )
-            arr = h[name]
+            arr = _array(h, name)
             if arr.shape[0] != start + count:  # also cuts rows an interrupted write left behind
                 arr.resize((start + count, *values.shape[1:]))
             arr[start : start + count] = values
@@ -249,11 +273,11 @@ class Region:
         n = self.history_length
         if n == 0 or "history" not in self.group:
             return {}
-        h = self.group["history"]
+        h = _group(self.group, "history")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             names = sorted(h.array_keys())
-        return {name: h[name][:n] for name in names}
+        return {name: _values(h, name, n) for name in names}
 
 
 class RunStore:
@@ -283,14 +307,14 @@ class RunStore:
         return cls(path, group)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> RunStore:
+    def open(cls, path: str | Path, mode: AccessMode = "r") -> RunStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no such store")
         if not is_store(path):
             raise StoreError(f"{path}: not a dsv store (no dsv metadata in zarr.json)")
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-        version = group.attrs["dsv"].get("schema_version")
+        version = _attribute(group, "dsv").get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: written with store schema {version}, this dsv reads schema {SCHEMA_VERSION}; "
@@ -305,7 +329,7 @@ class RunStore:
 
     @property
     def schema_version(self) -> int:
-        return int(self.group.attrs["dsv"]["schema_version"])
+        return int(_attribute(self.group, "dsv")["schema_version"])
 
     # ---- regions ---------------------------------------------------------------------------------
 
@@ -313,7 +337,7 @@ class RunStore:
     def group_count(self) -> int:
         if self.schema_version < 3:
             return 1
-        return int(self.group.attrs["dsv"].get("groups", 1))
+        return int(_attribute(self.group, "dsv").get("groups", 1))
 
     def region(self, index: int) -> Region:
         """The region of group ``index`` (a schema-2 store is one region: its root)."""
@@ -324,7 +348,7 @@ class RunStore:
         label = f"groups/{index}"
         if label not in self.group:
             raise StoreError(f"{self.path}: {label}: missing")
-        return Region(self.path, self.group[label], REGION_RECORD, label)
+        return Region(self.path, _group(self.group, label), REGION_RECORD, label)
 
     def regions(self) -> list[Region]:
         return [self.region(g) for g in range(self.group_count)]
@@ -340,7 +364,7 @@ class RunStore:
     def meta(self) -> dict[str, Any]:
         """The root metadata; in a schema-3 store with ``committed_iteration`` and
         ``history_length`` derived from the regions (the smallest of each)."""
-        meta = dict(self.group.attrs["dsv"])
+        meta = dict(_attribute(self.group, "dsv"))
         if self.schema_version >= 3:
             regions = self.regions()
             meta["committed_iteration"] = min(r.committed_iteration for r in regions)
@@ -353,18 +377,18 @@ class RunStore:
         self.group.attrs["dsv"] = meta
 
     def update_meta(self, **values: Any) -> None:
-        meta = dict(self.group.attrs["dsv"])
+        meta = dict(_attribute(self.group, "dsv"))
         meta.update(values)
         self._write_meta(meta)
 
     @property
     def results(self) -> dict[str, Any]:
         """What the stages after synthesis measured (JSON values by key; ``show --json`` lists them)."""
-        return dict(self.group.attrs["dsv"].get("results", {}))
+        return dict(_attribute(self.group, "dsv").get("results", {}))
 
     def put_result(self, key: str, value: Any) -> None:
         """Record one stage result (plain JSON: numbers, strings, lists, dicts) in one atomic write."""
-        meta = dict(self.group.attrs["dsv"])
+        meta = dict(_attribute(self.group, "dsv"))
         meta["results"] = {**meta.get("results", {}), key: value}
         self._write_meta(meta)
 

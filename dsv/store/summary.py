@@ -6,19 +6,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from dsv.store.run_store import RunStore
 
 
 def run_summary(
-    base: Mapping[str, Any], entropy: Sequence[float] | None, iterations: int, config_hash: str | None
+    base: Mapping[str, Any], entropy: Sequence[float] | np.ndarray | None, iterations: int, config_hash: str | None
 ) -> dict[str, Any]:
     """``base`` (the summary a run wrote) plus the first and last mean entropy, the committed
     iteration count and the config hash."""
-    has = entropy is not None and len(entropy) > 0
+    start, end = (float(entropy[0]), float(entropy[-1])) if entropy is not None and len(entropy) > 0 else (None, None)
     return {
         **base,
-        "entropy_start": float(entropy[0]) if has else None,  # type: ignore[index]
-        "entropy_end": float(entropy[-1]) if has else None,  # type: ignore[index]
+        "entropy_start": start,
+        "entropy_end": end,
         "iterations": int(iterations),
         "config_hash": config_hash,
     }

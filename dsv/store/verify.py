@@ -104,18 +104,22 @@ def verify_region(report: Report, region: Region) -> int:
     _check(report, slot in ("a", "b"), f"{where or 'metadata '}state_slot: expected 'a' or 'b', got {slot!r}")
     if len(report.problems) > before:
         return 0
+    assert isinstance(committed, int)  # checked above
     candidates = _group(report, region, "candidates")
     state = _group(report, region, f"state/{slot}")
     if candidates is None or state is None:
         return 0
     targets = _read(report, candidates, "targets", f"{where}candidates/targets")
     labels = _read(report, candidates, "labels", f"{where}candidates/labels")
-    arrays = {name: _read(report, state, name, f"{where}state/{slot}/{name}") for name in STATE_ARRAYS}
+    reads = {name: _read(report, state, name, f"{where}state/{slot}/{name}") for name in STATE_ARRAYS}
     for name in sorted(state.array_keys()):
-        if name not in arrays:
-            arrays[name] = _read(report, state, name, f"{where}state/{slot}/{name}")
+        if name not in reads:
+            reads[name] = _read(report, state, name, f"{where}state/{slot}/{name}")
     if len(report.problems) > before:
         return 0
+    # no problem recorded: every read returned its array
+    assert targets is not None and labels is not None
+    arrays = {name: a for name, a in reads.items() if a is not None}
     n = len(labels)
     _check(
         report,

@@ -122,7 +122,7 @@ def build_run(
         iterations=s.iterations,
         record_every=s.record_every,
         checkpoint_every=s.checkpoint_every,
-        resolutions=[tuple(r) for r in s.resolutions],
+        resolutions=[(start, size) for start, size in s.resolutions],  # pairs: _check_resolutions unpacked each
         hooks=plugins,
         progress=progress,
     )
@@ -162,7 +162,8 @@ def term_name(entry) -> str:
 
 
 def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[tuple[str, Any]]:
-    out, seen = [], {}
+    out: list[tuple[str, Any]] = []
+    seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         obj = _term(entry, kind, plugins, source, f"synthesis.{kind}[{i}]")
         base = term_name(entry)

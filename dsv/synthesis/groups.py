@@ -9,6 +9,8 @@ process ran before: N ranks, or one rank running the groups in turn, write the s
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dsv.errors import ConfigError
@@ -46,7 +48,7 @@ def combine_summaries(parts: list[dict], sizes: list[int]) -> dict:
     out = dict(parts[0])
     weights = np.asarray(sizes, dtype=np.float64) / float(sum(sizes))
     for key, _value in parts[0].items():
-        values = [p.get(key) for p in parts]
+        values: list[Any] = [p.get(key) for p in parts]
         if key in SUMMED:
             out[key] = int(sum(values))
         elif key == "iterations":
