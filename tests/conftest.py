@@ -6,11 +6,12 @@ Everything here is CPU-only and takes milliseconds; the suite must stay fast on 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import textwrap
 import types
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.losses import Primal, Stationarity
+from dsv.builtin.models import ConvNet
 from dsv.plugins import DsvPluginManager, hookimpl
 from dsv.synthesis.engine import SynthesisRun
 
@@ -58,6 +60,14 @@ def image_classifier(seed: int = 0, channels: int = 1, size: int = 8, classes: i
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@pytest.fixture
+def convnet_weights(tmp_path) -> Path:
+    """Saved weights of an untrained digits ConvNet (width 4, depth 2): ``tmp_path / "convnet.pt"``."""
+    weights = tmp_path / "convnet.pt"
+    torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
+    return weights
 
 
 @pytest.fixture
@@ -103,55 +113,123 @@ def register_after_construction(pm: DsvPluginManager, plugin, name: str) -> None
     pm.register(plugin, name)
 
 
-def digits_run_tables(
-    name: str,
-    cache_dir,
-    *,
-    store=None,
-    stages=("train", "synthesize"),
-    model_source: str = "convnet",
-    model_options: str = "{ width = 8, depth = 2 }",
-    seed: int = 0,
-) -> str:
-    """The [run], [data], [model] and [train] tables of a tiny digits pipeline: a small model
-    trained one epoch (weights cached in ``cache_dir``). Tests append their own [synthesis]."""
-    store_line = f'store = "{store.as_posix()}"\n' if store is not None else ""
-    options_line = f"options = {model_options}\n" if model_source == "convnet" else ""
-    stage_list = ", ".join(f'"{s}"' for s in stages)
-    return (
-        f'[run]\nname = "{name}"\nseed = {seed}\ndevice = "cpu"\n{store_line}stages = [{stage_list}]\n\n'
-        f'[data]\nname = "digits"\n\n'
-        f'[model]\nsource = "{model_source}"\n{options_line}\n'
-        f'[train]\nretrainer = {{ name = "adam", epochs = 1, batch_size = 64, lr = 1e-2 }}\n'
-        f'cache_dir = "{cache_dir.as_posix()}"\n\n'
+# ---- pipeline files ------------------------------------------------------------------------------
+
+CONVNET_OPTIONS = types.MappingProxyType({"width": 8, "depth": 2})
+
+# the [synthesis] table of the crash and multi-process tests: 6 classes, checkpoints every 5
+# iterations (tests add "iterations" and their own keys)
+SMALL_SYNTHESIS = types.MappingProxyType(
+    {
+        "classes": [0, 1, 2, 3, 4, 5],
+        "lambda_warmup": 3,
+        "checkpoint_every": 5,
+        "losses": [
+            {"name": "primal", "weight": 1.0},
+            {"name": "stationarity", "weight": 1.0, "distance": "l1", "params": "head"},
+        ],
+        "priors": [{"name": "tv", "weight": 1e-2}],
+        "augmentations": [{"name": "flip", "p": 0.5}, {"name": "noise", "strength": 0.05}],
+    }
+)
+
+# a synthesize-only digits pipeline with no [run] name or seed; tests add [model] weights_path
+# (convnet_weights) and their [synthesis]
+SYNTHESIZE_ONLY = types.MappingProxyType(
+    {"name": None, "seed": None, "stages": ("synthesize",), "model_options": {"width": 4, "depth": 2}}
+)
+
+
+def toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted one."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
+
+
+def toml_string(text: str) -> str:
+    """A basic TOML string: quotes and backslashes escaped, control characters as \\uXXXX."""
+
+    def escape(ch: str) -> str:
+        if ch in '"\\':
+            return "\\" + ch
+        return f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+
+    return '"' + "".join(escape(ch) for ch in text) + '"'
+
+
+def toml_value(value) -> str:
+    """One TOML value: bools, numbers, strings (paths as POSIX strings), lists and inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # Python's repr of a float (1e-05, inf, nan) is TOML as well
+    if isinstance(value, PurePath):
+        return toml_string(value.as_posix())
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        return f"{{ {items} }}" if items else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML value for {value!r}")
+
+
+def toml_document(tables: Mapping[str, Mapping]) -> str:
+    """``{table: {key: value}}`` as TOML text: one ``[table]`` after the other."""
+    return "\n".join(
+        f"[{toml_key(name)}]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in table.items())
+        for name, table in tables.items()
     )
 
 
-def small_synthesis_tables(iterations: int, extra: str = "") -> str:
-    """The [synthesis] and [export] tables of the crash and multi-process tests: 6 classes,
-    checkpoints every 5 iterations, an NPZ export; ``extra`` adds [synthesis] keys."""
-    return (
-        textwrap.dedent(f"""\
-        [synthesis]
-        iterations = {iterations}
-        classes = [0, 1, 2, 3, 4, 5]
-        lambda_warmup = 3
-        checkpoint_every = 5
-        """)
-        + extra
-        + textwrap.dedent("""\
-        losses = [
-          { name = "primal", weight = 1.0 },
-          { name = "stationarity", weight = 1.0, distance = "l1", params = "head" },
-        ]
-        priors = [{ name = "tv", weight = 1e-2 }]
-        augmentations = [{ name = "flip", p = 0.5 }, { name = "noise", strength = 0.05 }]
+@pytest.fixture(scope="session")
+def write_pipeline():
+    """Write a pipeline file; returns ``write_pipeline(path, *, ...) -> path``.
 
-        [export]
-        png = ""
-        npz = "candidates.npz"
-        """)
-    )
+    By default a digits pipeline on the CPU: ``[run]`` (``name``, ``seed``, ``store`` and
+    ``stages``), ``[data]`` digits, ``[model]`` (``model_source``; ``model_options`` go to its
+    ``options``), ``[train]`` when ``models`` is given (one Adam epoch, the weights cached in the
+    folder ``models``) and ``[synthesis]`` when ``synthesis`` is given. A key given as None is
+    left out. ``tables`` adds tables, ``{name: {key: value}}``: the keys of a table written
+    above are added to it; or ``tables`` is TOML text appended as it is. Values are Python
+    values (paths are written as POSIX strings); the file loads back with tomllib to the same dict.
+    """
+
+    def write(
+        path: Path,
+        *,
+        name: str | None = None,
+        stages: Sequence[str] = ("train", "synthesize"),
+        store: Path | None = None,
+        models: Path | None = None,
+        model_source: str = "convnet",
+        model_options: Mapping | None = CONVNET_OPTIONS,
+        seed: int | None = 0,
+        synthesis: Mapping | None = None,
+        tables: Mapping[str, Mapping] | str | None = None,
+    ) -> Path:
+        run = {"name": name, "seed": seed, "device": "cpu", "store": store, "stages": list(stages)}
+        doc: dict[str, dict] = {
+            "run": run,
+            "data": {"name": "digits"},
+            "model": {"source": model_source, "options": model_options},
+        }
+        if models is not None:
+            retrainer = {"name": "adam", "epochs": 1, "batch_size": 64, "lr": 1e-2}
+            doc["train"] = {"retrainer": retrainer, "cache_dir": models}
+        if synthesis is not None:
+            doc["synthesis"] = dict(synthesis)
+        raw = ""
+        if isinstance(tables, str):
+            raw = tables
+        else:
+            for table, keys in (tables or {}).items():
+                doc.setdefault(table, {}).update(keys)
+        doc = {table: {k: v for k, v in keys.items() if v is not None} for table, keys in doc.items()}
+        path.write_text(toml_document(doc) + raw)
+        return path
+
+    return write
 
 
 def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -169,15 +247,3 @@ def dsv_cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dsv.cli", *args, *quiet], env=env, capture_output=True, text=True, timeout=300
     )
-
-
-def reference_run(root: Path, text: str, arrays_of) -> dict:
-    """Write pipeline ``text`` into ``root``, run it uninterrupted into ``root/reference.zarr``
-    (which also fills the weights cache) and keep ``arrays_of(store)``: what resumed or
-    multi-process runs must equal."""
-    pipeline = root / "digits.toml"
-    pipeline.write_text(text)
-    store = root / "reference.zarr"
-    done = dsv_cli("run", str(pipeline), "--store", str(store))
-    assert done.returncode == 0, done.stderr
-    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}

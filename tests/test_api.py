@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import plugin_module
-from test_config import digits_pipeline_file
+from conftest import SYNTHESIZE_ONLY, plugin_module
 from torch import nn
 
 import dsv
@@ -220,11 +219,14 @@ def test_missing_tensorboard_is_a_clear_error_before_any_store(classifier, tmp_p
     assert not path.exists() and not (tmp_path / "tb").exists()
 
 
-def test_logging_table_in_a_pipeline_file(tmp_path, monkeypatch):
-
+def test_logging_table_in_a_pipeline_file(tmp_path, convnet_weights, write_pipeline, monkeypatch):
     log_dir = tmp_path / "tb"
-    path, _ = digits_pipeline_file(
-        tmp_path, f'classes = [0, 1]\n[logging]\ntensorboard = "{log_dir.as_posix()}"\nimages_every = 2'
+    path = write_pipeline(
+        tmp_path / "pipeline.toml",
+        **SYNTHESIZE_ONLY,
+        store=tmp_path / "run.zarr",
+        synthesis={"iterations": 2, "classes": [0, 1]},
+        tables={"model": {"weights_path": convnet_weights}, "logging": {"tensorboard": log_dir, "images_every": 2}},
     )
     text = path.read_text()
     loaded = load_pipeline(path)

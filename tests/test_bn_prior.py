@@ -13,13 +13,12 @@ import importlib.metadata
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import tomllib
 import torch
-from conftest import REPO_ROOT, digits_run_tables, plugin_module
+from conftest import REPO_ROOT, plugin_module
 from torch import nn
 
 from dsv import cli
@@ -275,23 +274,16 @@ def bn_models(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bn_models")
 
 
-def bn_pipeline(root: Path, priors: str, iterations: int, models: Path) -> Path:
-    path = root / "bn.toml"
-    path.write_text(
-        digits_run_tables("bn", models, store=root / "bn.zarr", model_source="module:test_bn_prior:bn_net")
-        + textwrap.dedent(f"""\
-        [synthesis]
-        iterations = {iterations}
-        lambda_warmup = 5
-        checkpoint_every = 5
-        priors = {priors}
-        augmentations = [{{ name = "flip", p = 0.5 }}, {{ name = "noise", strength = 0.01 }}]
-        """)
-    )
-    return path
+# a digits pipeline training bn_net one epoch (cached in bn_models), then a short synthesis
+BN_PIPELINE = {"name": "bn", "model_source": "module:test_bn_prior:bn_net", "model_options": None}
+BN_SYNTHESIS = {
+    "lambda_warmup": 5,
+    "checkpoint_every": 5,
+    "augmentations": [{"name": "flip", "p": 0.5}, {"name": "noise", "strength": 0.01}],
+}
 
 
-def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models, tmp_path):
+def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models, tmp_path, write_pipeline):
     seen = {}
 
     def dsv_run_started(run):
@@ -306,8 +298,13 @@ def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models
     pm.register(plugin_module("watch", dsv_run_started=dsv_run_started, dsv_run_finished=dsv_run_finished), "watch")
     finals = {}
     for weight in (0.0, 2.0):  # weight 0: the term is recorded but does not steer the candidates
-        path = bn_pipeline(
-            tmp_path, f'[{{ name = "bn_stats", weight = {weight} }}, {{ name = "tv", weight = 0.01 }}]', 20, bn_models
+        priors = [{"name": "bn_stats", "weight": weight}, {"name": "tv", "weight": 0.01}]
+        path = write_pipeline(
+            tmp_path / "bn.toml",
+            **BN_PIPELINE,
+            store=tmp_path / "bn.zarr",
+            models=bn_models,
+            synthesis={"iterations": 20, **BN_SYNTHESIS, "priors": priors},
         )
         result = Pipeline.from_toml(path, plugins=pm, progress=False, fresh=True).run()
         bn = RunStore.open(result.store).history()["bn_stats"]
@@ -321,12 +318,15 @@ def test_a_pipeline_uses_bn_stats_and_leaves_no_hook_behind(bn_plugin, bn_models
     assert all(torch.equal(v, trained[k]) for k, v in seen["state"].items())  # running stats untouched
 
 
-def test_bn_stats_from_the_command_line(bn_plugin, bn_models, tmp_path, capsys):
-    path = bn_pipeline(tmp_path, '[{ name = "bn_stats", weight = 0.05, layers = "4" }]', 3, bn_models)
+def test_bn_stats_from_the_command_line(bn_plugin, bn_models, tmp_path, write_pipeline, capsys):
+    bn = dict(BN_PIPELINE, store=tmp_path / "bn.zarr", models=bn_models)
+    priors = [{"name": "bn_stats", "weight": 0.05, "layers": "4"}]
+    path = write_pipeline(tmp_path / "bn.toml", **bn, synthesis={"iterations": 3, **BN_SYNTHESIS, "priors": priors})
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dsv-pipeline: error:") and "synthesis.priors[0]: bn_stats: layers='4'" in err
-    path = bn_pipeline(tmp_path, '[{ name = "bn_stats", weight = 0.05, layers = "5" }]', 3, bn_models)
+    priors = [{"name": "bn_stats", "weight": 0.05, "layers": "5"}]
+    path = write_pipeline(tmp_path / "bn.toml", **bn, synthesis={"iterations": 3, **BN_SYNTHESIS, "priors": priors})
     assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 0
     assert "bn_stats" in RunStore.open(tmp_path / "bn.zarr").history()
     assert cli.main(["run", str(path), "--no-progress", "--fresh", "--disable-plugin", "bn-prior"]) == 2

@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import tomllib
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SYNTHESIZE_ONLY
 
 from dsv import cli
 from dsv import config as cfg
-from dsv.builtin.models import ConvNet
 from dsv.errors import ConfigError
 from dsv.pipeline import Pipeline, load_pipeline, load_pipeline_text
 from dsv.plugins import get_plugin_manager
@@ -73,6 +73,52 @@ def test_load_reads_a_file_and_names_it(tmp_path):
         load_pipeline(tmp_path / "missing.toml")
 
 
+def test_the_pipeline_writer_of_the_tests_writes_toml_that_loads_back(tmp_path, write_pipeline):
+    """conftest's write_pipeline renders Python values as TOML: tomllib reads back the same dict."""
+    synthesis = {
+        "iterations": 3,
+        "lr_x": 1e-05,
+        "scale": -2.5,
+        "large": 1e16,
+        "limits": [float("inf"), float("-inf")],
+        "flags": [True, False],
+        "empty": [],
+        "targets": [3, {"1": 0.25, "2": 0.75}],
+        "losses": [{"name": "primal"}, {"name": "stationarity", "params": ["head.*"], "options": {}}],
+        "text": 'a "quote", a \\ backslash, a\ttab, a\nnewline, \x7f, é and 😀',
+        "a key": "with a space",
+    }
+    path = write_pipeline(
+        tmp_path / "p.toml",
+        name="r",
+        store=tmp_path / "s.zarr",
+        models=tmp_path / "models",
+        synthesis=synthesis,
+        tables={"model": {"weights_path": tmp_path / "w.pt"}, "export": {"png": ""}},
+    )
+    assert tomllib.loads(path.read_text()) == {
+        "run": {
+            "name": "r",
+            "seed": 0,
+            "device": "cpu",
+            "store": (tmp_path / "s.zarr").as_posix(),
+            "stages": ["train", "synthesize"],
+        },
+        "data": {"name": "digits"},
+        "model": {
+            "source": "convnet",
+            "options": {"width": 8, "depth": 2},
+            "weights_path": (tmp_path / "w.pt").as_posix(),
+        },
+        "train": {
+            "retrainer": {"name": "adam", "epochs": 1, "batch_size": 64, "lr": 0.01},
+            "cache_dir": (tmp_path / "models").as_posix(),
+        },
+        "synthesis": synthesis,
+        "export": {"png": ""},
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # bad input, each kind with its message
 # --------------------------------------------------------------------------------------------------
@@ -85,35 +131,17 @@ def test_wrong_type_of_a_plugin_option_names_the_key_path(plugins):
     assert message == 'p.toml: synthesis.priors[0].weight: expected a number, got "abc"'
 
 
-def digits_pipeline_file(tmp_path, synthesis_line: str):
-    """A synthesize-only digits pipeline with saved convnet weights; returns (file, store path)."""
-    weights = tmp_path / "convnet.pt"
-    torch.save(ConvNet(1, 8, 10, width=4, depth=2).state_dict(), weights)
+def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(
+    tmp_path, digits_bundle, convnet_weights, write_pipeline, capsys
+):
     store = tmp_path / "run.zarr"
-    path = tmp_path / "pipeline.toml"
-    path.write_text(
-        textwrap.dedent(f"""\
-        [run]
-        stages = ["synthesize"]
-        store = "{store.as_posix()}"
-        device = "cpu"
-        [data]
-        name = "digits"
-        [model]
-        source = "convnet"
-        weights_path = "{weights.as_posix()}"
-        options = {{ width = 4, depth = 2 }}
-        [synthesis]
-        iterations = 2
-        """)
-        + synthesis_line
-        + "\n"
+    path = write_pipeline(
+        tmp_path / "pipeline.toml",
+        **SYNTHESIZE_ONLY,
+        store=store,
+        tables={"model": {"weights_path": convnet_weights}},
+        synthesis={"iterations": 2, "priors": [{"name": "tv", "weight": "abc"}]},
     )
-    return path, store
-
-
-def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(tmp_path, digits_bundle, capsys):
-    path, store = digits_pipeline_file(tmp_path, 'priors = [{ name = "tv", weight = "abc" }]')
     expected = f'{path}: synthesis.priors[0].weight: expected a number, got "abc"'
     with pytest.raises(ConfigError) as info:
         Pipeline.from_toml(path, progress=False).run()
@@ -357,10 +385,17 @@ def test_export_file_names_that_are_not_plain_names_fail_at_load(name):
     assert message.startswith("p.toml: export.png:")
 
 
-def test_a_stationarity_glob_matching_nothing_is_a_config_error(tmp_path, capsys):
+def test_a_stationarity_glob_matching_nothing_is_a_config_error(tmp_path, convnet_weights, write_pipeline, capsys):
     """``params = "nope.*"`` fails in Stationarity.attach with a ValueError; the CLI must report it
     as one line naming the key (exit 2), not crash with a traceback, and create no store."""
-    path, store = digits_pipeline_file(tmp_path, 'losses = ["primal", { name = "stationarity", params = "nope.*" }]')
+    store = tmp_path / "run.zarr"
+    path = write_pipeline(
+        tmp_path / "pipeline.toml",
+        **SYNTHESIZE_ONLY,
+        store=store,
+        tables={"model": {"weights_path": convnet_weights}},
+        synthesis={"iterations": 2, "losses": ["primal", {"name": "stationarity", "params": "nope.*"}]},
+    )
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "synthesis.losses[1]" in err and "no parameter matches ['nope.*']" in err

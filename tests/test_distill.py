@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import digits_run_tables, image_classifier
+from conftest import image_classifier
 from torch import nn
 
 from dsv import cli
@@ -24,44 +23,41 @@ from dsv.pipeline import load_pipeline_text
 from dsv.plugins import InitContext, get_plugin_manager, normalize
 from dsv.store import RunStore
 
-DISTILL_TABLES = """\
-    [synthesis]
-    iterations = 15
-    candidates_per_class = 2
-    lambda_warmup = 5
-    init = { name = "other", dataset = "digits", split = "test" }
-    checkpoint_every = 0
-
-    [select]
-    iterations = 60
-    top_k = [1, 5]
-    random_samples = 200
-
-    [retrain]
-    retrainer = { name = "sam", epochs = 15, batch_size = 64, lr = 1e-2 }
-    seeds = 3
-    augmentations = [{ name = "noise", strength = 0.05 }]
-
-    [export]
-    png = ""
-    """
+DISTILL_SYNTHESIS = {
+    "iterations": 15,
+    "candidates_per_class": 2,
+    "lambda_warmup": 5,
+    "init": {"name": "other", "dataset": "digits", "split": "test"},
+    "checkpoint_every": 0,
+}
+DISTILL_TABLES = {
+    "select": {"iterations": 60, "top_k": [1, 5], "random_samples": 200},
+    "retrain": {
+        "retrainer": {"name": "sam", "epochs": 15, "batch_size": 64, "lr": 1e-2},
+        "seeds": 3,
+        "augmentations": [{"name": "noise", "strength": 0.05}],
+    },
+    "export": {"png": ""},
+}
 
 ALL_STAGES = ("train", "synthesize", "select", "retrain", "evaluate", "analyse", "export")
 
 
-def run_pipeline(tmp_path, name, stages, extra="", tables=DISTILL_TABLES):
-    store = tmp_path / f"{name}.zarr"
-    text = digits_run_tables(name, tmp_path / "models", store=store, stages=stages) + textwrap.dedent(tables) + extra
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text)
-    assert cli.main(["run", str(path), "--no-progress"]) == 0
-    return RunStore.open(store)
-
-
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def full_run(tmp_path_factory, write_pipeline):
     """train -> synthesize -> select -> retrain -> evaluate -> analyse on digits (a few seconds)."""
-    return run_pipeline(tmp_path_factory.mktemp("distill"), "all", ALL_STAGES)
+    root = tmp_path_factory.mktemp("distill")
+    path = write_pipeline(
+        root / "all.toml",
+        name="all",
+        stages=ALL_STAGES,
+        store=root / "all.zarr",
+        models=root / "models",
+        synthesis=DISTILL_SYNTHESIS,
+        tables=DISTILL_TABLES,
+    )
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    return RunStore.open(root / "all.zarr")
 
 
 def test_every_stage_records_its_results(full_run, capsys):
@@ -116,15 +112,17 @@ def test_analyse_correlates_class_lambda_with_class_accuracy(full_run):
         assert full_run.export_path(name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_select_alone_then_retrain_on_the_coreset(tmp_path):
-    store = run_pipeline(tmp_path, "core", ("train", "select"))
+def test_select_alone_then_retrain_on_the_coreset(tmp_path, write_pipeline):
+    core = dict(name="core", store=tmp_path / "core.zarr", models=tmp_path / "models", synthesis=DISTILL_SYNTHESIS)
+    path = write_pipeline(tmp_path / "core.toml", **core, stages=("train", "select"), tables=DISTILL_TABLES)
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    store = RunStore.open(tmp_path / "core.zarr")
     assert not store.has_candidates and "select" in store.results
-    extra = (
-        '\n[retrain]\nsource = "coreset"\ntop_k = 5\nseeds = 3\nretrainer = { name = "adam", epochs = 10, lr = 1e-2 }\n'
-    )
-    tables = DISTILL_TABLES.split("    [retrain]")[0]
-    store = run_pipeline(tmp_path, "core", ("train", "retrain", "evaluate"), extra=extra, tables=tables)
-    r = store.results["retrained"]
+    coreset = {"source": "coreset", "top_k": 5, "seeds": 3, "retrainer": {"name": "adam", "epochs": 10, "lr": 1e-2}}
+    tables = {"select": DISTILL_TABLES["select"], "retrain": coreset}  # no [export]
+    write_pipeline(tmp_path / "core.toml", **core, stages=("train", "retrain", "evaluate"), tables=tables)
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    r = RunStore.open(tmp_path / "core.zarr").results["retrained"]
     assert r["source"] == "coreset" and r["images"] == 50 and r["seeds"] == 3
     assert r["mean"] > 0.3  # 5 real digits per class teach a fresh model far beyond chance
 

@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import digits_run_tables, reference_run, small_synthesis_tables
+from conftest import SMALL_SYNTHESIS
 from conftest import dsv_cli as dsv_pipeline
 
 from dsv import cli
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.slow  # several processes and killed runs, in subproces
 
 ITERATIONS = 12
 GROUPS = 3
-
-
-def pipeline_text(cache_dir) -> str:
-    return digits_run_tables(
-        "digits_groups", cache_dir, seed=5, stages=("train", "synthesize", "export")
-    ) + small_synthesis_tables(ITERATIONS, f"groups = {GROUPS}\n")
 
 
 def arrays_of(store) -> dict[str, np.ndarray]:
@@ -54,10 +48,22 @@ def assert_same_arrays(got: dict, want: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, write_pipeline):
     """The uninterrupted 1-process run of the grouped pipeline (it also fills the weights cache)."""
     root = tmp_path_factory.mktemp("groups")
-    return reference_run(root, pipeline_text(root / "models"), arrays_of)
+    pipeline = write_pipeline(
+        root / "digits.toml",
+        name="digits_groups",
+        seed=5,
+        stages=("train", "synthesize", "export"),
+        models=root / "models",
+        synthesis={**SMALL_SYNTHESIS, "iterations": ITERATIONS, "groups": GROUPS},
+        tables={"export": {"png": "", "npz": "candidates.npz"}},
+    )
+    store = root / "reference.zarr"
+    done = dsv_pipeline("run", str(pipeline), "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}
 
 
 def test_two_gloo_processes_write_what_one_process_writes(reference, capsys):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 
 import numpy as np
 import pytest
 import tomllib
 import torch
-from conftest import REPO_ROOT, digits_run_tables
+from conftest import REPO_ROOT
 from PIL import Image
 
 from dsv import cli
@@ -27,16 +26,15 @@ from dsv.synthesis.build import target_matrix
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def synthesis_table(iterations: int = 12) -> str:
-    return textwrap.dedent(f"""\
-        [synthesis]
-        classes = [0, 3, 7]
-        iterations = {iterations}
-        checkpoint_every = 0
-        resolutions = [[1, 8], [6, 16]]
-        losses = [{{ name = "primal" }}, {{ name = "stationarity", distance = "l1", params = "head" }}]
-        priors = [{{ name = "tv", weight = 1e-2 }}]
-        """)
+# 3 candidates, 12 iterations, growing from 8x8 to 16x16 at iteration 6
+GEN_SYNTHESIS = {
+    "classes": [0, 3, 7],
+    "iterations": 12,
+    "checkpoint_every": 0,
+    "resolutions": [[1, 8], [6, 16]],
+    "losses": [{"name": "primal"}, {"name": "stationarity", "distance": "l1", "params": "head"}],
+    "priors": [{"name": "tv", "weight": 1e-2}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,40 +52,21 @@ def digit_png(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory, digit_png):
+def generated(tmp_path_factory, digit_png, write_pipeline):
     """One run of every generation stage (train cached, 12 iterations each; a few seconds)."""
     root = tmp_path_factory.mktemp("gen")
     store, cache = root / "run.zarr", root / "models"
-    stages = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
-    text = digits_run_tables("gen", cache, store=store, stages=("train", "synthesize")) + synthesis_table()
-    first = root / "train.toml"
-    first.write_text(text)
+    gen = dict(name="gen", store=store, models=cache, synthesis=GEN_SYNTHESIS)
+    first = write_pipeline(root / "train.toml", **gen, stages=("train", "synthesize"))
     assert cli.main(["run", str(first), "--no-progress"]) == 0  # trains and caches the generator's weights
     weights = next(cache.glob("*.pt"))
-    text = (
-        digits_run_tables("gen", cache, store=store, stages=stages)
-        + synthesis_table()
-        + textwrap.dedent(f"""\
-        [evaluate]
-        model = "convnet"
-        weights_path = "{weights.as_posix()}"
-        options = {{ width = 8, depth = 2 }}
-
-        [interpolate]
-        from_class = 0
-        to_class = 7
-        steps = 4
-        iterations = 8
-        png = "strip.png"
-
-        [edit]
-        edits = [{{ image = "{digit_png.as_posix()}", target = 8 }}]
-        iterations = 10
-        png = "edits.png"
-        """)
-    )
-    pipeline = root / "gen.toml"
-    pipeline.write_text(text)
+    tables = {
+        "evaluate": {"model": "convnet", "weights_path": weights, "options": {"width": 8, "depth": 2}},
+        "interpolate": {"from_class": 0, "to_class": 7, "steps": 4, "iterations": 8, "png": "strip.png"},
+        "edit": {"edits": [{"image": digit_png, "target": 8}], "iterations": 10, "png": "edits.png"},
+    }
+    stages = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
+    pipeline = write_pipeline(root / "gen.toml", **gen, stages=stages, tables=tables)
     assert cli.main(["run", str(pipeline), "--no-progress"]) == 0
     return {"root": root, "store": store, "weights": weights, "pipeline": pipeline}
 
@@ -177,12 +156,16 @@ def test_the_image_initializer_reads_the_file_into_model_space(digit_png):
     assert x16.shape == (1, 1, 16, 16)  # resized to the size asked for
 
 
-def test_a_missing_image_file_is_named(generated, tmp_path):
-    text = digits_run_tables(
-        "gen", generated["root"] / "models", store=tmp_path / "s.zarr", stages=("train", "synthesize", "edit")
-    ) + synthesis_table(2)
-    text += f'[edit]\nedits = [{{ image = "{(tmp_path / "nope.png").as_posix()}", target = 1 }}]\n'
-    (tmp_path / "bad.toml").write_text(text)
+def test_a_missing_image_file_is_named(generated, tmp_path, write_pipeline):
+    write_pipeline(
+        tmp_path / "bad.toml",
+        name="gen",
+        stages=("train", "synthesize", "edit"),
+        store=tmp_path / "s.zarr",
+        models=generated["root"] / "models",
+        synthesis={**GEN_SYNTHESIS, "iterations": 2},
+        tables={"edit": {"edits": [{"image": tmp_path / "nope.png", "target": 1}]}},
+    )
     with pytest.raises(DsvError, match=r"nope\.png: image file not found"):
         Pipeline.from_toml(tmp_path / "bad.toml", progress=False).run()
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import digits_run_tables
 
 from dsv import cli
 from dsv.store import RunStore, is_store
@@ -26,34 +24,31 @@ SHOW_KEYS = {
 }
 
 
-def pipeline_text(store, cache_dir) -> str:
-    return digits_run_tables(
-        "digits_e2e", cache_dir, store=store, stages=("train", "synthesize", "export")
-    ) + textwrap.dedent("""\
-        [synthesis]
-        iterations = 20
-        record_every = 1
-        checkpoint_every = 8
-        losses = [
-          { name = "primal", weight = 1.0 },
-          { name = "stationarity", weight = 1.0, distance = "l1", params = "head" },
-        ]
-        priors = [{ name = "tv", weight = 1e-2 }, { name = "norm", weight = 1e-3 }]
-        augmentations = [{ name = "flip", p = 0.5 }, { name = "noise", strength = 0.01 }]
-
-        [export]
-        png = "grid.png"
-        npz = "candidates.npz"
-        """)
-
-
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
+def e2e(tmp_path_factory, write_pipeline):
     """One real run shared by the tests of this module (training + 20 iterations, ~1 s)."""
     root = tmp_path_factory.mktemp("e2e")
     store, cache = root / "run.zarr", root / "models"
-    pipeline = root / "digits.toml"
-    pipeline.write_text(pipeline_text(store, cache))
+    synthesis = {
+        "iterations": 20,
+        "record_every": 1,
+        "checkpoint_every": 8,
+        "losses": [
+            {"name": "primal", "weight": 1.0},
+            {"name": "stationarity", "weight": 1.0, "distance": "l1", "params": "head"},
+        ],
+        "priors": [{"name": "tv", "weight": 1e-2}, {"name": "norm", "weight": 1e-3}],
+        "augmentations": [{"name": "flip", "p": 0.5}, {"name": "noise", "strength": 0.01}],
+    }
+    pipeline = write_pipeline(
+        root / "digits.toml",
+        name="digits_e2e",
+        stages=("train", "synthesize", "export"),
+        store=store,
+        models=cache,
+        synthesis=synthesis,
+        tables={"export": {"png": "grid.png", "npz": "candidates.npz"}},
+    )
     code = cli.main(["run", str(pipeline), "--no-progress"])
     return {"code": code, "root": root, "store": store, "cache": cache, "pipeline": pipeline}
 

@@ -11,7 +11,7 @@ import types
 import attrs
 import pytest
 import torch
-from conftest import REPO_ROOT, digits_run_tables, plugin_module
+from conftest import REPO_ROOT, plugin_module
 from torch import nn
 
 from dsv import cli
@@ -359,20 +359,8 @@ SHARP_SOURCE = """
 """
 
 
-def tiny_pipeline(root, priors="[]", iterations=6, models=None):
-    """Digits, a small ConvNet trained one epoch (cached), a few synthesis iterations."""
-    path = root / "tiny.toml"
-    path.write_text(
-        digits_run_tables("tiny", models or root / "models", store=root / "tiny.zarr")
-        + textwrap.dedent(f"""\
-        [synthesis]
-        iterations = {iterations}
-        lambda_warmup = 2
-        checkpoint_every = 4
-        priors = {priors}
-        """)
-    )
-    return path
+# a few synthesis iterations of a small ConvNet trained one epoch on digits (weights cached in models_dir)
+TINY_SYNTHESIS = {"iterations": 6, "lambda_warmup": 2, "checkpoint_every": 4, "priors": []}
 
 
 @pytest.fixture(scope="module")
@@ -426,13 +414,19 @@ def test_a_duplicate_name_from_a_distribution_is_named_on_the_command_line(fake_
 
 
 def test_a_distribution_that_fails_to_import_is_named_and_can_be_skipped(
-    fake_distribution, capsys, tmp_path, models_dir
+    fake_distribution, capsys, tmp_path, models_dir, write_pipeline
 ):
     broken = """
         import dsv_missing_dependency_xyz
     """
     fake_distribution("dsv-broken", "2.0", {"dsv_broken": broken}, {"broken": "dsv_broken"})
-    path = tiny_pipeline(tmp_path, iterations=2, models=models_dir)
+    path = write_pipeline(
+        tmp_path / "tiny.toml",
+        name="tiny",
+        store=tmp_path / "tiny.zarr",
+        models=models_dir,
+        synthesis={**TINY_SYNTHESIS, "iterations": 2},
+    )
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -441,9 +435,17 @@ def test_a_distribution_that_fails_to_import_is_named_and_can_be_skipped(
     assert cli.main(["run", str(path), "--no-progress", "--disable-plugin", "broken"]) == 0
 
 
-def test_a_prior_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path, models_dir):
+def test_a_prior_raising_during_a_run_names_its_distribution(
+    fake_distribution, capsys, tmp_path, models_dir, write_pipeline
+):
     fake_distribution("dsv-sharp", "1.2.3", {"dsv_sharp": SHARP_SOURCE}, {"sharp": "dsv_sharp"})
-    path = tiny_pipeline(tmp_path, priors='[{ name = "sharp", weight = 0.1, fail_at = 3 }]', models=models_dir)
+    path = write_pipeline(
+        tmp_path / "tiny.toml",
+        name="tiny",
+        store=tmp_path / "tiny.zarr",
+        models=models_dir,
+        synthesis={**TINY_SYNTHESIS, "priors": [{"name": "sharp", "weight": 0.1, "fail_at": 3}]},
+    )
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -455,7 +457,9 @@ def test_a_prior_raising_during_a_run_names_its_distribution(fake_distribution, 
     assert RunStore.open(tmp_path / "tiny.zarr").meta["committed_iteration"] == 2  # the store kept the rest
 
 
-def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(fake_distribution, capsys, tmp_path, models_dir):
+def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(
+    fake_distribution, capsys, tmp_path, models_dir, write_pipeline
+):
     flaky = """
         from dsv.plugins import hookimpl
 
@@ -465,7 +469,9 @@ def test_a_lifecycle_hook_raising_during_a_run_names_its_distribution(fake_distr
                 raise ConnectionError("dashboard unreachable")
     """
     fake_distribution("dsv-dashboard", "3.1", {"dsv_dashboard": flaky}, {"dashboard": "dsv_dashboard"})
-    path = tiny_pipeline(tmp_path, models=models_dir)
+    path = write_pipeline(
+        tmp_path / "tiny.toml", name="tiny", store=tmp_path / "tiny.zarr", models=models_dir, synthesis=TINY_SYNTHESIS
+    )
     assert cli.main(["run", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -486,7 +492,7 @@ def test_an_error_in_dsv_itself_keeps_its_traceback(fake_distribution, monkeypat
         cli.main(["plugins"])
 
 
-def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp_path, models_dir):
+def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp_path, models_dir, write_pipeline):
     events = []
 
     def dsv_run_started(run):
@@ -515,7 +521,13 @@ def test_every_lifecycle_hook_fires_in_a_pipeline_run_and_a_hook_can_stop_it(tmp
     )
     # lambda_init tiny and lr_lambda large: lambdas cross 0 within a few iterations (pruning)
     overrides = ["synthesis.lambda_init=1e-4", "synthesis.lr_lambda=0.5", "synthesis.lambda_warmup=0"]
-    path = tiny_pipeline(tmp_path, iterations=20, models=models_dir)
+    path = write_pipeline(
+        tmp_path / "tiny.toml",
+        name="tiny",
+        store=tmp_path / "tiny.zarr",
+        models=models_dir,
+        synthesis={**TINY_SYNTHESIS, "iterations": 20},
+    )
     result = Pipeline.from_toml(path, overrides=overrides, plugins=pm, progress=False).run()
     assert events[0] == ("started", 0, (10, 1, 8, 8))
     assert [e[1] for e in events if e[0] == "iteration"] == [1, 2, 3, 4, 5]
@@ -606,18 +618,22 @@ def guide_code(marker: str) -> str:
     return text[start : text.index("```", start)]
 
 
-def test_the_stage_of_the_guide_runs_from_a_pipeline_file(fake_distribution, tmp_path, models_dir, capsys):
+def test_the_stage_of_the_guide_runs_from_a_pipeline_file(
+    fake_distribution, tmp_path, models_dir, write_pipeline, capsys
+):
     fake_distribution(
         "dsv-predictions-csv",
         "0.1.0",
         {"dsv_predictions_csv": guide_code("# dsv_predictions_csv.py")},
         {"predictions-csv": "dsv_predictions_csv"},
     )
-    path = tiny_pipeline(tmp_path, iterations=3, models=models_dir)
-    text = path.read_text().replace(
-        'stages = ["train", "synthesize"]', 'stages = ["predictions_csv", "train", "synthesize"]'
+    tiny = dict(
+        name="tiny", store=tmp_path / "tiny.zarr", models=models_dir, synthesis={**TINY_SYNTHESIS, "iterations": 3}
     )
-    path.write_text(text + '\n[predictions_csv]\ntop = 2\nfile = "guesses.csv"\n')
+    stages = ("predictions_csv", "train", "synthesize")
+    path = write_pipeline(
+        tmp_path / "tiny.toml", **tiny, stages=stages, tables={"predictions_csv": {"top": 2, "file": "guesses.csv"}}
+    )
     assert cli.main(["run", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     rows = (tmp_path / "tiny.zarr" / "exports" / "guesses.csv").read_text().splitlines()
@@ -625,10 +641,10 @@ def test_the_stage_of_the_guide_runs_from_a_pipeline_file(fake_distribution, tmp
     assert len(rows) == 11  # 10 digits classes, one candidate each
     assert '"predictions_csv": {' in out and '"rows": 10' in out
     # its table is checked like any other, before any stage runs
-    path.write_text(text + "\n[predictions_csv]\ntop = 0\n")
+    write_pipeline(path, **tiny, stages=stages, tables={"predictions_csv": {"top": 0}})
     assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 2
     assert "predictions_csv.top" in capsys.readouterr().err
-    path.write_text(text.replace('"predictions_csv", ', '"predictions_cvs", '))
+    write_pipeline(path, **tiny, stages=("predictions_cvs", "train", "synthesize"))
     assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 2
     assert "unknown stage 'predictions_cvs'" in capsys.readouterr().err
 

@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import digits_run_tables, reference_run, small_synthesis_tables
+from conftest import SMALL_SYNTHESIS
 from conftest import dsv_cli as dsv_pipeline
 
 from dsv import cli
@@ -22,19 +22,29 @@ from dsv.store import SCHEMA_VERSION, RunStore, checkpoint
 ITERATIONS = 24
 
 
-def pipeline_text(cache_dir) -> str:
-    return digits_run_tables(
-        "digits_resume", cache_dir, seed=3, stages=("train", "synthesize", "export")
-    ) + small_synthesis_tables(
-        ITERATIONS, "candidates_per_class = 1\nrecord_every = 1\nresolutions = [[1, 8], [12, 12]]\n"
-    )
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, write_pipeline):
     """The uninterrupted run every resumed run must equal (it also fills the weights cache)."""
     root = tmp_path_factory.mktemp("resume")
-    return reference_run(root, pipeline_text(root / "models"), arrays_of)
+    pipeline = write_pipeline(
+        root / "digits.toml",
+        name="digits_resume",
+        seed=3,
+        stages=("train", "synthesize", "export"),
+        models=root / "models",
+        synthesis={
+            **SMALL_SYNTHESIS,
+            "iterations": ITERATIONS,
+            "candidates_per_class": 1,
+            "record_every": 1,
+            "resolutions": [[1, 8], [12, 12]],
+        },
+        tables={"export": {"png": "", "npz": "candidates.npz"}},
+    )
+    store = root / "reference.zarr"
+    done = dsv_pipeline("run", str(pipeline), "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    return {"root": root, "pipeline": pipeline, "store": store, "arrays": arrays_of(store)}
 
 
 def arrays_of(store) -> dict[str, np.ndarray]:
