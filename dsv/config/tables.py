@@ -9,6 +9,9 @@ import attrs
 
 from dsv.config.plugin_spec import PluginSpec
 
+# how candidates are kept inside the model's input domain, when it is known (see dsv.synthesis.build)
+DOMAIN_MODES = ("clamp", "penalty", "none")
+
 # stages that a pipeline runs when [run] names none
 DEFAULT_STAGES = ("train", "synthesize", "export")
 
@@ -38,6 +41,9 @@ class ModelConfig:
     source: str
     weights_path: str = ""
     options: dict[str, Any] = attrs.field(factory=dict)
+    # the input domain in model input units, [low, high] (numbers, or one list per side with a
+    # value per channel); empty: the model source's (derived from its data's pixel range)
+    input_range: list[Any] = attrs.field(factory=list)
 
 
 def _default_losses() -> list[PluginSpec]:
@@ -62,9 +68,12 @@ class SynthesisConfig:
     resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
-    groups: int = (
-        1  # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
-    )
+    # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
+    groups: int = 1
+    # keep the candidates inside the model's input domain (when known): "clamp" projects them after
+    # every step, "penalty" adds domain_weight * the mean squared excess, "none" lets them roam
+    domain: str = "clamp"
+    domain_weight: float = 10.0
 
 
 @attrs.define(kw_only=True)
@@ -117,6 +126,10 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
         problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
     if s.augmented_weight < 0:
         problems.append(f"synthesis.augmented_weight: must be at least 0, got {s.augmented_weight}")
+    if s.domain not in DOMAIN_MODES:
+        problems.append(f"synthesis.domain: expected one of {', '.join(map(repr, DOMAIN_MODES))}, got {s.domain!r}")
+    if s.domain_weight <= 0:
+        problems.append(f"synthesis.domain_weight: must be positive, got {s.domain_weight}")
     return problems
 
 

@@ -14,7 +14,7 @@ import torch
 from dsv import config as cfg
 from dsv.errors import ConfigError
 from dsv.evaluation.retraining import accuracy_on
-from dsv.plugins import DatasetBundle, DsvPluginManager, LoadedModel, ModelRequest, normalize
+from dsv.plugins import DatasetBundle, DsvPluginManager, LoadedModel, ModelRequest, normalize, per_channel_range
 from dsv.store import RunStore
 from dsv.store.meta import run_meta
 
@@ -130,13 +130,20 @@ class StageContext:
             m = self.config.model
             request = ModelRequest(data=self.data(), weights_path=m.weights_path)
             torch.manual_seed(self.seed)  # a model to train starts from weights of run.seed
-            self._model = cfg.build(
+            loaded = cfg.build(
                 cfg.PluginSpec(name=m.source, options=m.options),
                 self.plugins.registry("models"),
                 source=self.source,
                 path="model",
                 request=request,
             )
+            if m.input_range:
+                try:
+                    low, high = per_channel_range(m.input_range, loaded.spec.channels, "model.input_range")
+                except ValueError as exc:
+                    raise ConfigError(f"{self.source}: {exc}") from None
+                loaded.spec = attrs.evolve(loaded.spec, low=low, high=high)
+            self._model = loaded
         return self._model
 
     @model.setter

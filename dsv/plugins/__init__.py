@@ -11,6 +11,8 @@ from dsv.plugins.contracts import (
     LoadedModel,
     ModelRequest,
     normalize,
+    per_channel_range,
+    pixel_domain,
 )
 from dsv.plugins.manager import (
     BUILTIN_MODULES,
@@ -45,4 +47,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "normalize",
+    "per_channel_range",
+    "pixel_domain",
 ]

@@ -4,6 +4,7 @@ plugins alike import them from :mod:`dsv.plugins` and nothing above."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence, Sized
 from typing import Any, Protocol, cast
 
@@ -33,6 +34,7 @@ class DatasetBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     fingerprint: str
+    pixel_range: tuple[float, float] = (0.0, 1.0)  # what the images' values span (before normalization)
 
     @property
     def num_classes(self) -> int:
@@ -49,15 +51,68 @@ class DatasetBundle:
 
 @attrs.define
 class InputSpec:
+    """What a model eats and predicts: channels, size, the normalization of its inputs, its class
+    names, and its input domain: per channel, the lowest and highest value (in model input units)
+    an input of its data can take, or None where that is not known."""
+
     channels: int
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def domain(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(low, high) per channel, or None when the domain is not known."""
+        if self.low is None or self.high is None:
+            return None
+        return self.low, self.high
+
+
+def pixel_domain(
+    mean: Sequence[float], std: Sequence[float], pixel_range: tuple[float, float] = (0.0, 1.0)
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input domain of images whose pixels span ``pixel_range``, normalized by mean/std:
+    ``((p_low - m) / s, (p_high - m) / s)`` per channel."""
+    low, high = pixel_range
+    return (
+        tuple((low - m) / s for m, s in zip(mean, std)),
+        tuple((high - m) / s for m, s in zip(mean, std)),
+    )
+
+
+def per_channel_range(value: Any, channels: int, what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(low, high)`` given as two numbers or two per-channel sequences, as per-channel tuples;
+    ValueError naming ``what`` unless every low is below its high and the channel count fits."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{what}: expected (low, high), got {value!r}")
+
+    def channel_values(v: Any, name: str) -> tuple[float, ...]:
+        problem = f"{what}: {name} must be a number or one number per channel, got {v!r}"
+        if isinstance(v, bool) or isinstance(v, (str, bytes)):
+            raise ValueError(problem)
+        if isinstance(v, (int, float)):
+            return (float(v),) * channels
+        try:
+            values = tuple(float(x) for x in v)
+        except (TypeError, ValueError):
+            raise ValueError(problem) from None
+        if len(values) == 1:
+            values *= channels
+        if len(values) != channels:
+            raise ValueError(f"{what}: {name} has {len(values)} values, the model takes {channels} channels")
+        return values
+
+    lows, highs = channel_values(value[0], "low"), channel_values(value[1], "high")
+    if not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in zip(lows, highs)):
+        raise ValueError(f"{what}: low must be below high in every channel, got low={list(lows)}, high={list(highs)}")
+    return lows, highs
 
 
 @attrs.define

@@ -31,7 +31,8 @@ def cache_path(context: StageContext, table: TrainConfig) -> Path:
     """Where the weights of this model, training table, data and seed are cached."""
     data = context.require_data()
     key = {
-        "model": attrs.asdict(context.config.model),
+        # the input domain does not change the trained weights
+        "model": attrs.asdict(context.config.model, filter=lambda a, _: a.name != "input_range"),
         "train": cfg.CONVERTER.unstructure(table.retrainer),
         "data": data.fingerprint,
         "seed": context.seed,

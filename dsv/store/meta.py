@@ -46,5 +46,8 @@ def run_meta(
         "std": list(spec.std),
         "model": model,
         "model_fingerprint": model_fingerprint(module),
+        # the input domain in model input units (per channel), or None where it is not known
+        "input_low": list(spec.low) if spec.low is not None else None,
+        "input_high": list(spec.high) if spec.high is not None else None,
         **extra,
     }

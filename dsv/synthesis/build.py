@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -85,6 +86,11 @@ def build_run(
     x0 = init(shape, targets.argmax(1), InitContext(gen, spec, data))
     losses = _named(s.losses, "losses", plugins, source)
     priors = _named(s.priors, "priors", plugins, source)
+    bounds = domain_bounds(spec, device) if s.domain != "none" else None
+    if bounds is not None and s.domain == "penalty":
+        priors.append(("domain", DomainPenalty(weight=s.domain_weight, low=bounds[0], high=bounds[1])))
+    if bounds is not None and s.domain == "clamp":
+        x0 = torch.clamp(x0.to(device), min=bounds[0], max=bounds[1])
     augs = [
         _term(a, "augmentations", plugins, source, f"synthesis.augmentations[{i}]")
         for i, a in enumerate(s.augmentations)
@@ -125,7 +131,32 @@ def build_run(
         resolutions=[(start, size) for start, size in s.resolutions],  # pairs: _check_resolutions unpacked each
         hooks=plugins,
         progress=progress,
+        bounds=bounds if s.domain == "clamp" else None,
     )
+
+
+def domain_bounds(spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The model's input domain as (low, high) tensors of shape (1, C, 1, 1), or None if unknown."""
+    if spec.domain is None:
+        return None
+    low, high = spec.domain
+    return (
+        torch.tensor(low, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+        torch.tensor(high, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+    )
+
+
+@attrs.define(kw_only=True)
+class DomainPenalty:
+    """``synthesis.domain = "penalty"``: mean squared excess of the candidates beyond the model's
+    input domain, per channel (the ``range`` prior with the domain's own bounds)."""
+
+    weight: float
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.high).clamp(min=0).pow(2).mean() + (self.low - x).clamp(min=0).pow(2).mean()
 
 
 def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels: int, device, source: str) -> None:

@@ -47,6 +47,9 @@ class SynthesisRun:
     store: Any = None  # dsv.store.RunStore or None
     hooks: Any = None  # dsv.plugins.DsvPluginManager or None
     progress: bool = True
+    # (low, high) of the input domain, (1, C, 1, 1) each: candidates are projected into it after
+    # every step (synthesis.domain = "clamp"); None: not enforced here
+    bounds: tuple[Tensor, Tensor] | None = None
     optimizer: torch.optim.Optimizer = attrs.field(init=False)
     pending: dict[str, list] = attrs.field(factory=dict, init=False)
     committed_iteration: int = attrs.field(default=0, init=False)
@@ -140,6 +143,8 @@ class SynthesisRun:
         self._stepped = True
         self.optimizer.step()
         with torch.no_grad():  # dead candidates stop taking part: restore what Adam's momentum moved
+            if self.bounds is not None:
+                self.x.clamp_(min=self.bounds[0], max=self.bounds[1])
             self.x[dead] = frozen_x
             self.lambdas[dead] = frozen_l
         pruned = kkt.newly_infeasible(self.lambdas, self.alive)
