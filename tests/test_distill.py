@@ -321,3 +321,31 @@ def test_misclassified_samples_are_no_support_vectors():
         head, logits, features, labels, feasible_only=False, iterations=50, lr=0.1, lambda_init=0.5
     )
     assert (everyone[:3] > 0).any()
+
+
+def test_the_teacher_labelled_retrainer_learns_the_teachers_outputs_not_the_labels(digits_bundle):
+    from dsv.builtin.retrainers import Adam, TeacherLabelled
+
+    images, _ = digits_bundle.tensors("train")
+    images = images[:40]
+    labels = torch.zeros(40, dtype=torch.long)  # every hard label says class 0
+
+    class Teacher(nn.Module):  # says class 7 of everything, with some doubt about class 2
+        def forward(self, x):
+            logits = torch.zeros(len(x), 10)
+            logits[:, 7], logits[:, 2] = 3.0, 1.0
+            return logits
+
+    template = image_classifier(seed=1)
+    options = dict(epochs=30, batch_size=20, lr=1e-2)
+    taught = retrain_models(
+        template, images, labels, TeacherLabelled(noise=0.05, **options), seeds=[0], teacher=Teacher()
+    )[0]
+    hard = retrain_models(template, images, labels, Adam(**options), seeds=[0])[0]
+    with torch.no_grad():
+        p_taught, p_hard = taught(images).softmax(1), hard(images).softmax(1)
+    want = Teacher()(images[:1]).softmax(1)[0]
+    assert (p_taught.argmax(1) == 7).all() and (p_hard.argmax(1) == 0).all()
+    assert torch.allclose(p_taught.mean(0), want, atol=0.05)  # the teacher's distribution, doubt included
+    with pytest.raises(ValueError, match="needs the base model"):
+        retrain_models(template, images, labels, TeacherLabelled(**options), seeds=[0])

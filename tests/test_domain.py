@@ -78,8 +78,9 @@ def test_per_channel_ranges_are_checked():
 def test_the_api_validates_input_range(scaled_mlp):
     for bad, message in [((0.5, -0.5), "input_range: low must be below high"), (([0, 0], 1), "low has 2 values")]:
         with pytest.raises(ConfigError, match=message):
-            dsv.synthesize(scaled_mlp, targets=range(2), input_shape=(1, 8, 8), input_range=bad, iterations=1,
-                           progress=False)
+            dsv.synthesize(
+                scaled_mlp, targets=range(2), input_shape=(1, 8, 8), input_range=bad, iterations=1, progress=False
+            )
 
 
 def test_the_api_warns_once_when_the_domain_is_unknown(scaled_mlp):
@@ -88,16 +89,25 @@ def test_the_api_warns_once_when_the_domain_is_unknown(scaled_mlp):
     assert result.x.shape == (2, 1, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning once the domain is known
-        dsv.synthesize(scaled_mlp, targets=range(2), input_shape=(1, 8, 8), input_range=SCALED, iterations=2,
-                       progress=False)
-        dsv.synthesize(scaled_mlp, targets=range(2), input_shape=(1, 8, 8), mean=0.5, std=1.0, iterations=2,
-                       progress=False)  # pixels in [0, 1] normalized: the domain is [-0.5, 0.5]
+        dsv.synthesize(
+            scaled_mlp, targets=range(2), input_shape=(1, 8, 8), input_range=SCALED, iterations=2, progress=False
+        )
+        dsv.synthesize(
+            scaled_mlp, targets=range(2), input_shape=(1, 8, 8), mean=0.5, std=1.0, iterations=2, progress=False
+        )  # pixels in [0, 1] normalized: the domain is [-0.5, 0.5]
 
 
 @pytest.mark.parametrize("mode", ["clamp", "penalty", "none"])
 def test_each_enforcement_mode(scaled_mlp, mode):
-    options = dict(input_shape=(1, 8, 8), input_range=SCALED, iterations=60, progress=False, domain=mode,
-                   init={"name": "noise", "std": 1.0}, lambda_warmup=10)
+    options = dict(
+        input_shape=(1, 8, 8),
+        input_range=SCALED,
+        iterations=60,
+        progress=False,
+        domain=mode,
+        init={"name": "noise", "std": 1.0},
+        lambda_warmup=10,
+    )
     result = dsv.synthesize(scaled_mlp, targets=range(10), **options)
     outside = float(np.clip(np.abs(result.x) - 0.5, 0, None).mean())
     if mode == "clamp":
@@ -112,8 +122,13 @@ def test_each_enforcement_mode(scaled_mlp, mode):
 
 
 def test_a_pipeline_keeps_its_candidates_in_the_derived_domain(tmp_path, write_pipeline):
-    path = write_pipeline(tmp_path / "p.toml", name="d", store=tmp_path / "d.zarr", models=tmp_path / "models",
-                          synthesis={"iterations": 5, "lambda_warmup": 2, "init": {"name": "noise", "std": 3.0}})
+    path = write_pipeline(
+        tmp_path / "p.toml",
+        name="d",
+        store=tmp_path / "d.zarr",
+        models=tmp_path / "models",
+        synthesis={"iterations": 5, "lambda_warmup": 2, "init": {"name": "noise", "std": 3.0}},
+    )
     result = Pipeline.from_toml(path, progress=False).run()
     store = RunStore.open(result.store)
     low, high = store.meta["input_low"][0], store.meta["input_high"][0]
@@ -125,8 +140,12 @@ def test_a_pipeline_keeps_its_candidates_in_the_derived_domain(tmp_path, write_p
 
 
 def test_model_input_range_overrides_the_source_and_names_its_key(tmp_path, write_pipeline):
-    kwargs = dict(name="o", store=tmp_path / "o.zarr", models=tmp_path / "models",
-                  synthesis={"iterations": 3, "lambda_warmup": 1, "init": {"name": "noise", "std": 3.0}})
+    kwargs = dict(
+        name="o",
+        store=tmp_path / "o.zarr",
+        models=tmp_path / "models",
+        synthesis={"iterations": 3, "lambda_warmup": 1, "init": {"name": "noise", "std": 3.0}},
+    )
     path = write_pipeline(tmp_path / "o.toml", **kwargs, tables={"model": {"input_range": [-0.1, 0.2]}})
     result = Pipeline.from_toml(path, progress=False).run()
     x = RunStore.open(result.store).candidates()["x"]

@@ -39,8 +39,9 @@ class SupervisedRetrainer:
     def optimizer(self, params):
         raise NotImplementedError
 
-    def fit(self, model: nn.Module, dataset: Dataset, *, device="cpu", seed: int = 0, progress: bool = True):
-        """Train ``model`` on ``dataset`` (already normalized); returns the model in eval mode."""
+    def fit(self, model: nn.Module, dataset: Dataset, *, device="cpu", seed: int = 0, progress: bool = True, **extra):
+        """Train ``model`` on ``dataset`` (already normalized); returns the model in eval mode.
+        ``extra`` goes to :meth:`trainer` (the teacher of the teacher-labelled retrainer)."""
         torch.manual_seed(seed)
         loader = DataLoader(
             dataset,
@@ -49,7 +50,7 @@ class SupervisedRetrainer:
             generator=torch.Generator().manual_seed(seed),
         )
         model.to(device).train()
-        trainer = self.trainer(model, device)
+        trainer = self.trainer(model, device, **extra)
         trainer.logger.setLevel(logging.WARNING)  # one line per epoch is noise when epochs are many tiny ones
         if progress:
             from ignite.handlers import ProgressBar
@@ -122,8 +123,54 @@ class SAM(Adam):
         return Engine(step)
 
 
+@attrs.define(kw_only=True)
+class TeacherLabelled(Adam):
+    """Data-free distillation on a small image set: the student learns the frozen base model's
+    (the teacher's) softmax on each training batch, not the images' hard labels. Each batch is
+    noised (Gaussian, ``noise`` in model input units) and augmented (the retrain table's
+    augmentations) before both models see it, so the teacher labels the very inputs the student
+    trains on. ``copies``: noised copies of every image in each batch (more distinct inputs per step
+    from a set of 10 images). The loss is the soft cross entropy (the KL divergence up to a constant)."""
+
+    noise: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
+    copies: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
+    needs_teacher = True  # the retrain stage passes teacher= (the base model)
+
+    def fit(self, model: nn.Module, dataset: Dataset, *, device="cpu", seed: int = 0, progress: bool = True, **extra):
+        if extra.get("teacher") is None:
+            raise ValueError("the teacher-labelled retrainer needs the base model (teacher=)")
+        return super().fit(model, dataset, device=device, seed=seed, progress=progress, **extra)
+
+    def trainer(self, model: nn.Module, device, teacher: nn.Module | None = None) -> Engine:
+        optimizer = self.optimizer(model.parameters())
+        assert teacher is not None  # fit() checked it
+        teacher = teacher.to(device).eval()
+        # a model behind training-time augmentations (dsv.evaluation.retraining.Augmented) exposes
+        # augment(x) and the bare model: augment once, and show both networks the same batch
+        augment = getattr(model, "augment", None)
+        student = model.model if augment is not None else model
+
+        def step(_engine, batch):
+            x = batch[0].to(device).repeat(self.copies, 1, 1, 1)
+            if self.noise:
+                x = x + self.noise * torch.randn_like(x)
+            if augment is not None:
+                x = augment(x)
+            with torch.no_grad():
+                soft = (teacher(x) / self.temperature).softmax(dim=1)
+            optimizer.zero_grad()
+            loss = -(soft * (student(x) / self.temperature).log_softmax(dim=1)).sum(dim=1).mean()
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+
+        return Engine(step)
+
+
 @hookimpl
 def dsv_register_retrainers(registry):
     registry.add("adam", Adam)
     registry.add("sgd", SGD)
     registry.add("sam", SAM)
+    registry.add("teacher", TeacherLabelled)

@@ -29,11 +29,13 @@ class Augmented(nn.Module):
         self.model = model
         self.augmentations = list(augmentations)
 
+    def augment(self, x: Tensor) -> Tensor:
+        for augmentation in self.augmentations:
+            x = augmentation(x)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            for augment in self.augmentations:
-                x = augment(x)
-        return self.model(x)
+        return self.model(self.augment(x) if self.training else x)
 
 
 def fresh_model(template: nn.Module, seed: int) -> nn.Module:
@@ -58,16 +60,19 @@ def retrain_models(
     seeds: Sequence[int] = (0, 1, 2),
     device: torch.device | str = "cpu",
     progress: bool = False,
+    teacher: nn.Module | None = None,
 ) -> list[nn.Module]:
     """One fresh model per seed, fitted by ``retrainer`` to ``images`` (model input space) and
-    hard ``labels``; returned in eval mode, without the augmentations."""
+    hard ``labels`` (or, for a retrainer that ``needs_teacher``, to ``teacher``'s predictions);
+    returned in eval mode, without the augmentations."""
     if len(images) == 0:
         raise DsvError("retrain: no images to train on")
     dataset = TensorDataset(images.detach().float().cpu(), labels.long().cpu())
     models = []
     for seed in seeds:
         model = fresh_model(template, seed)
-        retrainer.fit(Augmented(model, augmentations), dataset, device=device, seed=seed, progress=progress)
+        extra = {"teacher": teacher} if getattr(retrainer, "needs_teacher", False) else {}
+        retrainer.fit(Augmented(model, augmentations), dataset, device=device, seed=seed, progress=progress, **extra)
         models.append(model.cpu().eval())
     return models
 

@@ -67,6 +67,7 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
         seeds=seeds,
         device=context.device,
         progress=context.progress,
+        teacher=context.model.module,
     )
     files = [save_weights(m, store.export_path(f"{WEIGHTS_PREFIX}{s}.npz")) for m, s in zip(models, seeds)]
     store.put_result(
