@@ -37,11 +37,11 @@ def timed_run(root: Path, every: int, iterations: int, tag: str) -> tuple[float,
 
     overrides = [f"synthesis.checkpoint_every={every}", f"synthesis.iterations={iterations}", "export.png=''"]
     pipeline = Pipeline.from_toml(PIPELINE, overrides=overrides, store=str(root / f"{tag}.zarr"), progress=False)
-    loaded = pipeline.model()
+    pipeline.model()
     RunStore.commit = commit
     try:
         start = time.perf_counter()
-        pipeline.synthesize(loaded)
+        pipeline.synthesize()
         total = time.perf_counter() - start
     finally:
         RunStore.commit = original

@@ -53,13 +53,12 @@ def timed_rank(local_rank: int, args, store: str, result_file: str) -> None:
     """One rank: load the model, wait for the others, time the synthesize stage; rank 0 writes the time."""
     torch.set_num_threads(args.threads)
     pipeline = Pipeline.from_toml(PIPELINE, overrides=overrides(args), store=store, progress=False, fresh=True)
-    pipeline.device = distributed.rank_device(pipeline.device)
-    loaded = pipeline.model()
-    if pipeline.device.type == "cuda":
+    pipeline.model()  # on this rank's device
+    if pipeline.context.device.type == "cuda":
         torch.cuda.synchronize()
     distributed.barrier()
     start = time.perf_counter()
-    pipeline.synthesize(loaded)  # ends at a barrier: every group is in the store
+    pipeline.synthesize()  # ends at a barrier: every group is in the store
     seconds = time.perf_counter() - start
     if distributed.is_main_rank():
         Path(result_file).write_text(json.dumps({"seconds": seconds}))
@@ -72,10 +71,10 @@ def independent_process(index: int, args, parts: int, root: str, start_together)
     pipeline = Pipeline.from_toml(
         PIPELINE, overrides=overrides(share), store=f"{root}-{index}.zarr", progress=False, fresh=True
     )
-    loaded = pipeline.model()
+    pipeline.model()
     start_together.wait()
     start = time.perf_counter()
-    pipeline.synthesize(loaded)
+    pipeline.synthesize()
     Path(f"{root}-{index}.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
 
 

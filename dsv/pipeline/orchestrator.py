@@ -14,7 +14,7 @@ import ignite.distributed as idist
 from dsv import config as cfg
 from dsv.errors import ConfigError, StoreError
 from dsv.pipeline.stage import PHASES, Stage, StageContext
-from dsv.plugins import DsvPluginManager, PluginError, Registry, get_plugin_manager
+from dsv.plugins import DatasetBundle, DsvPluginManager, LoadedModel, PluginError, Registry, get_plugin_manager
 from dsv.store import RunStore, summary
 from dsv.synthesis import distributed
 from dsv.synthesis.build import API_SOURCE, resolve_device
@@ -165,26 +165,42 @@ class Pipeline:
         ``model`` phase first (the others then reuse what it cached), every rank runs the ``store``
         phase (each synthesizes its groups), and rank 0 alone runs the stages after it and returns
         a result (the others None)."""
+        self.model()
+        store = self.synthesize()
+        if store is None:
+            return None
+        files: list[Path] = []
+        for stage in (s for s in self.stages() if s.phase == "after"):
+            files += stage.run(self.context, store)
+        return PipelineResult(store.path, summary(store), files)
+
+    def model(self) -> LoadedModel:
+        """The ``[model]`` once the ``model`` phase ran (the train stage fits it, or reuses the
+        cached weights, when it needs weights); on several ranks the first of each machine first."""
         context = self.context
-        stages = self.stages()
         context.device = distributed.rank_device(context.device)
         with idist.one_rank_first(local=True):  # one process per machine fills the weights cache
-            for stage in (s for s in stages if s.phase == "model"):
+            for stage in (s for s in self.stages() if s.phase == "model"):
                 stage.run(context, None)
             if context.model.trainable:
                 raise ConfigError(
                     f"{self.source}: model {self.config.model.source!r} has no weights: add a [train] table and "
                     "the 'train' stage, or give model.weights_path"
                 )
-        for stage in (s for s in stages if s.phase == "store"):
-            stage.run(context, None)
+        return context.model
+
+    def data(self) -> DatasetBundle | None:
+        """The ``[data]`` set, or None."""
+        return self.context.data()
+
+    def synthesize(self) -> RunStore | None:
+        """The ``store`` phase (every rank synthesizes its groups), then the run store on rank 0
+        (None on the other ranks)."""
+        for stage in (s for s in self.stages() if s.phase == "store"):
+            stage.run(self.context, None)
         if not distributed.is_main_rank():
             return None
-        store = self.open_store()
-        files: list[Path] = []
-        for stage in (s for s in stages if s.phase == "after"):
-            files += stage.run(context, store)
-        return PipelineResult(store.path, summary(store), files)
+        return self.open_store()
 
     def open_store(self) -> RunStore:
         """The store of the stages after synthesis: the one the synthesis wrote (or an earlier run
