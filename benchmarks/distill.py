@@ -8,6 +8,14 @@ tested on the whole test split. Rows for each images-per-class count:
 * ``primal_only``: model inversion from noise (primal loss + priors, no stationarity);
 * ``dsv_noise``, ``dsv_other_data`` (init: sklearn digits, upscaled; no image of the data set is
   seen), ``dsv_real_init`` (init: the n real images of random_real);
+* the noise floor: ``noise_gaussian`` (N(0, 1) in model input units, i.e. the data's per-channel
+  mean and std, clamped to the input domain) and ``noise_uniform`` (uniform over the domain). A
+  DSV row that does not beat the better of them under its protocol is flagged.
+
+Protocols (``--protocols``, each row is scored under every one, same seeds): ``hard`` (the
+[retrain] table's retrainer on the hard labels) and ``teacher`` (the ``teacher`` retrainer with
+the same epochs, batch size and learning rate: students learn the base model's softmax on each
+noised, augmented batch).
 
 and coresets of real images: ``random``, ``herding``, ``lambda_top`` (the select stage's ranking).
 
@@ -30,6 +38,7 @@ import torch
 
 from dsv import config as cfg
 from dsv import kkt
+from dsv.builtin.retrainers import TeacherLabelled
 from dsv.evaluation.analysis import class_lambda_sums, pearson
 from dsv.evaluation.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
 from dsv.evaluation.retraining import accuracy_on, build_augmentations, build_retrainer, mean_std, retrain_models
@@ -40,7 +49,18 @@ from dsv.stages.retrain import RetrainConfig
 from dsv.stages.select import SelectConfig
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
-DISTILL_METHODS = ("random_real", "dm", "primal_only", "dsv_noise", "dsv_other_data", "dsv_real_init")
+DISTILL_METHODS = (
+    "noise_gaussian",
+    "noise_uniform",
+    "random_real",
+    "dm",
+    "primal_only",
+    "dsv_noise",
+    "dsv_other_data",
+    "dsv_real_init",
+)
+NOISE_FLOOR = ("noise_gaussian", "noise_uniform")
+PROTOCOLS = ("hard", "teacher")
 CORESET_METHODS = ("random", "herding", "lambda_top")
 ZERO_SHOT = ("primal_only", "dsv_noise", "dsv_other_data")
 
@@ -55,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
     p.add_argument("--methods", nargs="+", default=[*DISTILL_METHODS, *CORESET_METHODS])
     p.add_argument("--dm-iterations", type=int, default=500)
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--teacher-noise", type=float, default=0.1, help="the teacher protocol's batch noise (model units)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
@@ -85,18 +107,24 @@ class Bench:
             overrides += [
                 f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
                 f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
-                f"select.iterations={max((base.select or SelectConfig()).iterations // 5, 1)}",
+                f"select.iterations={max((base.table('select') or SelectConfig()).iterations // 5, 1)}",
             ]
             args.dm_iterations = max(args.dm_iterations // 5, 1)
         self.args = args
         self.pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, progress=args.progress)
         self.config = self.pipeline.config
         self.loaded = self.pipeline.model()  # trains, or reuses the cached weights
+        self.base_test_accuracy = self.pipeline.context.facts.get("base_test_accuracy")
         self.data = self.pipeline.data()
         r = self.config.table("retrain") or RetrainConfig()
         self.retrainer = build_retrainer(r.retrainer, self.pipeline.plugins, self.pipeline.source, "retrain.retrainer")
         if args.quick:
             self.retrainer = attrs.evolve(self.retrainer, epochs=max(self.retrainer.epochs // 5, 1))
+        same = {k: getattr(self.retrainer, k) for k in ("epochs", "batch_size", "lr", "weight_decay")}
+        self.retrainers = {
+            "hard": self.retrainer,
+            "teacher": TeacherLabelled(**same, noise=args.teacher_noise),
+        }
         self.augmentations = build_augmentations(
             r.augmentations, self.pipeline.plugins, self.pipeline.source, "retrain"
         )
@@ -105,15 +133,23 @@ class Bench:
         self.test_x = normalize(test_x, self.data.mean, self.data.std)
         self.rows, self.coreset, self.notes = [], [], {}
 
-    def score(self, images, labels) -> dict:
+    def score(self, images, labels, protocol: str = "hard") -> dict:
         models = retrain_models(
-            self.loaded.module, images, labels, self.retrainer, augmentations=self.augmentations, seeds=self.seeds
+            self.loaded.module,
+            images,
+            labels,
+            self.retrainers[protocol],
+            augmentations=self.augmentations,
+            seeds=self.seeds,
+            teacher=self.loaded.module,
         )
         accs = [accuracy_on(m, self.test_x, self.test_y, self.loaded.spec.num_classes)[0] for m in models]
         return mean_std(accs)
 
     def images_of(self, method: str, ipc: int):
         seed = self.config.run.seed
+        if method in NOISE_FLOOR:
+            return self.noise(method, ipc, seed)
         if method == "random_real":
             return random_real(self.data, self.loaded.spec, ipc, seed)
         if method == "dm":
@@ -149,23 +185,54 @@ class Bench:
         }
         return x, labels  # dead candidates are kept: every method hands over ipc images per class
 
+    def noise(self, method: str, ipc: int, seed: int):
+        """Noise images in the input domain, ipc per class (the labels are the classes in turn)."""
+        spec = self.loaded.spec
+        shape = (ipc * spec.num_classes, spec.channels, spec.size, spec.size)
+        gen = torch.Generator().manual_seed(seed)
+        low, high = (torch.tensor(v).view(1, -1, 1, 1) for v in spec.domain)
+        if method == "noise_gaussian":
+            images = torch.clamp(torch.randn(shape, generator=gen), min=low, max=high)
+        else:
+            images = low + (high - low) * torch.rand(shape, generator=gen)
+        return images, torch.arange(spec.num_classes).repeat_interleave(ipc)
+
     def distill(self, method: str, ipc: int) -> None:
         start = time.perf_counter()
         images, labels = self.images_of(method, ipc)
         made = time.perf_counter() - start
-        cell = self.score(images, labels)
-        shots = 0 if method in ZERO_SHOT else ipc
-        self.rows.append(
-            {
-                "method": method,
-                "img_per_class": ipc,
-                "shots_per_class": shots,
-                **cell,
-                "seconds_make": made,
-                "seconds_total": time.perf_counter() - start,
-            }
-        )
-        print_row(self.rows[-1])
+        shots = 0 if method in ZERO_SHOT or method in NOISE_FLOOR else ipc
+        for protocol in self.args.protocols:
+            t0 = time.perf_counter()
+            cell = self.score(images, labels, protocol)
+            self.rows.append(
+                {
+                    "method": method,
+                    "img_per_class": ipc,
+                    "shots_per_class": shots,
+                    "protocol": protocol,
+                    **cell,
+                    "seconds_make": made,
+                    "seconds_total": made + time.perf_counter() - t0,
+                }
+            )
+            self.flag(self.rows[-1])
+            print_row(self.rows[-1])
+
+    def flag(self, row: dict) -> None:
+        """A DSV row that does not beat the noise floor (of its protocol and size) says so."""
+        if not row["method"].startswith("dsv"):
+            return
+        floor = [
+            r["mean"]
+            for r in self.rows
+            if r["method"] in NOISE_FLOOR
+            and r["protocol"] == row["protocol"]
+            and r["img_per_class"] == row["img_per_class"]
+        ]
+        if floor:
+            row["noise_floor"] = max(floor)
+            row["beats_noise_floor"] = bool(row["mean"] > max(floor))
 
     def coresets(self, ipcs: list[int], methods: list[str]) -> None:
         sel = self.config.table("select") or SelectConfig()
@@ -216,24 +283,27 @@ class Bench:
                 else:
                     chosen = top_per_class(lambdas, labels[pool], ipc)
                 idx = pool[chosen]
-                cell = self.score(normalize(images[idx], self.data.mean, self.data.std), labels[idx])
-                self.coreset.append(
-                    {
-                        "method": method,
-                        "img_per_class": ipc,
-                        "shots_per_class": shots,
-                        **cell,
-                        "entropy": float(kkt.prediction_entropy(logits[chosen]).mean()),
-                        "seconds_total": time.perf_counter() - t0,
-                    }
-                )
-                print_row(self.coreset[-1])
+                for protocol in self.args.protocols:
+                    cell = self.score(normalize(images[idx], self.data.mean, self.data.std), labels[idx], protocol)
+                    self.coreset.append(
+                        {
+                            "method": method,
+                            "img_per_class": ipc,
+                            "shots_per_class": shots,
+                            "protocol": protocol,
+                            **cell,
+                            "entropy": float(kkt.prediction_entropy(logits[chosen]).mean()),
+                            "seconds_total": time.perf_counter() - t0,
+                        }
+                    )
+                    print_row(self.coreset[-1])
 
 
 def print_row(r: dict) -> None:
+    flag = "  BELOW THE NOISE FLOOR" if r.get("beats_noise_floor") is False else ""
     print(
-        f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}   "
-        f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s)",
+        f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}  {r['protocol']:<8}"
+        f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s){flag}",
         flush=True,
     )
 
@@ -243,8 +313,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     bench = Bench(args)
-    print(f"base model test accuracy {100 * bench.pipeline.test_accuracy:.2f}%, {args.threads} thread(s)")
-    print(f"{'method':<16}{'img/cls':>8}{'shot/cls':>8}   test accuracy (%)")
+    base = bench.base_test_accuracy
+    print(f"base model test accuracy {100 * base:.2f}%" if base is not None else "base model: given weights", end="")
+    print(f", {args.threads} thread(s)")
+    print(f"{'method':<16}{'img/cls':>8}{'shot/cls':>8}  {'protocol':<8}test accuracy (%)")
     for ipc in args.ipc:
         for method in (m for m in DISTILL_METHODS if m in args.methods):
             bench.distill(method, ipc)
@@ -263,7 +335,8 @@ def main(argv=None) -> int:
             "threads": args.threads,
             "overrides": args.overrides,
             "notes": bench.notes,
-            "base_test_accuracy": bench.pipeline.test_accuracy,
+            "base_test_accuracy": bench.base_test_accuracy,
+            "protocols": args.protocols,
         }
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
