@@ -79,7 +79,7 @@ def make_run():
 
     def factory(model: nn.Module | None = None, n: int = 4, classes: int = 10, seed: int = 0, **kwargs):
         model = model if model is not None else image_classifier(seed=seed, classes=classes)
-        stationarity = Stationarity(distance="l2", weight=1.0, augmented=True)
+        stationarity = Stationarity(distance="l2", weight=1.0, augmented=True, params="head")
         stationarity.attach(model)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(n, 1, 8, 8, generator=gen).requires_grad_(True)

@@ -159,7 +159,11 @@ def test_ready_made_terms_next_to_named_ones(classifier):
             return x.mean() ** 2
 
     result = dsv.synthesize(
-        classifier, range(3), losses=[Primal(), Stationarity(weight=2.0)], priors=[Brightness(), "tv"], **FAST
+        classifier,
+        range(3),
+        losses=[Primal(), Stationarity(weight=2.0, params="head")],
+        priors=[Brightness(), "tv"],
+        **FAST,
     )
     assert {"primal", "stationarity", "brightness", "tv"} <= set(result.history)
     assert result.summary["stationarity_params"] == 16 * 10 + 10  # attached to the head

@@ -299,7 +299,7 @@ def test_lambda_is_held_during_warmup(make_run):
 
 def test_stationarity_on_target_rows_counts_only_those_rows(make_run):
     run = make_run(n=3)  # targets 0, 1, 2 of 10 classes
-    term = Stationarity(rows="targets", distance="l1")
+    term = Stationarity(rows="targets", distance="l1", params="head")
     term.attach(run.model)
     batch = run.batch(run.x)
     summary = term.summary(batch)

@@ -329,3 +329,16 @@ def test_select_parameters_glob_matching_nothing_lists_the_names():
     message = str(info.value)
     assert "no parameter matches ['head.*']" in message
     assert "features.0.weight" in message and "features.0.bias" in message
+
+
+def test_auto_parameters_are_all_of_a_normalization_free_model_and_the_head_otherwise():
+    from conftest import image_classifier
+
+    from dsv.builtin.models import ConvNet
+
+    plain = image_classifier()  # Flatten, Linear, Tanh, Linear
+    assert [n for n, _ in kkt.select_parameters(plain, "auto")] == [n for n, _ in plain.named_parameters()]
+    normed = ConvNet(1, 8, 10, width=4, depth=1)  # GroupNorm after each convolution
+    assert [n for n, _ in kkt.select_parameters(normed, "auto")] == ["classifier.weight", "classifier.bias"]
+    assert kkt.has_normalization(normed) and not kkt.has_normalization(plain)
+    assert kkt.has_normalization(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))

@@ -28,8 +28,9 @@ class Primal:
 class Stationarity:
     """Eq. 8: distance between theta and -sum_i lambda_i grad_theta CE_i over a parameter set.
 
-    ``params``: ``"head"`` (default: the last linear layer, the part of theta that candidates can
-    explain), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
+    ``params``: ``"auto"`` (default: ``"all"`` for a model without normalization layers, ``"head"``
+    otherwise), ``"head"`` (the last linear layer, the part of theta that candidates can explain
+    when the rest is normalized), ``"all"``, or a list of globs over parameter names. ``distance``: ``l1`` or ``l2``,
     averaged per scalar parameter. ``mode``: how the mixed derivative d/dx grad_theta is taken:
     ``exact`` (double backward), ``jvp`` (forward-mode AD in theta, exact) or
     ``finite_difference`` (input gradients at theta + h s against theta's, step ``fd_eps``
@@ -46,7 +47,11 @@ class Stationarity:
     # theta candidates can explain; on augmented copies the term kept lambda at 0 and did nothing
     weight: float = 10.0
     distance: str = attrs.field(default="l1", validator=attrs.validators.in_(kkt.DISTANCES))
-    params: str | list[str] = "head"
+    # "auto": every parameter of a model without normalization layers, else the head
+    # (benchmarks/input_domain.py: all parameters took a digits MLP's DSVs from 31.5 % to 62.3 %
+    # (hard labels), the ConvNets' no lower; benchmarks/stationarity_choice.py chose the head for
+    # the normalized ConvNet)
+    params: str | list[str] = "auto"
     relative: bool = True  # divide by the distance at lambda = 0: 1.0 = explains nothing
     augmented: bool = False  # also evaluated on the augmented copies
     # "targets": only the head rows of the candidates' target classes (few classes of many)

@@ -290,10 +290,23 @@ def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
     return last
 
 
+NORMALIZATIONS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def has_normalization(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` normalizes its input (batch, instance, group, layer norm)."""
+    return any(isinstance(m, NORMALIZATIONS) for m in model.modules())
+
+
 def select_parameters(model: nn.Module, selection: str | Iterable[str]) -> list[tuple[str, Tensor]]:
-    """Resolve a parameter selection: ``"head"`` (the last linear layer), ``"all"``, or globs
-    over ``named_parameters`` names (``["classifier.*", "features.6.*"]``)."""
+    """Resolve a parameter selection: ``"head"`` (the last linear layer), ``"all"``, ``"auto"``
+    (all of a model without normalization layers, else the head: weights followed by a
+    normalization are scale-invariant, their gradient is orthogonal to them, so no multipliers
+    can meet their stationarity), or globs over ``named_parameters`` names
+    (``["classifier.*", "features.6.*"]``)."""
     named: list[tuple[str, Tensor]] = list(model.named_parameters())
+    if selection == "auto":
+        selection = "head" if has_normalization(model) else "all"
     if selection == "all":
         return named
     if selection == "head":
