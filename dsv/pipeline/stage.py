@@ -122,21 +122,24 @@ class StageContext:
             raise ConfigError(f"{self.source}: this stage needs a [data] table")
         return data
 
+    def build_model(self, source: str, options: dict[str, Any], weights_path: str, path: str) -> LoadedModel:
+        """A model from the ``models`` registry (``source`` with its options and weights file),
+        with the ``[data]`` set; problems name ``path`` (e.g. ``evaluate.model``)."""
+        request = ModelRequest(data=self.data(), weights_path=weights_path)
+        spec = cfg.PluginSpec(name=source, options=options)
+        loaded: LoadedModel = cfg.build(
+            spec, self.plugins.registry("models"), source=self.source, path=path, request=request
+        )
+        return loaded
+
     @property
     def model(self) -> LoadedModel:
         """The ``[model]``, built by its model source. A model without weights is ``trainable``
         until the train stage fits it; its fresh weights come from ``run.seed``."""
         if self._model is None:
             m = self.config.model
-            request = ModelRequest(data=self.data(), weights_path=m.weights_path)
             torch.manual_seed(self.seed)  # a model to train starts from weights of run.seed
-            loaded = cfg.build(
-                cfg.PluginSpec(name=m.source, options=m.options),
-                self.plugins.registry("models"),
-                source=self.source,
-                path="model",
-                request=request,
-            )
+            loaded = self.build_model(m.source, m.options, m.weights_path, "model")
             if m.input_range:
                 try:
                     low, high = per_channel_range(m.input_range, loaded.spec.channels, "model.input_range")

@@ -15,7 +15,7 @@ from dsv.errors import ConfigError
 from dsv.evaluation.retraining import accuracy_on, fresh_model, load_weights, mean_std
 from dsv.evaluation.verifier import score, verifier_probabilities
 from dsv.pipeline import Stage, StageContext
-from dsv.plugins import LoadedModel, ModelRequest
+from dsv.plugins import LoadedModel
 from dsv.store import RunStore
 
 RESULT_KEY = "verifier"
@@ -51,14 +51,7 @@ def evaluate_retrained(context: StageContext, store: RunStore) -> None:
 
 def load_verifier(context: StageContext, e: EvaluateConfig) -> LoadedModel:
     """The [evaluate] table's model, built from the model registry like [model]."""
-    request = ModelRequest(data=context.data(), weights_path=e.weights_path)
-    loaded = cfg.build(
-        cfg.PluginSpec(name=e.model, options=e.options),
-        context.plugins.registry("models"),
-        source=context.source,
-        path="evaluate.model",
-        request=request,
-    )
+    loaded = context.build_model(e.model, e.options, e.weights_path, "evaluate.model")
     return LoadedModel(loaded.module.eval(), loaded.spec)
 
 
