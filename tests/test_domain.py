@@ -161,3 +161,16 @@ def test_the_synthesis_table_checks_the_domain_keys(tmp_path, write_pipeline):
         Pipeline.from_toml(path)
     assert "synthesis.domain: expected one of 'clamp', 'penalty', 'none', got 'squash'" in str(info.value)
     assert "synthesis.domain_weight: must be positive, got 0.0" in str(info.value)
+
+
+def test_the_convnet_without_normalization_gets_stationarity_over_every_parameter(digits_bundle, tmp_path):
+    from dsv import kkt
+
+    models = get_plugin_manager().registry("models")
+    plain = models.get("convnet")(ModelRequest(data=digits_bundle), width=4, depth=1, norm="none").module
+    normed = models.get("convnet")(ModelRequest(data=digits_bundle), width=4, depth=1).module
+    assert not kkt.has_normalization(plain) and kkt.has_normalization(normed)
+    assert len(kkt.select_parameters(plain, "auto")) == 4  # conv and classifier, weight and bias
+    assert len(kkt.select_parameters(normed, "auto")) == 2
+    with pytest.raises(ValueError, match="norm: expected 'instance' or 'none', got 'batch'"):
+        models.get("convnet")(ModelRequest(data=digits_bundle), norm="batch")

@@ -52,16 +52,23 @@ def _apply_weights(module: nn.Module, path: str) -> None:
 
 
 class ConvNet(nn.Module):
-    """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear."""
+    """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear.
+    ``norm = "none"`` puts an identity where the instance norm was (same parameter names otherwise):
+    no weight is then scale-invariant, so stationarity over every parameter can be met."""
 
-    def __init__(self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3):
+    def __init__(
+        self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance"
+    ):
         super().__init__()
+        if norm not in ("instance", "none"):
+            raise ValueError(f"norm: expected 'instance' or 'none', got {norm!r}")
         layers: list[nn.Module] = []
         c, s = channels, size
         for _ in range(depth):
             layers += [
                 nn.Conv2d(c, width, 3, padding=1),
-                nn.GroupNorm(width, width, affine=True),  # instance norm with affine, as in DC
+                # instance norm with affine, as in DC
+                nn.GroupNorm(width, width, affine=True) if norm == "instance" else nn.Identity(),
                 nn.ReLU(inplace=False),
                 nn.AvgPool2d(2),
             ]
@@ -88,9 +95,9 @@ def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
     return InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, classes, *pixel_domain(IMAGENET_MEAN, IMAGENET_STD))
 
 
-def convnet(request: ModelRequest, width: int = 128, depth: int = 3) -> LoadedModel:
+def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str = "instance") -> LoadedModel:
     spec = _spec_from_data(request.data, "convnet")
-    module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
+    module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth, norm=norm)
     if request.weights_path:
         _apply_weights(module, request.weights_path)
     return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
