@@ -23,7 +23,15 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError, DsvError
-from dsv.plugins import DsvPluginManager, InputSpec, LoadedModel, get_plugin_manager, per_channel_range, pixel_domain
+from dsv.plugins import (
+    DsvPluginManager,
+    InputSpec,
+    LoadedModel,
+    get_plugin_manager,
+    per_channel,
+    per_channel_range,
+    pixel_domain,
+)
 from dsv.store import RunStore, summary
 from dsv.store.export import save_grid, save_npz, to_images
 from dsv.store.meta import run_meta
@@ -312,16 +320,13 @@ def _num_classes(module: nn.Module, shape: tuple[int, int, int], device: torch.d
 
 
 def _per_channel(value, default, channels: int, key: str) -> tuple[float, ...]:
-    if value is None:
-        value = default
-    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) == 1:
-        values *= channels
-    if len(values) != channels:
-        raise ConfigError(f"{API_SOURCE}: {key}: expected 1 or {channels} values, got {len(values)}")
+    try:
+        values = per_channel(default if value is None else value, channels, key)
+    except ValueError as exc:
+        raise ConfigError(f"{API_SOURCE}: {exc}") from None
     if key == "std" and min(values) <= 0:
-        raise ConfigError(f"{API_SOURCE}: std: must be positive, got {values}")
-    return tuple(values)
+        raise ConfigError(f"{API_SOURCE}: std: must be positive, got {list(values)}")
+    return values
 
 
 def _input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std) -> InputSpec:

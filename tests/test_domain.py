@@ -75,6 +75,18 @@ def test_per_channel_ranges_are_checked():
             per_channel_range(bad, 3, "r")
 
 
+def test_the_api_checks_mean_and_std_per_channel(scaled_mlp):
+    for key, bad, message in [
+        ("mean", [0.1, 0.2], "mean has 2 values, the model takes 1 channels"),
+        ("std", "wide", "std must be a number or one number per channel"),
+        ("std", 0.0, "std: must be positive"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            dsv.synthesize(
+                scaled_mlp, targets=range(2), input_shape=(1, 8, 8), iterations=1, progress=False, **{key: bad}
+            )
+
+
 def test_the_api_validates_input_range(scaled_mlp):
     for bad, message in [((0.5, -0.5), "input_range: low must be below high"), (([0, 0], 1), "low has 2 values")]:
         with pytest.raises(ConfigError, match=message):

@@ -44,7 +44,7 @@ class PixelRange:
             raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (x - self.high).clamp(min=0).pow(2).mean() + (self.low - x).clamp(min=0).pow(2).mean()
+        return kkt.range_excess(x, self.low, self.high)
 
 
 @hookimpl

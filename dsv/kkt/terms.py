@@ -258,6 +258,12 @@ def total_variation(x: Tensor) -> Tensor:
     return dh + dw
 
 
+def range_excess(x: Tensor, low: float | Tensor, high: float | Tensor) -> Tensor:
+    """Mean squared excess of ``x`` beyond ``[low, high]`` (numbers, or tensors broadcasting
+    against x, e.g. (1, C, 1, 1) per channel); 0 inside."""
+    return (x - high).clamp(min=0).pow(2).mean() + (low - x).clamp(min=0).pow(2).mean()
+
+
 def norm_loss(x: Tensor) -> Tensor:
     """Mean squared value of the candidates (the L2 image prior)."""
     return x.pow(2).mean()

@@ -11,6 +11,7 @@ from dsv.plugins.contracts import (
     LoadedModel,
     ModelRequest,
     normalize,
+    per_channel,
     per_channel_range,
     pixel_domain,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "normalize",
+    "per_channel",
     "per_channel_range",
     "pixel_domain",
 ]

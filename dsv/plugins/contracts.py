@@ -87,29 +87,31 @@ def pixel_domain(
     )
 
 
+def per_channel(value: Any, channels: int, what: str) -> tuple[float, ...]:
+    """One number, or one per channel, as a tuple of ``channels`` floats; ValueError naming
+    ``what`` otherwise."""
+    problem = f"{what} must be a number or one number per channel, got {value!r}"
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(problem)
+    if isinstance(value, (int, float)):
+        return (float(value),) * channels
+    try:
+        values = tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"{what} has {len(values)} values, the model takes {channels} channels")
+    return values
+
+
 def per_channel_range(value: Any, channels: int, what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(low, high)`` given as two numbers or two per-channel sequences, as per-channel tuples;
     ValueError naming ``what`` unless every low is below its high and the channel count fits."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{what}: expected (low, high), got {value!r}")
-
-    def channel_values(v: Any, name: str) -> tuple[float, ...]:
-        problem = f"{what}: {name} must be a number or one number per channel, got {v!r}"
-        if isinstance(v, bool) or isinstance(v, (str, bytes)):
-            raise ValueError(problem)
-        if isinstance(v, (int, float)):
-            return (float(v),) * channels
-        try:
-            values = tuple(float(x) for x in v)
-        except (TypeError, ValueError):
-            raise ValueError(problem) from None
-        if len(values) == 1:
-            values *= channels
-        if len(values) != channels:
-            raise ValueError(f"{what}: {name} has {len(values)} values, the model takes {channels} channels")
-        return values
-
-    lows, highs = channel_values(value[0], "low"), channel_values(value[1], "high")
+    lows, highs = per_channel(value[0], channels, f"{what}: low"), per_channel(value[1], channels, f"{what}: high")
     if not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in zip(lows, highs)):
         raise ValueError(f"{what}: low must be below high in every channel, got low={list(lows)}, high={list(highs)}")
     return lows, highs

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dsv import config as cfg
+from dsv import kkt
 from dsv.errors import ConfigError
 from dsv.plugins import DsvPluginManager, InitContext, InputSpec
 from dsv.synthesis.engine import SynthesisRun
@@ -156,7 +157,7 @@ class DomainPenalty:
     high: torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.high).clamp(min=0).pow(2).mean() + (self.low - x).clamp(min=0).pow(2).mean()
+        return kkt.range_excess(x, self.low, self.high)
 
 
 def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels: int, device, source: str) -> None:
