@@ -1,4 +1,4 @@
-"""Built-in model sources: convnet, efficientnet-lite0/lite2, torchvision:<name>, module:<path>.
+"""Built-in model sources: convnet, mlp, efficientnet-lite0/lite2, torchvision:<name>, module:<path>.
 
 A model source returns a :class:`LoadedModel`: the module (eval mode) and the :class:`InputSpec`
 that says what it eats (channels, size, normalization) and what it predicts (class names).
@@ -83,6 +83,27 @@ class ConvNet(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron on the flattened image: ``depth`` hidden layers of ``width``
+    units, then a linear classifier. No normalization layer: no weight is scale-invariant, so
+    stationarity over every parameter can be met (the reading DeepKKT rests on)."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, width: int = 256, depth: int = 2):
+        super().__init__()
+        if width < 1 or depth < 0:
+            raise ModelError(f"mlp: width must be >= 1 and depth >= 0, got width {width}, depth {depth}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = channels * size * size
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(fan_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def _spec_from_data(data: DatasetBundle | None, source: str) -> InputSpec:
     if data is None:
         raise ModelError(f"model {source!r} takes its input size and classes from a [data] table")
@@ -98,6 +119,15 @@ def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
 def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str = "instance") -> LoadedModel:
     spec = _spec_from_data(request.data, "convnet")
     module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth, norm=norm)
+    if request.weights_path:
+        _apply_weights(module, request.weights_path)
+    return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
+
+
+def mlp(request: ModelRequest, width: int = 256, depth: int = 2) -> LoadedModel:
+    """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes."""
+    spec = _spec_from_data(request.data, "mlp")
+    module = MLP(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
     if request.weights_path:
         _apply_weights(module, request.weights_path)
     return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
@@ -170,6 +200,7 @@ def module_model(request: ModelRequest, target: str, kwargs: dict | None = None)
 @hookimpl
 def dsv_register_models(registry):
     registry.add("convnet", convnet)
+    registry.add("mlp", mlp)
     registry.add("efficientnet-lite0", _efficientnet_lite("lite0", 224))
     registry.add("efficientnet-lite2", _efficientnet_lite("lite2", 260))
     registry.add("torchvision:", torchvision_model)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import torch
-from ignite.engine import Engine, create_supervised_trainer
+from ignite.engine import Engine, Events, create_supervised_trainer
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dsv.plugins import hookimpl, normalize
+
+
+def normalized(base: Dataset, mean, std) -> Dataset:
+    """``base`` (images in [0, 1]) in model input space: normalized once when it is a tensor data
+    set (one pass instead of one per sample and epoch), else wrapped in :class:`Normalized`."""
+    if isinstance(base, TensorDataset):
+        images, labels = base.tensors
+        return TensorDataset(normalize(images, tuple(mean), tuple(std)), labels)
+    return Normalized(base, mean, std)
 
 
 class Normalized(Dataset):
@@ -39,9 +49,22 @@ class SupervisedRetrainer:
     def optimizer(self, params):
         raise NotImplementedError
 
-    def fit(self, model: nn.Module, dataset: Dataset, *, device="cpu", seed: int = 0, progress: bool = True, **extra):
+    def fit(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        *,
+        device="cpu",
+        seed: int = 0,
+        progress: bool = True,
+        epochs: int | None = None,
+        stop: Callable[[nn.Module, int], bool] | None = None,
+        **extra,
+    ):
         """Train ``model`` on ``dataset`` (already normalized); returns the model in eval mode.
-        ``extra`` goes to :meth:`trainer` (the teacher of the teacher-labelled retrainer)."""
+        ``epochs`` overrides the table's; ``stop(model, epoch)``, called after every epoch with
+        the model in eval mode, ends training early when it returns True (training until a
+        criterion). ``extra`` goes to :meth:`trainer` (the teacher of the teacher-labelled retrainer)."""
         torch.manual_seed(seed)
         loader = DataLoader(
             dataset,
@@ -56,7 +79,17 @@ class SupervisedRetrainer:
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=True, desc="train").attach(trainer, output_transform=lambda loss: {"loss": loss})
-        trainer.run(loader, max_epochs=self.epochs)
+        if stop is not None:
+
+            @trainer.on(Events.EPOCH_COMPLETED)
+            def _check(engine: Engine) -> None:
+                model.eval()
+                done = stop(model, engine.state.epoch)
+                model.train()
+                if done:
+                    engine.terminate()
+
+        trainer.run(loader, max_epochs=epochs or self.epochs)
         return model.eval()
 
     def trainer(self, model: nn.Module, device) -> Engine:

@@ -74,6 +74,9 @@ class SynthesisConfig:
     # every step, "penalty" adds domain_weight * the mean squared excess, "none" lets them roam
     domain: str = "clamp"
     domain_weight: float = 10.0
+    # candidate pools: of the candidates_per_class candidates of each class, the keep_per_class with
+    # the largest lambda (alive first) are the DSVs the retrain stage and benchmarks use (0: all)
+    keep_per_class: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -122,6 +125,11 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
     for i, pair in enumerate(s.resolutions):
         if len(pair) != 2 or pair[0] < 0 or pair[1] < 8:
             problems.append(f"synthesis.resolutions[{i}]: expected [from_iteration, size >= 8], got {pair}")
+    if s.keep_per_class < 0 or s.keep_per_class > s.candidates_per_class:
+        problems.append(
+            f"synthesis.keep_per_class: must be from 0 (all) to candidates_per_class ({s.candidates_per_class}), "
+            f"got {s.keep_per_class}"
+        )
     if s.lambda_init <= 0:
         problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
     if s.augmented_weight < 0:

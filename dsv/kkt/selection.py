@@ -92,6 +92,15 @@ def top_per_class(scores: Tensor, labels: Tensor, k: int) -> Tensor:
     return torch.cat(out)
 
 
+def top_lambda_candidates(lambdas: Tensor, alive: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Indices (sorted) of the ``k`` candidates of each class with the largest lambda, alive ones
+    first: the DSVs kept from a pool of synthesized candidates (all of them when ``k`` is 0)."""
+    if k == 0:
+        return torch.arange(len(labels))
+    score = torch.where(alive, lambdas.double(), lambdas.double() - 1e30)  # alive ranks above dead
+    return top_per_class(score, labels, k).sort().values
+
+
 def pool_indices(labels: Tensor, per_class: int, generator: torch.Generator) -> Tensor:
     """A random pool of ``per_class`` samples of each class (every sample when 0), sorted."""
     if per_class == 0:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 
 from dsv import config as cfg
 from dsv.errors import DsvError
 from dsv.evaluation.retraining import build_augmentations, build_retrainer, retrain_models, save_weights
+from dsv.kkt.selection import top_lambda_candidates
 from dsv.pipeline import Stage, StageContext
 from dsv.plugins import normalize
 from dsv.stages.select import read_coreset
@@ -43,7 +43,13 @@ def training_set(context: StageContext, store: RunStore, r: RetrainConfig) -> tu
         if not store.has_candidates:
             raise DsvError(f"{store.path}: retrain.source = 'candidates' needs a synthesized run in the store")
         c = store.candidates()
-        keep = np.ones_like(c["alive"]) if r.keep_dead else c["alive"]
+        pool = top_lambda_candidates(
+            torch.from_numpy(c["lambda"]),
+            torch.from_numpy(c["alive"]),
+            torch.from_numpy(c["labels"]),
+            context.config.synthesis.keep_per_class,
+        ).numpy()
+        keep = pool if r.keep_dead else pool[c["alive"][pool]]
         return torch.from_numpy(c["x"][keep]), torch.from_numpy(c["labels"][keep]).long()
     select = context.table("select")
     images, labels = read_coreset(store, select.npz if select else "coreset.npz", r.top_k)

@@ -35,6 +35,8 @@ def summary(store: RunStore) -> dict[str, Any]:
         meta.get("committed_iteration", 0),
         meta.get("config_hash"),
     )
+    if "base_model" in meta:  # the train stage's record: training accuracy and loss, test accuracy, epochs
+        out["base_model"] = meta["base_model"]
     out.update(store.results)  # e.g. verifier, pearson_lambda_accuracy, retrained accuracies
     if "candidates" not in out and store.has_candidates:
         c = store.candidates()
