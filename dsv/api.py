@@ -21,6 +21,7 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError
+from dsv.pipeline import table_plugin_problems
 from dsv.plugins import (
     DsvPluginManager,
     LoadedModel,
@@ -162,7 +163,7 @@ def synthesize(
         num_classes = count_classes(module, shape, target_device)
         spec = build_input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std)
         spec = with_domain(spec, input_range, loaded_spec, explicit=mean is not None or cfg_mean is not None)
-        s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options)
+        s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options, plugins)
         log_cfg = _logging_config(logging, tensorboard)
         raw = {
             "run": {"name": name, "seed": seed, "device": device},
@@ -295,7 +296,7 @@ def _target_entries(targets, num_classes: int) -> list:
     return out
 
 
-def _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options):
+def _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options, plugins):
     """A SynthesisConfig structured and checked as a pipeline's [synthesis] table is; ready-made
     term objects are kept as they are, in their place."""
     for key in ("targets", "classes"):
@@ -321,7 +322,7 @@ def _synthesis_config(targets, num_classes, iterations, losses, priors, augmenta
     if init is not None:
         terms["init"] = _entry(init, "synthesis.init")
     s = attrs.evolve(s, **terms)
-    problems = cfg.check_synthesis(s)
+    problems = cfg.check_synthesis(s) + table_plugin_problems(plugins, s, "synthesis")
     if problems:
         raise ConfigError("\n".join(f"{API_SOURCE}: {p}" for p in problems))
     return s
