@@ -183,6 +183,7 @@ def _stage_results(store: RunStore, meta: dict[str, Any]) -> str:
     config = meta.get("config") or {}
     classes = list(meta.get("classes", []))
     parts: list[str] = []
+    rows: list[tuple[Any, ...]]
     shown = set()
     if "verifier" in results:
         v = results["verifier"]
