@@ -29,10 +29,11 @@ td,th{padding:3px 10px;border-bottom:1px solid #e6e6ee;text-align:left;vertical-
 .banner{padding:8px 12px;border-radius:6px;margin:10px 0;font-weight:600}
 .warn{background:#fff4d6;border:1px solid #e8c766}.ok{background:#e7f6ea;border:1px solid #8fca9a}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #dde;border-radius:6px;
-padding:6px;width:148px;font-size:12px}.card img{width:136px;height:136px;image-rendering:pixelated;display:block}
+padding:6px;width:124px;font-size:11px}.card img{width:112px;height:112px;image-rendering:pixelated;display:block}
 .card.dead{opacity:.55;border-style:dashed}.plot{max-width:100%;background:#fff;border:1px solid #dde;border-radius:6px}
 pre{background:#f4f5f9;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
-.rank{font-weight:700;color:#335}.num{text-align:right;font-variant-numeric:tabular-nums}
+.rank{font-weight:700;color:#335}.row{display:flex;flex-wrap:wrap;gap:0 40px}
+.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
@@ -119,7 +120,7 @@ def _cards(images: np.ndarray, c: dict[str, np.ndarray], classes: list[str], top
     for i in order:
         alive = bool(c["alive"][i])
         lines = [
-            f'<span class="rank">#{i}</span> {html.escape(_title(classes, c["targets"][i]))}',
+            f'<span class="rank">#{i}</span> target {html.escape(_title(classes, c["targets"][i]))}',
             f"λ = {float(c['lambda'][i]):.3g} · {'alive' if alive else 'dead'}",
         ]
         if top3 is not None and i < len(top3):
@@ -246,10 +247,11 @@ def render(store: RunStore) -> str:
     finished, status = _status(store, meta)
     body = [f"<h1>{name}</h1><p class='muted'>Deep Support Vectors run report</p>"]
     body.append(f'<div class="banner {"ok" if finished else "warn"}">{html.escape(status)}</div>')
-    body.append("<h2>Provenance</h2>" + _provenance(store, meta))
     summary = meta.get("summary") or {}
+    facts = "<div><h2>Provenance</h2>" + _provenance(store, meta) + "</div>"
     if summary:
-        body.append("<h2>Summary</h2>" + _table([(k, v) for k, v in summary.items()]))
+        facts += "<div><h2>Summary</h2>" + _table([(k, v) for k, v in summary.items()]) + "</div>"
+    body.append(f'<div class="row">{facts}</div>')
     classes = list(meta.get("classes", []))
     if store.has_candidates:
         c = store.candidates()
