@@ -167,7 +167,7 @@ def synthesize(
         log_cfg = _logging_config(logging, tensorboard)
         raw = {
             "run": {"name": name, "seed": seed, "device": device},
-            "synthesis": _describe_synthesis(s),
+            "synthesis": _describe_synthesis(s, plugins),
             "logging": cfg.CONVERTER.unstructure(log_cfg),
             "model": {
                 "class": qualname(module),
@@ -339,25 +339,28 @@ def _entry(entry, path: str):
     return entry
 
 
-def _describe(entry) -> Any:
+def _describe(entry, registry: Any = None) -> Any:
     """JSON for the stored config: a plugin spec as in TOML, a ready-made object by class and fields."""
     if isinstance(entry, cfg.PluginSpec):
         return cfg.CONVERTER.unstructure(entry)
     cls = type(entry)
     fields = {a.name: getattr(entry, a.name) for a in attrs.fields(cls) if a.init} if attrs.has(cls) else {}
     return json.loads(
-        json.dumps({"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry), **fields}, default=str)
+        json.dumps(
+            {"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry, registry), **fields},
+            default=str,
+        )
     )
 
 
-def _describe_synthesis(s: cfg.SynthesisConfig) -> dict[str, Any]:
+def _describe_synthesis(s: cfg.SynthesisConfig, plugins: DsvPluginManager) -> dict[str, Any]:
     out = {}
     for a in attrs.fields(cfg.SynthesisConfig):
         value = getattr(s, a.name)
         if a.name in TERM_LISTS:
-            out[a.name] = [_describe(e) for e in value]
+            out[a.name] = [_describe(e, plugins.registry(a.name)) for e in value]
         elif a.name == "init":
-            out[a.name] = _describe(value)
+            out[a.name] = _describe(value, plugins.registry("initializers"))
         else:
             out[a.name] = cfg.CONVERTER.unstructure(value)
     return out

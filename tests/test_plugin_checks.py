@@ -189,3 +189,51 @@ def test_the_api_reports_every_bad_plugin_table_at_once(plugins):
     assert "synthesis.priors[1].wieght: unknown key" in lines[1]
     assert "synthesis.augmentations[0].radius: unknown option of 'blur'" in lines[2]
     assert len(lines) == 3
+
+
+@attrs.define(kw_only=True)
+class FreqPenalty:
+    """A ready-made prior whose class name is not its registered name."""
+
+    weight: float = 0.1
+
+    def __call__(self, x):
+        return x.pow(2).mean()
+
+
+@attrs.define(kw_only=True)
+class Named:
+    weight: float = 0.1
+    name: str = "my_penalty"
+
+    def __call__(self, x):
+        return x.abs().mean()
+
+
+def test_a_ready_made_term_is_recorded_under_its_registered_or_own_name(tmp_path):
+    import torch
+
+    import dsv
+
+    pm = DsvPluginManager(load_entry_points=False)
+    pm.register(
+        plugin_module("freq", dsv_register_priors=lambda registry: registry.add("freq_penalty", FreqPenalty)), "freq"
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    result = dsv.synthesize(
+        model,
+        targets=[0, 1],
+        input_shape=(1, 8, 8),
+        input_range=(0.0, 1.0),
+        iterations=2,
+        priors=[FreqPenalty(), Named(), FreqPenalty(weight=0.2)],
+        plugins=pm,
+        store=tmp_path / "s.zarr",
+        progress=False,
+    )
+    assert {"freq_penalty", "my_penalty", "freq_penalty2"} <= set(result.history)
+    from dsv.store import RunStore
+
+    names = [p["name"] for p in RunStore.open(tmp_path / "s.zarr").meta["config"]["synthesis"]["priors"]]
+    assert names == ["freq_penalty", "my_penalty", "freq_penalty"]
