@@ -228,3 +228,15 @@ def test_the_candidate_images_are_the_stored_candidates_in_pixels(full_run):
     meta = full_run.meta
     expected = np.clip(c["x"][0, 0] * meta["std"][0] + meta["mean"][0], 0, 1)
     assert np.abs(pixels - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_a_store_of_schema_2_is_reported(full_run, tmp_path):
+    from test_distributed import as_schema_2
+
+    old = tmp_path / "old.zarr"
+    as_schema_2(full_run.path, old)
+    store = RunStore.open(old)
+    assert store.schema_version == 2
+    text = render(store)
+    assert "finished: 12 iterations" in text and "<td>schema version</td><td>2</td>" in text
+    assert len(re.findall(r'class="card(?: dead)?"', text)) == 20 and "Verifier (convnet)" in text
