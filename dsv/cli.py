@@ -229,9 +229,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from dsv.plugins import KINDS, get_plugin_manager
+    from dsv.plugins import KINDS, DsvPluginManager
 
-    pm = get_plugin_manager(args.disable_plugin)
+    pm = DsvPluginManager(disabled=args.disable_plugin, keep_broken=True)  # list a broken plugin, not stop
     for info in pm.plugins():
         origin = f"{info.distribution} {info.version}" + (", built-in" if info.builtin else "")
         print(f"{info.name}  [{origin}]")
@@ -240,6 +240,8 @@ def cmd_plugins(args) -> int:
         print(f"    hooks: {', '.join(info.hooks) or 'none'}")
     if args.disable_plugin:
         print(f"disabled: {', '.join(sorted(set(args.disable_plugin)))}")
+    for name, message in pm.broken.items():
+        print(f"{name}  [BROKEN, not loaded]\n    {message}")
     print()
     for kind in KINDS:
         entries = pm.registry(kind).entries()
