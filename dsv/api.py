@@ -21,6 +21,7 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError
+from dsv.pipeline import table_plugin_problems
 from dsv.plugins import (
     DsvPluginManager,
     LoadedModel,
@@ -162,11 +163,11 @@ def synthesize(
         num_classes = count_classes(module, shape, target_device)
         spec = build_input_spec(shape, num_classes, mean, std, class_names, loaded_spec, cfg_mean, cfg_std)
         spec = with_domain(spec, input_range, loaded_spec, explicit=mean is not None or cfg_mean is not None)
-        s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options)
+        s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options, plugins)
         log_cfg = _logging_config(logging, tensorboard)
         raw = {
             "run": {"name": name, "seed": seed, "device": device},
-            "synthesis": _describe_synthesis(s),
+            "synthesis": _describe_synthesis(s, plugins),
             "logging": cfg.CONVERTER.unstructure(log_cfg),
             "model": {
                 "class": qualname(module),
@@ -295,7 +296,7 @@ def _target_entries(targets, num_classes: int) -> list:
     return out
 
 
-def _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options):
+def _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options, plugins):
     """A SynthesisConfig structured and checked as a pipeline's [synthesis] table is; ready-made
     term objects are kept as they are, in their place."""
     for key in ("targets", "classes"):
@@ -321,7 +322,7 @@ def _synthesis_config(targets, num_classes, iterations, losses, priors, augmenta
     if init is not None:
         terms["init"] = _entry(init, "synthesis.init")
     s = attrs.evolve(s, **terms)
-    problems = cfg.check_synthesis(s)
+    problems = cfg.check_synthesis(s) + table_plugin_problems(plugins, s, "synthesis")
     if problems:
         raise ConfigError("\n".join(f"{API_SOURCE}: {p}" for p in problems))
     return s
@@ -338,25 +339,28 @@ def _entry(entry, path: str):
     return entry
 
 
-def _describe(entry) -> Any:
+def _describe(entry, registry: Any = None) -> Any:
     """JSON for the stored config: a plugin spec as in TOML, a ready-made object by class and fields."""
     if isinstance(entry, cfg.PluginSpec):
         return cfg.CONVERTER.unstructure(entry)
     cls = type(entry)
     fields = {a.name: getattr(entry, a.name) for a in attrs.fields(cls) if a.init} if attrs.has(cls) else {}
     return json.loads(
-        json.dumps({"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry), **fields}, default=str)
+        json.dumps(
+            {"object": f"{cls.__module__}.{cls.__qualname__}", "name": term_name(entry, registry), **fields},
+            default=str,
+        )
     )
 
 
-def _describe_synthesis(s: cfg.SynthesisConfig) -> dict[str, Any]:
+def _describe_synthesis(s: cfg.SynthesisConfig, plugins: DsvPluginManager) -> dict[str, Any]:
     out = {}
     for a in attrs.fields(cfg.SynthesisConfig):
         value = getattr(s, a.name)
         if a.name in TERM_LISTS:
-            out[a.name] = [_describe(e) for e in value]
+            out[a.name] = [_describe(e, plugins.registry(a.name)) for e in value]
         elif a.name == "init":
-            out[a.name] = _describe(value)
+            out[a.name] = _describe(value, plugins.registry("initializers"))
         else:
             out[a.name] = cfg.CONVERTER.unstructure(value)
     return out

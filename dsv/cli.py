@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from dsv.errors import DsvError, Interrupted
 
@@ -78,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("--png", help="write a labelled image grid here")
     export.add_argument("--npz", help="write arrays x, lambda, labels, alive, targets here")
+
+    report = sub.add_parser("report", help="write a run store's report: one self-contained HTML file")
+    report.add_argument("store")
+    report.add_argument("-o", "--output", help="the HTML file to write (default: STORE/exports/report.html)")
 
     plugins = sub.add_parser("plugins", help="list plugins and every registered name by kind")
     _add_plugin_flags(plugins)
@@ -212,10 +217,21 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_plugins(args) -> int:
-    from dsv.plugins import KINDS, get_plugin_manager
+def cmd_report(args) -> int:
+    from dsv.store.report import write_report
 
-    pm = get_plugin_manager(args.disable_plugin)
+    store = _open(args.store)
+    target = Path(args.output) if args.output else store.export_path("report.html")
+    if not target.parent.is_dir():
+        raise DsvError(f"report: {target.parent}: no such folder")
+    print(f"wrote {write_report(store, target)}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from dsv.plugins import KINDS, DsvPluginManager
+
+    pm = DsvPluginManager(disabled=args.disable_plugin, keep_broken=True)  # list a broken plugin, not stop
     for info in pm.plugins():
         origin = f"{info.distribution} {info.version}" + (", built-in" if info.builtin else "")
         print(f"{info.name}  [{origin}]")
@@ -224,6 +240,8 @@ def cmd_plugins(args) -> int:
         print(f"    hooks: {', '.join(info.hooks) or 'none'}")
     if args.disable_plugin:
         print(f"disabled: {', '.join(sorted(set(args.disable_plugin)))}")
+    for name, message in pm.broken.items():
+        print(f"{name}  [BROKEN, not loaded]\n    {message}")
     print()
     for kind in KINDS:
         entries = pm.registry(kind).entries()
@@ -239,6 +257,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "show": cmd_show,
     "export": cmd_export,
+    "report": cmd_report,
     "plugins": cmd_plugins,
 }
 

@@ -125,10 +125,11 @@ def test_the_pipeline_writer_of_the_tests_writes_toml_that_loads_back(tmp_path, 
 
 
 def test_wrong_type_of_a_plugin_option_names_the_key_path(plugins):
-    loaded = load(MINIMAL + '[synthesis]\npriors = [{ name = "tv", weight = "abc" }]\n')
-    spec = loaded.config.synthesis.priors[0]
+    spec = cfg.PluginSpec(name="tv", options={"weight": "abc"})
     message = build_error(spec, plugins.registry("priors"), "synthesis.priors[0]")
     assert message == 'p.toml: synthesis.priors[0].weight: expected a number, got "abc"'
+    # the loader checks plugin options too, before any stage runs
+    assert config_error(MINIMAL + '[synthesis]\npriors = [{ name = "tv", weight = "abc" }]\n') == message
 
 
 def test_wrong_type_in_a_pipeline_file_fails_before_any_store_exists(
@@ -170,7 +171,7 @@ def test_unknown_key_at_top_level():
     message = config_error("bogus = 1\n" + MINIMAL)
     assert message.startswith("p.toml: bogus: unknown key")
     assert (
-        "known: analyse, data, edit, evaluate, export, interpolate, logging, model, retrain, run, select, "
+        "known: analyse, data, edit, evaluate, export, interpolate, logging, model, report, retrain, run, select, "
         "synthesis, train"
     ) in message
 
@@ -192,8 +193,8 @@ def test_invalid_toml_names_the_file(tmp_path):
 
 
 def test_unknown_plugin_name_suggests_the_close_one(plugins):
-    loaded = load(MINIMAL + '[synthesis]\npriors = [{ name = "tvv" }]\n')
-    message = build_error(loaded.config.synthesis.priors[0], plugins.registry("priors"), "synthesis.priors[0]")
+    message = build_error(cfg.PluginSpec(name="tvv"), plugins.registry("priors"), "synthesis.priors[0]")
+    assert config_error(MINIMAL + '[synthesis]\npriors = [{ name = "tvv" }]\n') == message  # at load, too
     assert message.startswith("p.toml: synthesis.priors[0].name: unknown prior 'tvv'")
     assert "did you mean 'tv'" in message
     known = message.split("(known: ", 1)[1].rstrip(")").split(", ")
@@ -232,8 +233,8 @@ def test_a_set_override_is_type_checked_like_the_file():
 
 
 def test_unknown_plugin_option(plugins):
-    loaded = load(MINIMAL + '[synthesis]\npriors = [{ name = "tv", wieght = 1 }]\n')
-    message = build_error(loaded.config.synthesis.priors[0], plugins.registry("priors"), "synthesis.priors[0]")
+    spec = cfg.PluginSpec(name="tv", options={"wieght": 1})
+    message = build_error(spec, plugins.registry("priors"), "synthesis.priors[0]")
     assert message.startswith("p.toml: synthesis.priors[0].wieght: unknown key")
     assert "weight" in message
 

@@ -29,9 +29,20 @@ BUILTIN_NAMES = {
     "augmentations": {"flip", "translate", "crop", "cutout", "noise"},
     "initializers": {"noise", "real"},
     "retrainers": {"adam", "sgd"},
-    "models": {"convnet", "efficientnet-lite0", "efficientnet-lite2", "torchvision:", "module:"},
+    "models": {"convnet", "efficientnet-lite0", "efficientnet-lite2", "torchvision:", "timm:", "module:"},
     "datasets": {"fashion-mnist", "digits", "cifar10", "cifar100", "svhn", "imagefolder"},
-    "stages": {"train", "synthesize", "select", "retrain", "evaluate", "analyse", "interpolate", "edit", "export"},
+    "stages": {
+        "train",
+        "synthesize",
+        "select",
+        "retrain",
+        "evaluate",
+        "analyse",
+        "interpolate",
+        "edit",
+        "export",
+        "report",
+    },
 }
 
 
@@ -657,3 +668,46 @@ def test_a_registered_stage_that_is_no_stage_is_named():
     pm.register(plugin_module("loose", dsv_register_stages=dsv_register_stages), "loose")
     with pytest.raises(PluginError, match=r"plugin 'loose' .* registered stage 'not_a_stage' as function"):
         Pipeline.from_toml(REPO_ROOT / "pipelines" / "fashion_mnist_dsv.toml", plugins=pm)
+
+
+def test_a_plugin_that_fails_to_import_names_its_file_and_line_and_is_listed_as_broken(
+    fake_entry_points, tmp_path, monkeypatch, capsys
+):
+    source = tmp_path / "dsv_test_crashing_plugin.py"
+    source.write_text("import math\n\nVALUE = math.sqrt(4)\nraise RuntimeError('no GPU library here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_entry_points(crashing="dsv_test_crashing_plugin")
+    with pytest.raises(PluginError) as info:
+        DsvPluginManager()
+    message = str(info.value)
+    assert f"failed to load at {source}:4: RuntimeError: no GPU library here" in message
+    assert "--disable-plugin crashing" in message and "DsvPluginManager(disabled=['crashing'])" in message
+    # `dsv-pipeline plugins` lists it as broken instead of stopping
+    monkeypatch.setattr(dsv_plugins.manager, "_DEFAULT", {})
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "crashing  [BROKEN, not loaded]" in out and f"{source}:4" in out
+    assert "dsv.builtin.priors" in out  # every other plugin is still listed
+
+
+def test_an_unknown_name_that_a_disabled_plugin_provides_says_so(fake_entry_points):
+    def dsv_register_priors(registry):
+        registry.add("freq_penalty", Sharpness)
+
+    fake_entry_points(freq=plugin_module("dsv_test_freq", dsv_register_priors=dsv_register_priors))
+    pm = DsvPluginManager(disabled=["freq"])
+    with pytest.raises(UnknownNameError) as info:
+        pm.registry("priors").get("freq_penalty")
+    assert "unknown prior 'freq_penalty'; the disabled plugin 'freq' provides it (drop --disable-plugin freq)" in str(
+        info.value
+    )
+    pm = DsvPluginManager(disabled=["dsv.builtin.priors"])
+    problems = cfg.plugin_problems(cfg.PluginSpec(name="tv"), pm.registry("priors"), path="synthesis.priors[0]")
+    assert problems == [
+        "synthesis.priors[0].name: unknown prior 'tv'; the disabled plugin 'dsv.builtin.priors' provides it "
+        "(drop --disable-plugin dsv.builtin.priors) (known: freq_penalty)"
+    ]
+    # a name nobody provides keeps the usual message
+    with pytest.raises(UnknownNameError) as info:
+        pm.registry("priors").get("freq_penalt")
+    assert "did you mean 'freq_penalty'" in str(info.value) and "disabled" not in str(info.value)

@@ -1,14 +1,17 @@
-"""Built-in model sources: convnet, mlp, efficientnet-lite0/lite2, torchvision:<name>, module:<path>.
+"""Built-in model sources: convnet, mlp, efficientnet-lite0/lite2, torchvision:<name>, timm:<name>,
+module:<path>.
 
 A model source returns a :class:`LoadedModel`: the module (eval mode) and the :class:`InputSpec`
 that says what it eats (channels, size, normalization) and what it predicts (class names).
-Weights always load with ``torch.load(..., weights_only=True)``; nothing is downloaded.
+Weights load from ``.safetensors`` files or with ``torch.load(..., weights_only=True)``; nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,10 +32,19 @@ def imagenet_classes() -> list[str]:
 
 
 def load_state_dict(path: str | Path) -> dict:
-    """Load a weights file as inert tensors (no pickled code runs)."""
+    """Load a weights file as inert tensors (no pickled code runs): a ``.safetensors`` file, or a
+    torch state dict read with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{path}: not a loadable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -170,6 +182,54 @@ def torchvision_model(request: ModelRequest, target: str, num_classes: int = 100
     return LoadedModel(module.eval(), imagenet_spec(size, classes))
 
 
+def timm_model(
+    request: ModelRequest,
+    target: str,
+    num_classes: int = 0,
+    classes: list[str] | None = None,
+    kwargs: dict | None = None,
+) -> LoadedModel:
+    """``timm:<name>`` (``pip install dsv[timm]``): timm's architecture by name, weights from
+    ``weights_path`` (safetensors or a state dict), input size and normalization from timm's
+    pretrained config of that name. Nothing is downloaded (``pretrained=False``).
+
+    :param num_classes: classes of the head (0: the pretrained config's).
+    :param classes: class names (default: ImageNet's for 1000 classes, else the indices).
+    :param kwargs: more keyword arguments of ``timm.create_model``.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"timm:{target}: timm is not installed (pip install dsv[timm])") from None
+    if not timm.is_model(target):
+        close = ", ".join(timm.list_models(f"*{target[:4]}*")[:8])
+        raise ModelError(f"timm has no model {target!r}" + (f" (e.g. {close}, ...)" if close else ""))
+    if not request.weights_path:
+        raise ModelError(
+            f"timm:{target}: give model.weights_path (a local .safetensors or state dict file); "
+            "dsv never downloads weights"
+        )
+    extra = dict(kwargs or {})
+    if num_classes:
+        extra["num_classes"] = num_classes
+    try:
+        module = timm.create_model(target, pretrained=False, **extra)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"timm:{target}: {exc}") from None
+    _apply_weights(module, request.weights_path)
+    config: dict[str, Any] = dict(getattr(module, "pretrained_cfg", None) or {})
+    channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
+    n = int(getattr(module, "num_classes", 0))
+    names = list(classes) if classes else list(config.get("label_names") or [])
+    if not names:
+        names = imagenet_classes() if n == 1000 else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ModelError(f"timm:{target}: {len(names)} class names for a model of {n} classes")
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    spec = InputSpec(channels, size, mean, std, names, *pixel_domain(mean, std))
+    return LoadedModel(module.eval(), spec)
+
+
 def module_model(request: ModelRequest, target: str, kwargs: dict | None = None) -> LoadedModel:
     """``module:package.module:factory``: a user's own ``nn.Module`` factory.
 
@@ -204,4 +264,5 @@ def dsv_register_models(registry):
     registry.add("efficientnet-lite0", _efficientnet_lite("lite0", 224))
     registry.add("efficientnet-lite2", _efficientnet_lite("lite2", 260))
     registry.add("torchvision:", torchvision_model)
+    registry.add("timm:", timm_model)
     registry.add("module:", module_model)

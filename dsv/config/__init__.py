@@ -3,7 +3,7 @@
 for files and overrides, :mod:`dsv.config.raw` for operations on the raw dict). Messages name the
 file and the key path."""
 
-from dsv.config.converter import CONVERTER, build, describe_value, structure
+from dsv.config.converter import CONVERTER, build, describe_value, plugin_problems, structure
 from dsv.config.loading import LoadedPipeline, from_dict, load, load_text
 from dsv.config.names import file_name_problems, is_plain_file_name
 from dsv.config.plugin_spec import PluginSpec
@@ -50,5 +50,6 @@ __all__ = [
     "load",
     "load_text",
     "parse_override",
+    "plugin_problems",
     "structure",
 ]

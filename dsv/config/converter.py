@@ -197,6 +197,40 @@ def structure(data: Any, cls: type, *, source: str, path: str = "") -> Any:
         raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
 
 
+def _unknown_options(factory: Any, spec: PluginSpec, path: str, context: dict[str, Any]) -> list[str]:
+    """``path.key: unknown option`` for each option a plain (non-attrs) factory does not take."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
+    known = ", ".join(k for k in params if k not in context)
+    return [
+        f"{path}.{key}: unknown option of {spec.name!r} (known: {known})" for key in spec.options if key not in params
+    ]
+
+
+def plugin_problems(spec: PluginSpec, registry: Any, *, path: str, **context: Any) -> list[str]:
+    """Every problem of a plugin table, as ``key.path: message`` lines, without running the plugin:
+    an unknown name, unknown options, wrong types and failing validators (an attrs factory is
+    structured, which runs its validators; a plain factory has its keyword names checked).
+    ``context`` holds the keywords the caller will pass besides the options."""
+    try:
+        entry, rest = registry.split(spec.name)
+    except KeyError as exc:  # the registry's UnknownNameError, whose message lists the known names
+        return [f"{path}.name: {exc}"]
+    if rest is not None:
+        context["target"] = rest
+    factory = entry.factory
+    if not attrs.has(factory):
+        return _unknown_options(factory, spec, path, context)
+    names = {a.alias for a in attrs.fields(factory) if a.init}
+    extra = {k: v for k, v in context.items() if k in names}
+    try:
+        CONVERTER.structure({**spec.options, **extra}, factory)
+    except Exception as exc:  # cattrs raises exception groups; flatten them
+        return _messages(exc, path)
+    return []
+
+
 def build(spec: PluginSpec, registry: Any, *, source: str, path: str, **context: Any) -> Any:
     """Instantiate a plugin from its table: look the name up, type-check its options.
 
@@ -215,13 +249,11 @@ def build(spec: PluginSpec, registry: Any, *, source: str, path: str, **context:
         names = {a.alias for a in attrs.fields(factory) if a.init}
         extra = {k: v for k, v in context.items() if k in names}
         return structure({**options, **extra}, factory, source=source, path=path)
+    unknown = _unknown_options(factory, spec, path, context)
+    if unknown:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in unknown))
     params = inspect.signature(factory).parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if not takes_kwargs:
-        for key in options:
-            if key not in params:
-                known = ", ".join(k for k in params if k not in context)
-                raise ConfigError(f"{source}: {path}.{key}: unknown option of {spec.name!r} (known: {known})")
     kwargs = {k: v for k, v in context.items() if takes_kwargs or k in params}
     try:
         return factory(**options, **kwargs)

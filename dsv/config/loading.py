@@ -20,7 +20,9 @@ from dsv.config.raw import apply_overrides, config_hash
 from dsv.config.tables import CORE_TABLES, PipelineConfig, check_logging, check_synthesis
 from dsv.errors import ConfigError
 
-Check = Callable[[PipelineConfig], list[str]]
+#: ``check(config, unreadable) -> problems``: the checks across tables; ``unreadable`` names the
+#: stage tables that failed to structure (absent from ``config.tables``, their problems reported)
+Check = Callable[[PipelineConfig, frozenset[str]], list[str]]
 
 
 @attrs.define
@@ -95,11 +97,12 @@ def from_dict(
                 structured[name] = structure(raw[name], cls, source=source, path=name)
             except ConfigError as exc:
                 problems += _lines(exc, source)
-    if config is not None and not problems:
+    if config is not None:
+        # every check that can run does, so that a file's problems are all reported at once
         config.tables = structured
         problems += check_synthesis(config.synthesis) + check_logging(config.logging)
         if check is not None:
-            problems += check(config)
+            problems += check(config, frozenset(stage_tables) & set(raw) - set(structured))
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     assert config is not None

@@ -43,7 +43,8 @@ def verifier_probabilities(
 
 def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Top-1 / top-5 of the single-class targets (rows of ``targets`` with one nonzero weight),
-    overall and per class (keyed by class name), and the mean probability of the target."""
+    overall and per class (keyed by class name), the mean probability of the target, and each
+    candidate's top-3 classes with their probabilities (``top3``)."""
     targets = np.asarray(targets)
     single = (targets > 1e-6).sum(axis=1) == 1
     labels = torch.from_numpy(targets.argmax(axis=1)[single])
@@ -64,6 +65,11 @@ def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) 
             "predicted": [_name(classes, int(i)) for i in top[rows, 0]],
         }
     mean = lambda t: float(t.mean()) if len(t) else None  # noqa: E731
+    best = probabilities.topk(min(3, probabilities.shape[1]), dim=1)
+    top3 = [  # every candidate's three most likely classes, mixtures included, in candidate order
+        [[_name(classes, int(i)), round(float(p), 4)] for p, i in zip(values, indices)]
+        for values, indices in zip(best.values, best.indices)
+    ]
     return {
         "top1": mean(top1),
         "top5": mean(top5),
@@ -71,6 +77,7 @@ def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) 
         "n": int(len(labels)),
         "mixtures_skipped": int((~single).sum()),
         "per_class": per_class,
+        "top3": top3,
     }
 
 

@@ -7,8 +7,10 @@ from dsv.pipeline.orchestrator import (
     PipelineResult,
     load_pipeline,
     load_pipeline_text,
+    plugin_option_problems,
     registered_stages,
     stage_tables,
+    table_plugin_problems,
 )
 from dsv.pipeline.stage import PHASES, Phase, Stage, StageContext
 
@@ -21,6 +23,8 @@ __all__ = [
     "StageContext",
     "load_pipeline",
     "load_pipeline_text",
+    "plugin_option_problems",
     "registered_stages",
     "stage_tables",
+    "table_plugin_problems",
 ]

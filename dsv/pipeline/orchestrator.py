@@ -43,8 +43,62 @@ def registered_stages(plugins: DsvPluginManager) -> list[Stage]:
     return sorted(stages, key=lambda s: (PHASES.index(s.phase), s.order, s.name))
 
 
-def _check_stages(stages: list[Stage], config: cfg.PipelineConfig) -> list[str]:
-    """Checks across tables: known stage names, what a listed stage needs, each table's own checks."""
+#: the registry of a plugin table by its key, for tables whose attrs field has no ``plugin_kind``
+#: metadata (``attrs.field(metadata={"plugin_kind": "retrainers"})`` names it explicitly)
+PLUGIN_KEYS = {
+    "losses": "losses",
+    "priors": "priors",
+    "augmentations": "augmentations",
+    "init": "initializers",
+    "retrainer": "retrainers",
+}
+
+
+def _plugin_specs(table: Any, path: str) -> list[tuple[str, str, cfg.PluginSpec]]:
+    """(registry kind, key path, spec) of every plugin table inside a structured table."""
+    out = []
+    for field in attrs.fields(type(table)):
+        kind = field.metadata.get("plugin_kind", PLUGIN_KEYS.get(field.name))
+        value = getattr(table, field.name)
+        if kind is None:
+            continue
+        if isinstance(value, cfg.PluginSpec):
+            out.append((kind, f"{path}.{field.name}", value))
+        elif isinstance(value, list):
+            out += [
+                (kind, f"{path}.{field.name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, cfg.PluginSpec)
+            ]
+    return out
+
+
+def table_plugin_problems(plugins: DsvPluginManager, table: Any, path: str) -> list[str]:
+    """Every problem of the plugin tables inside one structured table (``path`` names it): unknown
+    names, unknown options, wrong types, failing validators. Ready-made objects are left alone."""
+    if not attrs.has(type(table)):
+        return []
+    problems = []
+    for kind, key_path, spec in _plugin_specs(table, path):
+        if kind in plugins.registries:
+            problems += cfg.plugin_problems(spec, plugins.registry(kind), path=key_path)
+    return problems
+
+
+def plugin_option_problems(plugins: DsvPluginManager, config: cfg.PipelineConfig) -> list[str]:
+    """:func:`table_plugin_problems` of [synthesis] and of each stage's table: checked when the file
+    loads, before any stage runs."""
+    tables = [("synthesis", config.synthesis), *config.tables.items()]
+    return [problem for name, table in tables for problem in table_plugin_problems(plugins, table, name)]
+
+
+def _check_stages(
+    stages: list[Stage],
+    plugins: DsvPluginManager,
+    config: cfg.PipelineConfig,
+    unreadable: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Checks across tables: known stage names, what a listed stage needs, each table's own checks,
+    every plugin table's options. ``unreadable``: stage tables that failed to structure (their
+    problems are reported already)."""
     by_name = {s.name: s for s in stages}
     problems = []
     for i, name in enumerate(config.run.stages):
@@ -55,11 +109,11 @@ def _check_stages(stages: list[Stage], config: cfg.PipelineConfig) -> list[str]:
         table = config.table(stage.name)
         if listed and stage.needs_data and config.data is None:
             problems.append(f"run.stages: the {stage.name} stage needs a [data] table")
-        if listed and stage.needs_table and table is None:
+        if listed and stage.needs_table and table is None and stage.name not in unreadable:
             problems.append(f"run.stages: the {stage.name} stage needs an [{stage.name}] table")
         if table is not None and stage.check is not None:
             problems += stage.check(table, config)
-    return problems
+    return problems + plugin_option_problems(plugins, config)
 
 
 def stage_tables(plugins: DsvPluginManager) -> dict[str, Any]:
@@ -68,7 +122,7 @@ def stage_tables(plugins: DsvPluginManager) -> dict[str, Any]:
     return {
         "tables": {s.name: s.table for s in stages},
         "resumable": tuple(s.name for s in stages if s.table is not None and s.resumable),
-        "check": functools.partial(_check_stages, stages),
+        "check": functools.partial(_check_stages, stages, plugins),
     }
 
 

@@ -38,7 +38,7 @@ class Stage:
         paths of the files it wrote. ``store`` is None in the ``model`` and ``store`` phases.
     :param order: its place: stages run by ascending order within their phase (built-ins: train
         0, synthesize 100, select 200, retrain 300, evaluate 400, analyse 500, interpolate 600,
-        edit 700, export 900).
+        edit 700, export 900, report 1000).
     :param table: the attrs class of its ``[name]`` table (structured like every table: unknown
         keys and wrong types are errors naming the key path); None for a stage without a table.
     :param resumable: a resumed run may have another ``[name]`` table (the table does not change

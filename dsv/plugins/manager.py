@@ -4,6 +4,7 @@ behave as pluggy documents them."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import traceback
@@ -59,10 +60,15 @@ class PluginInfo:
 class DsvPluginManager:
     """pluggy's PluginManager plus the registries the registration hooks fill."""
 
-    def __init__(self, disabled: Iterable[str] = (), load_entry_points: bool = True):
+    def __init__(self, disabled: Iterable[str] = (), load_entry_points: bool = True, keep_broken: bool = False):
+        """``disabled``: plugins (entry point names or built-in modules) not to load.
+        ``keep_broken``: a third-party plugin that fails to import is left out and listed in
+        :attr:`broken` (name -> message) instead of raising PluginError (``dsv-pipeline plugins``)."""
         self.pm = pluggy.PluginManager("dsv")
         self.pm.add_hookspecs(spec)
         self.disabled = set(disabled)
+        self.keep_broken = keep_broken
+        self.broken: dict[str, str] = {}
         self._dist_of: dict[str, tuple[str, str]] = {}
         version = importlib.metadata.version("dsv") if _installed("dsv") else "dev"
         entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if load_entry_points else []
@@ -77,6 +83,10 @@ class DsvPluginManager:
                 continue
             self.pm.register(importlib.import_module(modname), name=modname)
             self._dist_of[modname] = ("dsv", version)
+        self._disabled_sources = [  # what a disabled plugin would have loaded, for unknown-name hints
+            *(m for m in BUILTIN_MODULES if m in self.disabled),
+            *(ep for ep in entry_points if ep.name in self.disabled),
+        ]
         self._load_entry_points(entry_points)
         self._check_pending()
         self.registries = self._build_registries()
@@ -109,10 +119,15 @@ class DsvPluginManager:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must be named, not crash the CLI
-                raise PluginError(
-                    f"plugin {ep.name!r} from distribution {dist} {version} failed to load: "
-                    f"{type(exc).__name__}: {exc} (skip it with --disable-plugin {ep.name})"
-                ) from exc
+                message = (
+                    f"plugin {ep.name!r} from distribution {dist} {version} failed to load{_where(exc)}: "
+                    f"{type(exc).__name__}: {exc} (skip it with --disable-plugin {ep.name}, or from Python "
+                    f"with plugins=DsvPluginManager(disabled=[{ep.name!r}]))"
+                )
+                if self.keep_broken:
+                    self.broken[ep.name] = message
+                    continue
+                raise PluginError(message) from exc
             self._dist_of[ep.name] = (dist, version)
 
     def _check_pending(self) -> None:
@@ -160,8 +175,27 @@ class DsvPluginManager:
                         f"{current[0]} raised in {hook_name}: {type(exc).__name__}: {exc} "
                         f"(skip it with --disable-plugin {impl.plugin_name})"
                     ) from exc
+            registry.missing = functools.partial(self._disabled_provider, kind)
             registries[kind] = registry
         return registries
+
+    def _disabled_provider(self, kind: str, name: str) -> str | None:
+        """The disabled plugin that registers ``name`` of ``kind``, found by loading it into a
+        scratch manager (only when a name is missing); None when none does or it fails to load."""
+        for source in getattr(self, "_disabled_sources", []):
+            plugin_name = source if isinstance(source, str) else source.name
+            try:
+                plugin = importlib.import_module(source) if isinstance(source, str) else source.load()
+                scratch = pluggy.PluginManager("dsv")
+                scratch.add_hookspecs(spec)
+                scratch.register(plugin, name=plugin_name)
+                registry: Registry[Any] = Registry(kind)
+                getattr(scratch.hook, KINDS[kind])(registry=registry)
+            except Exception:  # a hint only: a plugin that cannot even load provides nothing here
+                continue
+            if name in registry or (":" in name and name.split(":", 1)[0] + ":" in registry):
+                return plugin_name
+        return None
 
     def _label(self, plugin_name: str) -> str:
         dist, version = self._dist_of.get(plugin_name, ("?", "?"))
@@ -248,6 +282,18 @@ def _installed(dist: str) -> bool:
 
 
 _DEFAULT: dict[frozenset[str], DsvPluginManager] = {}
+
+
+def _where(exc: BaseException) -> str:
+    """`` at file:line`` of the innermost frame of an import failure (the plugin's own line), or of
+    the file a SyntaxError names; empty when there is none."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    outside = [f for f in frames if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
+    if not outside:
+        return ""
+    return f" at {outside[-1].filename}:{outside[-1].lineno}"
 
 
 def describe_plugin_failure(exc: BaseException) -> str | None:

@@ -60,6 +60,9 @@ class Registry(Generic[T]):
     kind: str
     owner: Callable[[], tuple[str, str]] = _nobody
     _entries: dict[str, Entry[T]] = attrs.field(factory=dict)
+    #: ``missing(name)``: which disabled plugin would provide an unknown name (or None); the
+    #: plugin manager sets it, so that the message says why the name is missing
+    missing: Callable[[str], str | None] = attrs.field(default=lambda name: None)
 
     def add(self, name: str, factory: T) -> None:
         """Register ``factory`` under ``name`` (a plugin calls this from its registration hook)."""
@@ -85,8 +88,11 @@ class Registry(Generic[T]):
             if entry is not None:
                 return entry, rest
         known = sorted(self._entries)
+        disabled = self.missing(name)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        if disabled:
+            hint = f"; the disabled plugin {disabled!r} provides it (drop --disable-plugin {disabled})"
         raise UnknownNameError(
             f"unknown {SINGULAR.get(self.kind, self.kind.rstrip('s'))} {name!r}{hint} "
             f"(known: {', '.join(known) or 'none'})"

@@ -3,6 +3,7 @@ sub-runs and the Python API)."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import Any
 
@@ -38,6 +39,7 @@ def run_meta(
     return {
         "name": name,
         "dsv_version": dsv.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config,
         "config_hash": config_hash,
         "config_source": source,

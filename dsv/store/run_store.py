@@ -177,6 +177,16 @@ class Region:
         self._write_record(record)
 
     @property
+    def seconds(self) -> float:
+        """Wall time the synthesis of this group took, summed over the sessions that ran it."""
+        return float(self.record.get("seconds", 0.0))
+
+    def add_seconds(self, seconds: float) -> None:
+        record = self.record
+        record["seconds"] = float(record.get("seconds", 0.0)) + float(seconds)
+        self._write_record(record)
+
+    @property
     def size(self) -> int:
         return int(_array(self.group, "candidates/labels").shape[0])
 

@@ -188,9 +188,20 @@ def _term(entry, kind: str, plugins: DsvPluginManager, source: str, path: str) -
     return entry
 
 
-def term_name(entry) -> str:
-    """The history name of a term: its plugin name, or a ready-made object's class name."""
-    return entry.name if isinstance(entry, cfg.PluginSpec) else type(entry).__name__.lower()
+def term_name(entry, registry: Any = None) -> str:
+    """The history name of a term: its plugin name; for a ready-made object its own ``name``
+    attribute (a non-empty string), else the name its class is registered under in ``registry``,
+    else its class name in lower case."""
+    if isinstance(entry, cfg.PluginSpec):
+        return entry.name
+    own = getattr(entry, "name", None)
+    if isinstance(own, str) and own:
+        return own
+    if registry is not None:
+        for registered in registry.entries():
+            if registered.factory is type(entry):
+                return str(registered.name)
+    return type(entry).__name__.lower()
 
 
 def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[tuple[str, Any]]:
@@ -198,7 +209,7 @@ def _named(entries, kind: str, plugins: DsvPluginManager, source: str) -> list[t
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         obj = _term(entry, kind, plugins, source, f"synthesis.{kind}[{i}]")
-        base = term_name(entry)
+        base = term_name(entry, plugins.registry(kind))
         seen[base] = seen.get(base, 0) + 1
         out.append((base if seen[base] == 1 else f"{base}{seen[base]}", obj))
     return out

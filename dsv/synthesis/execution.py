@@ -9,6 +9,7 @@ pipeline on every rank (see :mod:`dsv.synthesis.groups` and :mod:`dsv.synthesis.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ def run_group(
     recorded in the region); ``run`` ends holding the final state either way. The lifecycle
     hooks see each group as one run."""
     total = run.iterations
+    started = time.perf_counter()
     try:
         start = 0
         if region is not None:
@@ -136,6 +138,8 @@ def run_group(
     finally:
         run.stop_signals = None
         detach_terms(run.losses + run.priors)
+        if region is not None and run.store is region:  # the time this session spent on the group
+            region.add_seconds(time.perf_counter() - started)
     shown = (
         run_summary(final, run.pending.get("entropy"), run.committed_iteration, None)
         if region is None
