@@ -176,6 +176,7 @@ def cmd_show(args) -> int:
     from dsv.store import summary
 
     store = _open(args.store)
+    store.check()  # a damaged store is refused, never summarized from fill values
     s = summary(store)
     if args.json:
         print(json.dumps(s, indent=2))
@@ -205,6 +206,7 @@ def cmd_export(args) -> int:
     if not (args.png or args.npz):
         raise DsvError("export: give --png PATH and/or --npz PATH")
     store = _open(args.store)
+    store.check()
     if args.png:
         print(f"wrote {save_grid(store, args.png)}")
     if args.npz:

@@ -111,6 +111,23 @@ def open_group(group: zarr.Group, name: str, label: str) -> zarr.Group:
     return node
 
 
+def array_names(group: zarr.Group, label: str) -> list[str]:
+    """The names of the arrays of ``group``, sorted; a member with unreadable metadata is a
+    StoreError naming it (``label`` names ``group``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sorted(group.array_keys())
+    except Exception:  # find the member whose metadata is damaged, to name it
+        folder = store_root(group) / group.path
+        for member in sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file()):
+            try:
+                group[member]
+            except Exception as exc:
+                raise StoreError(f"{label}/{member}/zarr.json: unreadable array metadata ({_reason(exc)})") from None
+        raise StoreError(f"{label}: its members cannot be listed; the store is damaged") from None
+
+
 def read_array(
     group: zarr.Group,
     name: str,

@@ -53,6 +53,7 @@ from dsv.store import lock
 from dsv.store.arrays import (
     CHECKSUMMED_SCHEMA,
     HISTORY_ROWS,
+    array_names,
     chunk_rows,
     create_array,
     open_array,
@@ -304,7 +305,7 @@ class Region:
         slot, group = self._slot()
         arrays = {
             name: read_array(group, name, self.where(f"state/{slot}/{name}"), strict=self.strict)
-            for name in sorted(group.array_keys())
+            for name in array_names(group, self.where(f"state/{slot}"))
         }
         for name in ("x", "lambda", "alive"):
             if name not in arrays:
@@ -380,7 +381,7 @@ class Region:
         h = open_group(self.group, "history", self.where("history"))
         out = {
             name: read_array(h, name, self.where(f"history/{name}"), rows=n, strict=self.strict)
-            for name in sorted(h.array_keys())
+            for name in array_names(h, self.where("history"))
         }
         iterations = out.get("iteration")
         if iterations is None:
@@ -564,6 +565,14 @@ class RunStore:
     @property
     def history_length(self) -> int:
         return int(self.meta.get("history_length", 0))
+
+    def check(self) -> None:
+        """Read what ``show`` reports from, checked (the committed state, candidates and history
+        of every region): the first damage found is a StoreError naming the array."""
+        for region in self.regions():
+            if "candidates" in region.group:
+                region.candidates()
+            region.history()
 
     def history(self) -> dict[str, np.ndarray]:
         """The history of a one-group store; of several groups, their rows combined

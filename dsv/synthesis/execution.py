@@ -64,6 +64,7 @@ def existing_store(path: Path, meta: dict[str, Any], fresh: bool, hints: Hints =
         remove_store(path)  # refused while another process writes it (its lock)
         return None
     store = RunStore.open(path, mode="a", writer=True)
+    store.check()  # continue only from an undamaged checkpoint
     stored = store.meta
     if stored.get("config_hash") != meta["config_hash"]:
         resumable = stored.get("config_resumable", cfg.LEGACY_RESUMABLE)
