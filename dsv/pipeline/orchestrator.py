@@ -96,6 +96,17 @@ def load_pipeline_text(
     )
 
 
+def check_store_path(path: Path, source: str) -> None:
+    """A store path must be creatable: no regular file where it or one of its folders goes."""
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if folder != path and not folder.is_dir():
+                raise ConfigError(f"{source}: run.store: {path}: {folder} is a file, not a folder; choose another path")
+            if folder == path and not folder.is_dir():
+                raise ConfigError(f"{source}: run.store: {path} is a file, not a store; choose another path")
+            return
+
+
 class Pipeline:
     """Runs the stages of a pipeline file. ``Pipeline.from_toml(path).run()`` is what
     ``dsv-pipeline run`` does."""
@@ -111,10 +122,11 @@ class Pipeline:
         self.loaded = loaded
         self.config = loaded.config
         self.plugins = plugins or get_plugin_manager()
+        check_store_path(loaded.store_path, loaded.source)
         self.context = StageContext(
             config=loaded.config,
             plugins=self.plugins,
-            device=resolve_device(loaded.config.run.device),
+            device=resolve_device(loaded.config.run.device, f"{loaded.source}: run.device"),
             file=loaded,
             progress=progress,
             fresh=fresh,

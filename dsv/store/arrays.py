@@ -59,6 +59,12 @@ def create_array(
     )
 
 
+def writable(arr: zarr.Array) -> zarr.Array:
+    """``arr`` set to write every chunk, also one equal to the fill value (the setting is not
+    stored with the array: each opened array needs it again)."""
+    return arr.with_config({"write_empty_chunks": True})
+
+
 def store_root(group: zarr.Group) -> Path:
     """The folder of the local store ``group`` belongs to."""
     return Path(str(group.store_path.store.root))  # type: ignore[attr-defined]  # a LocalStore

@@ -59,6 +59,7 @@ from dsv.store.arrays import (
     open_array,
     open_group,
     read_array,
+    writable,
 )
 from dsv.store.checkpoint import fault_point
 
@@ -144,7 +145,7 @@ def _put_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
     if name in group:
         arr = _array(group, name)
         if tuple(arr.shape) == values.shape and arr.dtype == values.dtype and _has_checksum(arr):
-            arr[...] = values
+            writable(arr)[...] = values
             return
     create_array(group, name, values.shape, values.dtype)[...] = values
 
@@ -368,7 +369,7 @@ class Region:
                 dtype = np.dtype("int64" if name == "iteration" else "float32")
                 shape = (0, *values.shape[1:])
                 create_array(h, name, shape, dtype, rows=chunk_rows(shape[1:], dtype.itemsize, HISTORY_ROWS))
-            arr = _array(h, name)
+            arr = writable(_array(h, name))
             if arr.shape[0] != start + count:  # also cuts rows an interrupted write left behind
                 arr.resize((start + count, *values.shape[1:]))
             arr[start : start + count] = values
