@@ -320,7 +320,11 @@ def describe_os_error(exc: OSError) -> str:
     line = f"{path}: {advice}" if path else advice
     store = _enclosing_store(Path(str(path))) if path else None
     if store is not None:
-        line += f"; the last checkpoint is intact, then resume with: dsv-pipeline resume {store}"
+        line += (
+            f"; the last checkpoint is intact: resume with: dsv-pipeline resume {store}"
+            if _has_checkpoint(store)
+            else "; then run the pipeline again"
+        )
     return line
 
 
@@ -331,6 +335,15 @@ def _enclosing_store(path: Path) -> Path | None:
         if is_store(folder):
             return folder
     return None
+
+
+def _has_checkpoint(path: Path) -> bool:
+    from dsv.store import RunStore
+
+    try:
+        return all(r.record.get("state_slot") in ("a", "b") for r in RunStore.open(path).regions())
+    except Exception:  # a store too damaged to tell: no promise of a checkpoint
+        return False
 
 
 if __name__ == "__main__":

@@ -3,10 +3,6 @@ written. Each case is a file (or an override) a hostile but fair user could give
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest

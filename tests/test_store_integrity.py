@@ -306,3 +306,66 @@ def test_abandoned_builds_of_live_processes_are_left_alone(tmp_path):
     finally:
         os.close(fd)
     time.sleep(0)
+
+
+# ---- disk full -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 360 KiB tmpfs (needs the right to mount; skipped otherwise), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=360k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_with_the_resume_command_and_the_resume_is_exact(healthy, small_tmpfs, tmp_path):
+    store = small_tmpfs / "full.zarr"
+    overrides = ["--set", "synthesis.iterations=20", "--set", "synthesis.checkpoint_every=2"]
+    overrides += ["--set", "synthesis.candidates_per_class=10"]
+    full = dsv_pipeline("run", str(healthy["pipeline"]), "--store", str(store), *overrides)
+    assert full.returncode == 1
+    assert "Traceback" not in full.stderr and "Task was destroyed" not in full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dsv-pipeline: error: {store}/groups/0: no space left on its device")
+    assert last.endswith(f"the last checkpoint is intact: resume with: dsv-pipeline resume {store}")
+    stopped = RunStore.open(store).meta["committed_iteration"]
+    assert 0 < stopped < 20
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], check=True)
+    resumed = dsv_pipeline("resume", str(store))
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference.zarr"
+    done = dsv_pipeline("run", str(healthy["pipeline"]), "--store", str(reference), *overrides)
+    assert done.returncode == 0, done.stderr
+    expected, got = RunStore.open(reference), RunStore.open(store)
+    for key, value in expected.candidates().items():
+        np.testing.assert_array_equal(got.candidates()[key], value)
+    for key, value in expected.history().items():
+        np.testing.assert_array_equal(got.history()[key], value)
+
+
+def test_chunks_of_zeros_are_written_also_when_the_array_is_reopened(tmp_path):
+    """zarr skips chunks equal to the fill value unless told otherwise, and the setting is not
+    stored with an array: a history column of zeros written by a later checkpoint must exist."""
+    store = RunStore.create(tmp_path / "zeros.zarr", {"config": {}}, groups=1)
+    try:
+        region = store.region(0)
+        n = 3
+        region.init_candidates(
+            np.zeros((n, 1, 8, 8), np.float32), np.ones(n, np.float32), np.eye(n, 4), np.ones(n, bool)
+        )
+        for iteration in (1, 2):
+            rows = {"iteration": np.array([iteration]), "accuracy": np.zeros(1, np.float32)}
+            region = RunStore.open(store.path, mode="a").region(0)  # arrays opened afresh
+            region.commit(
+                iteration, {"x": np.zeros((n, 1, 8, 8)), "lambda": np.zeros(n), "alive": np.ones(n, bool)}, {}, rows
+            )
+        assert (tmp_path / "zeros.zarr/groups/0/history/accuracy/c/0").is_file()
+        np.testing.assert_array_equal(RunStore.open(store.path).history()["accuracy"], [0.0, 0.0])
+    finally:
+        lock.release(store.path)

@@ -281,18 +281,21 @@ class Region:
         committed, then the commit record (one atomic metadata write). A crash anywhere before
         the last write leaves the previous checkpoint intact and authoritative."""
         record = self.record
-        length = self._write_history(history_rows, int(record.get("history_length", 0)))
-        slot = "b" if record.get("state_slot") == "a" else "a"
-        group = self.group.require_group(f"state/{slot}")
-        for i, (name, values) in enumerate(arrays.items()):
-            _put_array(group, name, np.asarray(values))
-            if i == 0:
-                fault_point("in-checkpoint", iteration)
-        stale = set(group.array_keys()) - set(arrays)
-        for name in stale:  # e.g. Adam moments of a shape that no longer exists
-            del group[name]
-        record.update(committed_iteration=int(iteration), history_length=length, state_slot=slot, state=scalars)
-        self._write_record(record)
+        try:
+            length = self._write_history(history_rows, int(record.get("history_length", 0)))
+            slot = "b" if record.get("state_slot") == "a" else "a"
+            group = self.group.require_group(f"state/{slot}")
+            for i, (name, values) in enumerate(arrays.items()):
+                _put_array(group, name, np.asarray(values))
+                if i == 0:
+                    fault_point("in-checkpoint", iteration)
+            stale = set(group.array_keys()) - set(arrays)
+            for name in stale:  # e.g. Adam moments of a shape that no longer exists
+                del group[name]
+            record.update(committed_iteration=int(iteration), history_length=length, state_slot=slot, state=scalars)
+            self._write_record(record)
+        except OSError as exc:  # zarr's writes name no file: name the region (the CLI adds what to do)
+            raise OSError(exc.errno, exc.strerror, str(self.path / self.label)) from None
 
     def _slot(self) -> tuple[str, zarr.Group]:
         slot = self.record.get("state_slot")
@@ -431,9 +434,11 @@ class RunStore:
                 os.rename(building, path)  # fails when another process created the path meanwhile
             except OSError:
                 raise StoreError(f"{path}: already exists (created by another process just now)") from None
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             shutil.rmtree(building, ignore_errors=True)
+            if isinstance(exc, OSError) and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
             raise
         lock.adopt(fd, path)
         return cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3))
