@@ -155,7 +155,7 @@ def synthesize(
     """
     plugins = plugins or get_plugin_manager()
     module, loaded_spec = unwrap(model)
-    target_device = resolve_device(device)
+    target_device = resolve_device(device, f"{API_SOURCE}: device")
     saved = ModelState.capture(module)
     try:
         module.to(target_device).eval()

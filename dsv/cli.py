@@ -4,6 +4,7 @@ and :mod:`dsv.store` (imported on first use, so ``--help`` and errors stay fast)
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -181,6 +182,7 @@ def cmd_show(args) -> int:
     from dsv.store import summary
 
     store = _open(args.store)
+    store.check()  # a damaged store is refused, never summarized from fill values
     s = summary(store)
     if args.json:
         print(json.dumps(s, indent=2))
@@ -210,6 +212,7 @@ def cmd_export(args) -> int:
     if not (args.png or args.npz):
         raise DsvError("export: give --png PATH and/or --npz PATH")
     store = _open(args.store)
+    store.check()
     if args.png:
         print(f"wrote {save_grid(store, args.png)}")
     if args.npz:
@@ -281,7 +284,19 @@ def _guarded(command) -> int:
     except KeyboardInterrupt:
         print("dsv-pipeline: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "dsv-pipeline: error: out of memory; lower synthesis.candidates_per_class or the resolutions, "
+            "or split the candidates with synthesis.groups",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # raised in a third-party plugin's code: name the plugin, not a traceback
+        os_error = _os_error(exc)
+        if os_error is not None:  # disk full, no permission, read-only, a file where a folder must be
+            logging.getLogger("asyncio").disabled = True  # zarr's pending writes would each log a line
+            print(f"dsv-pipeline: error: {describe_os_error(os_error)}", file=sys.stderr)
+            return 1
         from dsv.plugins import describe_plugin_failure
 
         message = describe_plugin_failure(exc)
@@ -289,6 +304,64 @@ def _guarded(command) -> int:
             raise  # a bug in dsv itself: the traceback is what a report needs
         print(f"dsv-pipeline: error: {message}", file=sys.stderr)
         return 2
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError ``exc`` is, or the first one inside an exception group."""
+    if isinstance(exc, OSError):
+        return exc
+    inner_exceptions = getattr(exc, "exceptions", None)  # an exception group (Python 3.11+)
+    if isinstance(inner_exceptions, (list, tuple)):
+        for inner in inner_exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+OS_ADVICE = {
+    errno.ENOSPC: "no space left on its device; free some space",
+    errno.EDQUOT: "disk quota exceeded; free some space",
+    errno.EACCES: "permission denied; choose a path you may write to",
+    errno.EPERM: "operation not permitted; choose a path you may write to",
+    errno.EROFS: "read-only file system; choose a writable path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EISDIR: "is a folder, a file was expected",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: the path, what went wrong, what to do, and how to resume when the path lies in
+    a run store that holds a checkpoint (a failed checkpoint leaves the previous one intact)."""
+    path = exc.filename or ""
+    advice = OS_ADVICE.get(exc.errno or -1, exc.strerror or str(exc))
+    line = f"{path}: {advice}" if path else advice
+    store = _enclosing_store(Path(str(path))) if path else None
+    if store is not None:
+        line += (
+            f"; the last checkpoint is intact: resume with: dsv-pipeline resume {store}"
+            if _has_checkpoint(store)
+            else "; then run the pipeline again"
+        )
+    return line
+
+
+def _enclosing_store(path: Path) -> Path | None:
+    from dsv.store import is_store
+
+    for folder in (path, *path.parents):
+        if is_store(folder):
+            return folder
+    return None
+
+
+def _has_checkpoint(path: Path) -> bool:
+    from dsv.store import RunStore
+
+    try:
+        return all(r.record.get("state_slot") in ("a", "b") for r in RunStore.open(path).regions())
+    except Exception:  # a store too damaged to tell: no promise of a checkpoint
+        return False
 
 
 if __name__ == "__main__":

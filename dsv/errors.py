@@ -9,6 +9,10 @@ class ConfigError(DsvError):
     """A pipeline file or an override is invalid; the message names the file and the key path."""
 
 
+class WeightsError(DsvError):
+    """A weights file is missing, not a state dict, or does not fit its model."""
+
+
 class StoreError(DsvError):
     """A run store is missing, not a dsv store, or inconsistent."""
 

@@ -18,7 +18,7 @@ from conftest import dsv_cli as dsv_pipeline
 
 from dsv import cli
 from dsv.errors import ConfigError
-from dsv.store import RunStore, combine_histories
+from dsv.store import SCHEMA_VERSION, RunStore, combine_histories
 from dsv.store.run_store import REGION_RECORD
 from dsv.store.verify import verify
 from dsv.synthesis.groups import combine_summaries, group_seed, group_slices, owned_groups
@@ -77,7 +77,7 @@ def test_two_gloo_processes_write_what_one_process_writes(reference, capsys):
     assert two.meta["committed_iteration"] == ITERATIONS and two.group_count == GROUPS
     assert cli.main(["verify", str(store)]) == 0
     assert capsys.readouterr().out.startswith(
-        f"ok: {store}: schema 3, iteration {ITERATIONS} of {ITERATIONS}, 6 candidates in {GROUPS} groups"
+        f"ok: {store}: schema {SCHEMA_VERSION}, iteration {ITERATIONS} of {ITERATIONS}, 6 candidates in {GROUPS} groups"
     )
 
 

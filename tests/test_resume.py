@@ -187,7 +187,7 @@ def test_verify_names_the_array_with_a_corrupted_chunk(reference, tmp_path, caps
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
     assert cli.main(["verify", str(store)]) == 1
     out = capsys.readouterr().out
-    assert f"groups/0/state/{slot}/x: cannot be read" in out
+    assert f"groups/0/state/{slot}/x: a chunk cannot be read" in out
     assert "Traceback" not in out
 
 

@@ -127,6 +127,8 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
 
 def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -> DatasetBundle:
     """scikit-learn's 8x8 digits (ships with scikit-learn), split by a fixed permutation."""
+    if root:
+        raise ValueError(f"root: digits ships with scikit-learn and reads no folder; remove data.root ({root!r})")
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD
-from dsv.errors import DsvError
+from dsv.errors import DsvError, WeightsError
 from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, hookimpl, pixel_domain
 
 
@@ -36,7 +36,7 @@ def load_state_dict(path: str | Path) -> dict:
     torch state dict read with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -48,11 +48,12 @@ def load_state_dict(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{path}: not a loadable weights file ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())[:200]
+        raise WeightsError(f"{path}: not a loadable weights file ({type(exc).__name__}: {reason})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ModelError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
 
 
@@ -60,7 +61,7 @@ def _apply_weights(module: nn.Module, path: str) -> None:
     try:
         module.load_state_dict(load_state_dict(path))
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
 
 
 class ConvNet(nn.Module):
@@ -130,6 +131,15 @@ def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
 
 def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str = "instance") -> LoadedModel:
     spec = _spec_from_data(request.data, "convnet")
+    for key, value in (("width", width), ("depth", depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key}: must be an integer of at least 1, got {value!r}")
+    if spec.size >> depth < 1:
+        raise ValueError(
+            f"depth: {depth} halvings of {spec.size} px leave nothing; at most {spec.size.bit_length() - 1}"
+        )
+    if norm not in ("instance", "none"):
+        raise ValueError(f"norm: expected 'instance' or 'none', got {norm!r}")
     module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth, norm=norm)
     if request.weights_path:
         _apply_weights(module, request.weights_path)

@@ -41,10 +41,10 @@ class Normalized(Dataset):
 
 @attrs.define(kw_only=True)
 class SupervisedRetrainer:
-    epochs: int = 2
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    batch_size: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
 
     def optimizer(self, params):
         raise NotImplementedError

@@ -178,7 +178,8 @@ def _messages(exc: BaseException, path: str) -> list[str]:
         for sub in without:
             out.extend(_messages(sub, path))
     elif isinstance(exc, ForbiddenExtraKeysError):
-        known = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+        # the keys a table takes: the init aliases (attrs' private fields ``_x`` are not keys)
+        known = sorted(a.alias for a in attrs.fields(exc.cl) if a.init) if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
             out.append(f"{_key_path(path, key)}: unknown key (known: {', '.join(known)})")
     elif isinstance(exc, (TypeError, ValueError)):  # _TypeMismatch included
@@ -231,16 +232,28 @@ def plugin_problems(spec: PluginSpec, registry: Any, *, path: str, **context: An
     return []
 
 
-def build(spec: PluginSpec, registry: Any, *, source: str, path: str, **context: Any) -> Any:
+def build(
+    spec: PluginSpec,
+    registry: Any,
+    *,
+    source: str,
+    path: str,
+    name_key: str = "name",
+    options_key: str = "",
+    **context: Any,
+) -> Any:
     """Instantiate a plugin from its table: look the name up, type-check its options.
 
     attrs factories are structured by the strict converter (unknown option -> error naming the
-    key path); other callables have their keyword names checked against the signature.
+    key path); other callables have their keyword names checked against the signature. The
+    name is at ``path.name_key``, the options at ``path.options_key`` (``model.source`` and
+    ``model.options.width``; a plugin table such as ``synthesis.priors[0]`` holds both).
     """
     try:
         entry, rest = registry.split(spec.name)
     except KeyError as exc:  # the registry's UnknownNameError, whose message lists the known names
-        raise ConfigError(f"{source}: {path}.name: {exc}") from None
+        raise ConfigError(f"{source}: {path}.{name_key}: {exc}") from None
+    options_path = f"{path}.{options_key}" if options_key else path
     factory = entry.factory
     options = dict(spec.options)
     if rest is not None:
@@ -248,8 +261,8 @@ def build(spec: PluginSpec, registry: Any, *, source: str, path: str, **context:
     if attrs.has(factory):
         names = {a.alias for a in attrs.fields(factory) if a.init}
         extra = {k: v for k, v in context.items() if k in names}
-        return structure({**options, **extra}, factory, source=source, path=path)
-    unknown = _unknown_options(factory, spec, path, context)
+        return structure({**options, **extra}, factory, source=source, path=options_path)
+    unknown = _unknown_options(factory, spec, options_path, context)
     if unknown:
         raise ConfigError("\n".join(f"{source}: {line}" for line in unknown))
     params = inspect.signature(factory).parameters
@@ -258,4 +271,10 @@ def build(spec: PluginSpec, registry: Any, *, source: str, path: str, **context:
     try:
         return factory(**options, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {path}: {exc}") from None
+        message = " ".join(str(exc).split())
+        key = message.split(":", 1)[0]
+        if key in options or (key in params and key not in context):  # "width: must be ...": an option
+            raise ConfigError(f"{source}: {options_path}.{message}") from None
+        if key in context:  # a key of the table itself, e.g. data.root
+            raise ConfigError(f"{source}: {path}.{message}") from None
+        raise ConfigError(f"{source}: {path}: {message}") from None

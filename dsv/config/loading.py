@@ -125,9 +125,16 @@ def _set_store(raw: dict[str, Any], store: str, source: str) -> None:
 def read_pipeline_text(path: str | Path) -> str:
     path = Path(path)
     try:
-        return path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
 
 
 def load(path: str | Path, overrides: Sequence[str] = (), store: str | None = None, **stages: Any) -> LoadedPipeline:

@@ -105,6 +105,11 @@ class PipelineConfig:
         return self.tables.get(name)
 
 
+# sane bounds, checked before anything is allocated (the message gives the bound)
+MAX_ITERATIONS = 10_000_000
+MAX_CANDIDATES = 1_000_000  # candidates of one run (candidates_per_class x targets)
+MAX_RESOLUTION = 4096  # pixels per side
+
 #: the top-level tables every pipeline may have besides the stages' own
 CORE_TABLES = ("run", "data", "model", "synthesis", "logging")
 
@@ -115,6 +120,9 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
     for key in ("iterations", "candidates_per_class", "record_every", "groups"):
         if getattr(s, key) < 1:
             problems.append(f"synthesis.{key}: must be at least 1, got {getattr(s, key)}")
+    for key, bound in (("iterations", MAX_ITERATIONS), ("candidates_per_class", MAX_CANDIDATES)):
+        if getattr(s, key) > bound:
+            problems.append(f"synthesis.{key}: {getattr(s, key)} is beyond the limit of {bound:_}")
     if s.checkpoint_every < 0:
         problems.append(
             f"synthesis.checkpoint_every: must be at least 0 (0: only at the end), got {s.checkpoint_every}"
@@ -122,9 +130,19 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
     for key in ("lr_x", "lr_lambda"):
         if getattr(s, key) <= 0:
             problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
+    previous = None
     for i, pair in enumerate(s.resolutions):
-        if len(pair) != 2 or pair[0] < 0 or pair[1] < 8:
-            problems.append(f"synthesis.resolutions[{i}]: expected [from_iteration, size >= 8], got {pair}")
+        if len(pair) != 2 or pair[0] < 0 or not 8 <= pair[1] <= MAX_RESOLUTION:
+            problems.append(
+                f"synthesis.resolutions[{i}]: expected [from_iteration >= 0, size in 8..{MAX_RESOLUTION}], got {pair}"
+            )
+        elif previous is not None and pair[0] <= previous:
+            problems.append(
+                f"synthesis.resolutions[{i}]: from_iteration {pair[0]} does not come after {previous} of the "
+                "entry before; list the entries by increasing from_iteration"
+            )
+        else:
+            previous = pair[0]
     if s.keep_per_class < 0 or s.keep_per_class > s.candidates_per_class:
         problems.append(
             f"synthesis.keep_per_class: must be from 0 (all) to candidates_per_class ({s.candidates_per_class}), "

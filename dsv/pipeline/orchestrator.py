@@ -15,7 +15,7 @@ from dsv import config as cfg
 from dsv.errors import ConfigError, StoreError
 from dsv.pipeline.stage import PHASES, Stage, StageContext
 from dsv.plugins import DatasetBundle, DsvPluginManager, LoadedModel, PluginError, Registry, get_plugin_manager
-from dsv.store import RunStore, summary
+from dsv.store import RunStore, is_store, lock, summary
 from dsv.synthesis import distributed
 from dsv.synthesis.build import API_SOURCE, resolve_device
 
@@ -150,6 +150,17 @@ def load_pipeline_text(
     )
 
 
+def check_store_path(path: Path, source: str) -> None:
+    """A store path must be creatable: no regular file where it or one of its folders goes."""
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if folder != path and not folder.is_dir():
+                raise ConfigError(f"{source}: run.store: {path}: {folder} is a file, not a folder; choose another path")
+            if folder == path and not folder.is_dir():
+                raise ConfigError(f"{source}: run.store: {path} is a file, not a store; choose another path")
+            return
+
+
 class Pipeline:
     """Runs the stages of a pipeline file. ``Pipeline.from_toml(path).run()`` is what
     ``dsv-pipeline run`` does."""
@@ -165,10 +176,11 @@ class Pipeline:
         self.loaded = loaded
         self.config = loaded.config
         self.plugins = plugins or get_plugin_manager()
+        check_store_path(loaded.store_path, loaded.source)
         self.context = StageContext(
             config=loaded.config,
             plugins=self.plugins,
-            device=resolve_device(loaded.config.run.device),
+            device=resolve_device(loaded.config.run.device, f"{loaded.source}: run.device"),
             file=loaded,
             progress=progress,
             fresh=fresh,
@@ -218,15 +230,19 @@ class Pipeline:
         """Every stage of the file. Under several ranks the first rank of each machine runs the
         ``model`` phase first (the others then reuse what it cached), every rank runs the ``store``
         phase (each synthesizes its groups), and rank 0 alone runs the stages after it and returns
-        a result (the others None)."""
-        self.model()
-        store = self.synthesize()
-        if store is None:
-            return None
-        files: list[Path] = []
-        for stage in (s for s in self.stages() if s.phase == "after"):
-            files += stage.run(self.context, store)
-        return PipelineResult(store.path, summary(store), files)
+        a result (the others None). Rank 0 holds the store's writer lock throughout
+        (:mod:`dsv.store.lock`): a second writer of the same store is refused before any work."""
+        with lock.session():
+            if distributed.is_main_rank() and is_store(self.store_path):
+                lock.acquire(self.store_path)
+            self.model()
+            store = self.synthesize()
+            if store is None:
+                return None
+            files: list[Path] = []
+            for stage in (s for s in self.stages() if s.phase == "after"):
+                files += stage.run(self.context, store)
+            return PipelineResult(store.path, summary(store), files)
 
     def model(self) -> LoadedModel:
         """The ``[model]`` once the ``model`` phase ran (the train stage fits it, or reuses the
@@ -260,5 +276,5 @@ class Pipeline:
         """The store of the stages after synthesis: the one the synthesis wrote (or an earlier run
         did), or a new one without candidates (a pipeline that only selects)."""
         if self.store_path.exists():
-            return RunStore.open(self.store_path, mode="a")
+            return RunStore.open(self.store_path, mode="a", writer=True)
         return RunStore.create(self.store_path, self.context.store_meta(), groups=self.config.synthesis.groups)

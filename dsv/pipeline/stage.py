@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from dsv import config as cfg
-from dsv.errors import ConfigError
+from dsv.errors import ConfigError, WeightsError
 from dsv.evaluation.retraining import accuracy_on
 from dsv.plugins import DatasetBundle, DsvPluginManager, LoadedModel, ModelRequest, normalize, per_channel_range
 from dsv.store import RunStore
@@ -111,6 +111,7 @@ class StageContext:
                 self.plugins.registry("datasets"),
                 source=self.source,
                 path="data",
+                options_key="options",
                 root=d.root,
                 download=d.download,
             )
@@ -125,11 +126,23 @@ class StageContext:
     def build_model(self, source: str, options: dict[str, Any], weights_path: str, path: str) -> LoadedModel:
         """A model from the ``models`` registry (``source`` with its options and weights file),
         with the ``[data]`` set; problems name ``path`` (e.g. ``evaluate.model``)."""
+        if weights_path and not Path(weights_path).is_file():
+            raise ConfigError(f"{self.source}: {path}.weights_path: no such file: {weights_path}")
         request = ModelRequest(data=self.data(), weights_path=weights_path)
         spec = cfg.PluginSpec(name=source, options=options)
-        loaded: LoadedModel = cfg.build(
-            spec, self.plugins.registry("models"), source=self.source, path=path, request=request
-        )
+        try:
+            loaded: LoadedModel = cfg.build(
+                spec,
+                self.plugins.registry("models"),
+                source=self.source,
+                path=path,
+                name_key="source",
+                options_key="options",
+                request=request,
+            )
+        except WeightsError as exc:
+            where = f"{path}.weights_path" if weights_path else f"{path}.source ({source}'s packaged weights)"
+            raise ConfigError(f"{self.source}: {where}: {exc}") from None
         return loaded
 
     @property

@@ -114,7 +114,12 @@ class StopSignals:
 FAULT_ENV = "DSV_FAULT"
 
 
-FAULTS = {"after-iteration": signal.SIGKILL, "in-checkpoint": signal.SIGKILL, "term-after-iteration": signal.SIGTERM}
+FAULTS = {
+    "after-iteration": signal.SIGKILL,
+    "in-checkpoint": signal.SIGKILL,
+    "in-creation": signal.SIGKILL,
+    "term-after-iteration": signal.SIGTERM,
+}
 
 
 def faults_enabled() -> bool:
@@ -125,7 +130,8 @@ def fault_point(where: str, iteration: int) -> None:
     """Crash at a reproducible moment, for the crash tests; does nothing unless ``DSV_FAULT`` is
     set. ``after-iteration:K`` sends SIGKILL once iteration K completed (after its checkpoint, if
     any), ``in-checkpoint:K`` sends SIGKILL halfway through writing the checkpoint of iteration K,
-    ``term-after-iteration:K`` sends SIGTERM once iteration K completed."""
+    ``term-after-iteration:K`` sends SIGTERM once iteration K completed, ``in-creation:0``
+    sends SIGKILL while a new store is being built, before it is renamed into place."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

@@ -1,7 +1,9 @@
 """``dsv-pipeline verify``: is a run store whole? Schema, commit record, every committed array.
 
-Every array the commit record points to is read in full, so a truncated or corrupted chunk shows
-up as a problem naming that array; nothing here raises on a damaged store.
+Every array the commit record points to is read in full through the same checked reads that
+``show``, ``export``, ``resume`` and the stages use (:mod:`dsv.store.arrays`): a deleted,
+truncated or altered chunk, garbage metadata or an edited shape shows up as a problem naming the
+array; nothing here raises on a damaged store.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import numpy as np
 
 from dsv import config as cfg
 from dsv.errors import DsvError
+from dsv.store.arrays import CHECKSUMMED_SCHEMA
 from dsv.store.run_store import Region, RunStore
-
-STATE_ARRAYS = ("x", "lambda", "alive", "rng_torch", "rng_numpy", "rng_python")
 
 
 @attrs.define
@@ -29,22 +30,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _read(report: Report, group, name: str, label: str, rows: int | None = None) -> np.ndarray | None:
-    """Read one array whole (or its first ``rows``), recording a problem instead of raising."""
-    try:
-        if name not in group:
-            report.problems.append(f"{label}: missing")
-            return None
-        arr = group[name]
-        if rows is not None and arr.shape[0] < rows:
-            report.problems.append(f"{label}: has {arr.shape[0]} rows, the commit record says {rows}")
-            return None
-        return arr[:rows] if rows is not None else arr[...]
-    except Exception as exc:  # any decoding failure of a damaged chunk is a finding, not a crash
-        report.problems.append(f"{label}: cannot be read ({type(exc).__name__}: {exc})")
-        return None
 
 
 def _check(report: Report, condition: bool, message: str) -> None:
@@ -66,6 +51,7 @@ def verify(path: str | Path) -> Report:
         return report
     report.facts["schema_version"] = store.schema_version
     report.facts["groups"] = len(regions)
+    report.facts["checksums"] = store.schema_version >= CHECKSUMMED_SCHEMA
     config = meta.get("config")
     if isinstance(config, dict):
         recomputed = cfg.config_hash(config, tuple(meta.get("config_resumable", cfg.LEGACY_RESUMABLE)))
@@ -89,10 +75,26 @@ def verify(path: str | Path) -> Report:
     return report
 
 
+def _attempt(report: Report, read: Callable[[], Any]) -> Any:
+    """``read()``, or None with its StoreError (or any failure of a damaged store) recorded."""
+    try:
+        return read()
+    except DsvError as exc:
+        report.problems.append(str(exc))
+    except Exception as exc:  # a failure the reads did not foresee is still a finding, not a crash
+        report.problems.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    return None
+
+
 def verify_region(report: Report, region: Region) -> int:
-    """Record every problem of one group's region; returns its candidate count (0 if unreadable)."""
+    """Record every problem of one group's region: its commit record, every array of the
+    committed checkpoint read whole (every chunk on disk, every checksum, shapes that belong
+    together, an alive candidate's lambda >= 0), the candidates, the committed history rows of
+    every history array. Returns the region's candidate count (0 if unreadable)."""
     where = f"{region.label}/" if region.label else ""
-    record = region.record
+    record = _attempt(report, lambda: region.record)
+    if record is None:
+        return 0
     committed, length, slot = record.get("committed_iteration"), record.get("history_length"), record.get("state_slot")
     before = len(report.problems)
     for key, value in (("committed_iteration", committed), ("history_length", length)):
@@ -104,74 +106,20 @@ def verify_region(report: Report, region: Region) -> int:
     _check(report, slot in ("a", "b"), f"{where or 'metadata '}state_slot: expected 'a' or 'b', got {slot!r}")
     if len(report.problems) > before:
         return 0
-    assert isinstance(committed, int)  # checked above
-    candidates = _group(report, region, "candidates")
-    state = _group(report, region, f"state/{slot}")
-    if candidates is None or state is None:
+    candidates = _attempt(report, region.candidates)
+    _attempt(report, region.history)
+    if candidates is None:
         return 0
-    targets = _read(report, candidates, "targets", f"{where}candidates/targets")
-    labels = _read(report, candidates, "labels", f"{where}candidates/labels")
-    reads = {name: _read(report, state, name, f"{where}state/{slot}/{name}") for name in STATE_ARRAYS}
-    for name in sorted(state.array_keys()):
-        if name not in reads:
-            reads[name] = _read(report, state, name, f"{where}state/{slot}/{name}")
-    if len(report.problems) > before:
-        return 0
-    # no problem recorded: every read returned its array
-    assert targets is not None and labels is not None
-    arrays = {name: a for name, a in reads.items() if a is not None}
-    n = len(labels)
+    n = len(candidates["labels"])
     _check(
         report,
-        targets.shape[0] == n and np.array_equal(targets.argmax(1), labels),
-        f"{where}candidates/targets: does not match {where}candidates/labels",
+        np.array_equal(candidates["targets"].argmax(1), candidates["labels"]),
+        f"{region.where('candidates/targets')}: does not match {where}candidates/labels",
     )
-    x, lam = arrays["x"], arrays["lambda"]
-    _check(report, x.ndim == 4 and x.shape[0] == n, f"{where}state/{slot}/x: shape {x.shape}, expected ({n}, C, H, W)")
     _check(
-        report,
-        lam.shape == (n,) and arrays["alive"].shape == (n,),
-        f"{where}state/{slot}: lambda {lam.shape} and alive {arrays['alive'].shape} must both be ({n},)",
+        report, bool(np.isfinite(candidates["x"]).all()), f"{region.where(f'state/{slot}/x')}: holds non-finite values"
     )
-    _check(report, bool(np.isfinite(x).all()), f"{where}state/{slot}/x: holds non-finite values")
-    _check(report, bool(np.isfinite(lam).all()), f"{where}state/{slot}/lambda: holds non-finite values")
-    for p, ref in (("x", x), ("lambda", lam)):
-        for moment in ("exp_avg", "exp_avg_sq"):
-            a = arrays.get(f"adam_{p}_{moment}")
-            if a is not None:
-                _check(
-                    report,
-                    a.shape == ref.shape,
-                    f"{where}state/{slot}/adam_{p}_{moment}: shape {a.shape} != {ref.shape}",
-                )
-    if length:
-        history = _group(report, region, "history")
-        if history is None:
-            return n
-        iterations = _read(report, history, "iteration", f"{where}history/iteration", rows=length)
-        for name in sorted(history.array_keys()):
-            if name != "iteration":
-                _read(report, history, name, f"{where}history/{name}", rows=length)
-        if iterations is not None:
-            _check(report, bool(np.all(np.diff(iterations) > 0)), f"{where}history/iteration: not strictly increasing")
-            _check(
-                report,
-                int(iterations[-1]) <= committed,
-                f"{where}history/iteration: ends at {int(iterations[-1])}, after the committed iteration {committed}",
-            )
     return n
-
-
-def _group(report: Report, region: Region, name: str):
-    label = f"{region.label}/{name}" if region.label else name
-    try:
-        if name not in region.group:
-            report.problems.append(f"{label}: missing")
-            return None
-        return region.group[name]
-    except Exception as exc:
-        report.problems.append(f"{label}: cannot be opened ({type(exc).__name__}: {exc})")
-        return None
 
 
 def describe(report: Report, echo: Callable[[str], None] = print) -> None:
@@ -182,6 +130,7 @@ def describe(report: Report, echo: Callable[[str], None] = print) -> None:
             f"ok: {report.path}: schema {f['schema_version']}, iteration {f['committed_iteration']} of "
             f"{f.get('iterations', '?')}, {f.get('candidates', 0)} candidates{groups}, "
             f"{f['history_length']} history rows"
+            + ("" if f.get("checksums") else " (written before checksums: checked for structure only)")
         )
         return
     echo(f"{report.path}: {len(report.problems)} problem(s)")

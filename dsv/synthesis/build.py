@@ -3,6 +3,7 @@ from their specs. Shared by the pipeline's synthesize stage, its sub-runs and ``
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -20,13 +21,50 @@ from dsv.synthesis.execution import detach_terms
 API_SOURCE = "dsv.synthesize"  # config_source of the stores the Python API writes
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "run.device") -> torch.device:
+    """The device ``name`` names, refused (naming ``key``) when this machine has none such."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"run.device: unknown device {name!r} (auto, cpu, cuda, cuda:1, ...)") from None
+        raise ConfigError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "meta":
+        raise ConfigError(f"{key}: 'meta' holds no data; a synthesis needs a real device (auto, cpu, cuda)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {name!r} but no CUDA GPU is available here; use 'auto' or 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu" and name not in ("mps", "xpu"):
+        raise ConfigError(f"{key}: device {name!r} is not supported (auto, cpu, cuda, cuda:1, ...)")
+    return device
+
+
+# bytes per candidate value the optimizer keeps at least: x, its gradient, Adam's two moments
+STATE_COPIES = 4
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n: int, channels: int, size: int, device: torch.device, source: str) -> None:
+    """Refuse a run whose candidates and their Adam state alone exceed the free memory."""
+    need = n * channels * size * size * 4 * STATE_COPIES
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{source}: synthesis.candidates_per_class: {n} candidates of {channels}x{size}x{size} need about "
+            f"{need / 2**30:.1f} GiB for themselves and their Adam state, {device.type} has {free / 2**30:.1f} GiB "
+            "free; lower candidates_per_class or the resolutions, or split them with synthesis.groups"
+        )
 
 
 def target_matrix(targets: list, classes: list[int], per_class: int, num_classes: int, source: str) -> torch.Tensor:
@@ -77,6 +115,10 @@ def build_run(
     ready-made objects used as they are. ``candidates``: the rows of the target matrix this run
     optimizes (one group of a grouped synthesis), seeded by ``seed``. Every problem is a
     ConfigError naming ``source`` and the key."""
+    entries = len(s.targets or s.classes or range(spec.num_classes))
+    n = len(range(entries * s.candidates_per_class)[candidates])
+    largest = max([spec.size, *(size for _, size in s.resolutions)])
+    check_memory(n, spec.channels, largest, device, source)
     torch.manual_seed(seed)
     targets = target_matrix(s.targets, s.classes, s.candidates_per_class, spec.num_classes, source)[candidates]
     n = targets.shape[0]

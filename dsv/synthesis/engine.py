@@ -7,6 +7,7 @@ went negative. Handlers record histories, write the store, guard against NaN and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -227,9 +228,18 @@ class SynthesisRun:
         return out
 
 
+class _QuietTermination(logging.Filter):
+    """Drop ignite's "... is terminating due to exception" lines: the CLI reports the exception
+    itself, once (a full disk would otherwise print it three times)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "terminating due to exception" not in record.getMessage()
+
+
 def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
     """The engine of ``run``; ``start_iteration`` > 0 continues a resumed run after that iteration."""
     engine = Engine(lambda eng, _batch: run.step(eng.state.iteration))
+    engine.logger.addFilter(_QuietTermination())
     if start_iteration:
         engine.load_state_dict({"iteration": start_iteration, "epoch_length": run.iterations, "max_epochs": 1})
 

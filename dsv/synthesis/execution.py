@@ -20,8 +20,19 @@ import numpy as np
 import dsv
 from dsv import config as cfg
 from dsv.errors import Interrupted, StoreError
-from dsv.store import SCHEMA_VERSION, Region, RunStore, is_store, remove_store, run_summary, summary
+from dsv.store import (
+    SCHEMA_VERSION,
+    Region,
+    RunStore,
+    is_half_created,
+    is_store,
+    lock,
+    remove_store,
+    run_summary,
+    summary,
+)
 from dsv.store.checkpoint import StopSignals
+from dsv.store.run_store import OLDEST_CONTINUABLE_SCHEMA
 from dsv.synthesis import distributed, tensorboard
 from dsv.synthesis.engine import SynthesisRun, build_engine
 from dsv.synthesis.groups import combine_summaries, owned_groups
@@ -44,12 +55,17 @@ def existing_store(path: Path, meta: dict[str, Any], fresh: bool, hints: Hints =
     store), refused otherwise."""
     if not path.exists():
         return None
+    if is_half_created(path):
+        log.warning("%s: left half-created by an interrupted run (no dsv metadata); replacing it", path)
+        remove_store(path)
+        return None
     if not is_store(path):
         raise StoreError(f"{path}: exists and is not a dsv store; choose another {hints.store}")
     if fresh:
-        remove_store(path)
+        remove_store(path)  # refused while another process writes it (its lock)
         return None
-    store = RunStore.open(path, mode="a")
+    store = RunStore.open(path, mode="a", writer=True)
+    store.check()  # continue only from an undamaged checkpoint
     stored = store.meta
     if stored.get("config_hash") != meta["config_hash"]:
         resumable = stored.get("config_resumable", cfg.LEGACY_RESUMABLE)
@@ -64,7 +80,7 @@ def existing_store(path: Path, meta: dict[str, Any], fresh: bool, hints: Hints =
             f"{path}: the model's weights differ from those the run started with "
             f"({stored.get('model_fingerprint')} != {meta['model_fingerprint']}); pass {hints.fresh} to start over"
         )
-    if store.schema_version < SCHEMA_VERSION:
+    if store.schema_version < OLDEST_CONTINUABLE_SCHEMA:
         raise StoreError(
             f"{path}: written with store schema {store.schema_version}; it can be read, not continued "
             f"(this dsv writes schema {SCHEMA_VERSION}); pass {hints.fresh} to start over"
@@ -173,7 +189,21 @@ def execute(
 ) -> tuple[RunStore | None, dict[str, Any]]:
     """Run the engine of one ungrouped ``run``: in a new store at ``store_path`` (with ``meta``),
     continuing the run already there, or without a store. Returns the store and the run
-    summary (``show --json``'s keys); ``run`` ends holding the final state either way."""
+    summary (``show --json``'s keys); ``run`` ends holding the final state either way. The
+    store's writer lock is held until it returns."""
+    with lock.session():
+        return _execute(run, meta, store_path=store_path, fresh=fresh, logging=logging, hints=hints)
+
+
+def _execute(
+    run: SynthesisRun,
+    meta: dict[str, Any],
+    *,
+    store_path: Path | None,
+    fresh: bool,
+    logging: cfg.LoggingConfig | None,
+    hints: Hints,
+) -> tuple[RunStore | None, dict[str, Any]]:
     try:
         if logging is not None and logging.tensorboard:
             tensorboard.require()  # before a store exists
