@@ -211,6 +211,27 @@ def test_uses_the_forward_pass_the_model_made_on_these_candidates(bn_plugin):
     prior.detach()
 
 
+def test_augmented_takes_the_statistics_of_the_pass_on_the_augmented_copy(bn_plugin, make_run):
+    """DeepInversion's choice: in a synthesis step the prior reads the augmented forward (no pass
+    of its own), and equals the prior of a fresh model pass on that copy."""
+    model = calibrated(torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    model = model.float()
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    prior = bn_plugin.BNStats(weight=1.0, augmented=True)
+    prior.attach(model)
+    run = make_run(model=model, augmentations=[lambda x: x * 2 + 1], priors=[("bn_stats", prior)])
+    x0 = run.x.detach().clone()
+    metrics = run.step(1)
+    assert len(calls) == 2  # the clean pass and the augmented pass, none by the prior
+    reference = bn_plugin.BNStats()
+    prior.detach()
+    reference.attach(model)
+    assert metrics["bn_stats"] == pytest.approx(float(reference(x0 * 2 + 1)), rel=1e-5)
+    assert metrics["bn_stats"] != pytest.approx(float(reference(x0)), rel=1e-3)
+    reference.detach()
+
+
 def test_attach_refuses_models_it_cannot_use(bn_plugin):
     with pytest.raises(ValueError, match="no BatchNorm layer"):
         bn_plugin.BNStats().attach(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
