@@ -70,6 +70,9 @@ class Stationarity:
     params: str | list[str] = "auto"
     relative: bool = True  # divide by the distance at lambda = 0: 1.0 = explains nothing
     augmented: bool = False  # also evaluated on the augmented copies
+    # evaluated on the candidates themselves; with augmented = true and clean = false (and every
+    # other loss alike) a step makes one forward pass, on the augmented copy only
+    clean: bool = True
     # "targets": only the head rows of the candidates' target classes (few classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
     mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
