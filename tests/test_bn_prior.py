@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,6 +213,27 @@ def test_uses_the_forward_pass_the_model_made_on_these_candidates(bn_plugin):
     prior.detach()
 
 
+def test_augmented_takes_the_statistics_of_the_pass_on_the_augmented_copy(bn_plugin, make_run):
+    """DeepInversion's choice: in a synthesis step the prior reads the augmented forward (no pass
+    of its own), and equals the prior of a fresh model pass on that copy."""
+    model = calibrated(torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    model = model.float()
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    prior = bn_plugin.BNStats(weight=1.0, augmented=True)
+    prior.attach(model)
+    run = make_run(model=model, augmentations=[lambda x: x * 2 + 1], priors=[("bn_stats", prior)])
+    x0 = run.x.detach().clone()
+    metrics = run.step(1)
+    assert len(calls) == 2  # the clean pass and the augmented pass, none by the prior
+    reference = bn_plugin.BNStats()
+    prior.detach()
+    reference.attach(model)
+    assert metrics["bn_stats"] == pytest.approx(float(reference(x0 * 2 + 1)), rel=1e-5)
+    assert metrics["bn_stats"] != pytest.approx(float(reference(x0)), rel=1e-3)
+    reference.detach()
+
+
 def test_attach_refuses_models_it_cannot_use(bn_plugin):
     with pytest.raises(ValueError, match="no BatchNorm layer"):
         bn_plugin.BNStats().attach(nn.Sequential(nn.Conv2d(1, 2, 3)).eval())
@@ -332,3 +355,33 @@ def test_bn_stats_from_the_command_line(bn_plugin, bn_models, tmp_path, write_pi
     assert "bn_stats" in RunStore.open(tmp_path / "bn.zarr").history()
     assert cli.main(["run", str(path), "--no-progress", "--fresh", "--disable-plugin", "bn-prior"]) == 2
     assert "unknown prior 'bn_stats'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_imagenet_benchmark_runs_a_tiny_comparison_and_writes_both_methods(bn_site, tmp_path):
+    """benchmarks/imagenet_gen.py end to end on one class, a few iterations: both methods, the
+    verifier's figures, both grids."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT)] + ([str(bn_site)] if bn_site is not None else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    out = tmp_path / "out.json"
+    args = ["--classes", "1", "--seeds", "1", "--iterations", "4", "--calibration-steps", "1", "--threads", "1"]
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "imagenet_gen.py"), *args, "--json", str(out)]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for name in ("dsv", "deepinversion"):
+        r = result["methods"][name]
+        assert {"top1", "top5", "p_target", "seconds", "step_seconds", "n", "verifier"} <= set(r)
+        assert r["n"] == 1 and r["verifier"] == "efficientnet-lite2" and 0 <= r["top1"] <= r["top5"] <= 1
+        assert r["seconds"] > 0 and r["step_seconds"] > 0
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert result["equal_iterations"]["deepinversion"]["iterations"] == 4
+    assert "equal wall-clock" in done.stdout

@@ -1,4 +1,5 @@
-"""Built-in augmentations (kornia): the paper's flip, translate, crop, cutout and noise.
+"""Built-in augmentations (kornia): the paper's flip, translate, crop, cutout and noise, and
+DeepInversion's jitter (a random roll of the whole batch).
 
 Each is differentiable with respect to its input and draws from torch's global generator, so a
 seeded run is reproducible. Strengths follow the paper's notation (ImageNet: translate 0.125,
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import attrs
 import kornia.augmentation as K
+import torch
 from torch import Tensor
 
 from dsv.plugins import hookimpl
@@ -37,6 +39,30 @@ class Flip:
 
     def __call__(self, x: Tensor) -> Tensor:
         return self._aug(x)
+
+
+@attrs.define(kw_only=True)
+class Jitter:
+    """DeepInversion's jitter: roll the whole batch by a random offset of up to ``pixels`` in each
+    direction (pixels wrap around; no padding, no resampling: the cheapest augmentation).
+    ``pixels`` is meant at ``reference_size`` and scales with the candidates' size (30 at 224 is
+    15 at 112, as DeepInversion's multi-resolution mode has it); ``reference_size = 0`` keeps it."""
+
+    pixels: int = attrs.field(default=30, validator=attrs.validators.ge(0))
+    reference_size: int = attrs.field(default=224, validator=attrs.validators.ge(0))
+
+    def limit(self, size: int) -> int:
+        """The largest offset at side length ``size``."""
+        if not self.reference_size:
+            return self.pixels
+        return int(self.pixels * size / self.reference_size)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        lim_h, lim_w = self.limit(int(x.shape[-2])), self.limit(int(x.shape[-1]))
+        # torch's global generator: a seeded run is reproducible and a resumed one continues it
+        dy = int(torch.randint(-lim_h, lim_h + 1, ()))
+        dx = int(torch.randint(-lim_w, lim_w + 1, ()))
+        return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
 
 
 @attrs.define(kw_only=True)
@@ -118,3 +144,4 @@ def dsv_register_augmentations(registry):
     registry.add("crop", Crop)
     registry.add("cutout", Cutout)
     registry.add("noise", Noise)
+    registry.add("jitter", Jitter)

@@ -19,9 +19,25 @@ class Primal:
 
     weight: float = 1.0
     augmented: bool = True  # also evaluated on the augmented copies
+    clean: bool = True  # evaluated on the candidates themselves
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
         return kkt.primal_loss(batch.logits, batch.targets, batch.alive)
+
+
+@attrs.define(kw_only=True)
+class CrossEntropy:
+    """Cross entropy of every alive candidate against its target, right or wrong (DeepInversion's
+    main loss; ``primal`` stops pulling once a candidate is classified right)."""
+
+    weight: float = 1.0
+    augmented: bool = True  # evaluated on the augmented copies
+    # DeepInversion evaluates it on the jittered copy only: clean = false saves the clean forward
+    clean: bool = True
+
+    def __call__(self, batch: kkt.KKTBatch) -> Tensor:
+        alive = batch.alive.to(batch.logits.dtype)
+        return (alive * kkt.soft_cross_entropy(batch.logits, batch.targets)).sum() / alive.sum().clamp(min=1)
 
 
 @attrs.define(kw_only=True)
@@ -54,6 +70,9 @@ class Stationarity:
     params: str | list[str] = "auto"
     relative: bool = True  # divide by the distance at lambda = 0: 1.0 = explains nothing
     augmented: bool = False  # also evaluated on the augmented copies
+    # evaluated on the candidates themselves; with augmented = true and clean = false (and every
+    # other loss alike) a step makes one forward pass, on the augmented copy only
+    clean: bool = True
     # "targets": only the head rows of the candidates' target classes (few classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
     mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
@@ -167,4 +186,5 @@ class Stationarity:
 @hookimpl
 def dsv_register_losses(registry):
     registry.add("primal", Primal)
+    registry.add("cross_entropy", CrossEntropy)
     registry.add("stationarity", Stationarity)

@@ -11,22 +11,29 @@ from dsv.plugins import hookimpl
 
 @attrs.define(kw_only=True)
 class TotalVariation:
-    """Mean absolute difference of neighbouring pixels: removes high-frequency noise."""
+    """Total variation: removes high-frequency noise. ``distance = "l1"``: mean absolute difference
+    of neighbouring pixels; ``"l2"``: DeepInversion's ``loss_var_l2``, the sum over four neighbour
+    directions of the L2 norm of the differences over the batch (not averaged)."""
 
     weight: float = 1e-4
+    distance: str = attrs.field(default="l1", validator=attrs.validators.in_(("l1", "l2")))
+    augmented: bool = False  # evaluated on the augmented copy instead of the candidates (DeepInversion)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return kkt.total_variation(x)
+        return kkt.total_variation(x) if self.distance == "l1" else kkt.total_variation_l2(x)
 
 
 @attrs.define(kw_only=True)
 class Norm:
-    """Mean squared pixel value: keeps candidates in the range of real inputs."""
+    """Keeps candidates in the range of real inputs. ``distance = "mean_square"``: the mean squared
+    pixel value; ``"l2"``: the L2 norm of the whole batch (DeepInversion's ``l2`` prior)."""
 
     weight: float = 1e-5
+    distance: str = attrs.field(default="mean_square", validator=attrs.validators.in_(("mean_square", "l2")))
+    augmented: bool = False  # evaluated on the augmented copy instead of the candidates (DeepInversion)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return kkt.norm_loss(x)
+        return kkt.norm_loss(x) if self.distance == "mean_square" else kkt.l2_norm(x)
 
 
 @attrs.define(kw_only=True)

@@ -12,6 +12,9 @@ from dsv.config.plugin_spec import PluginSpec
 # how candidates are kept inside the model's input domain, when it is known (see dsv.synthesis.build)
 DOMAIN_MODES = ("clamp", "penalty", "none")
 
+# how the learning rate of x changes over each resolution stage (dsv.synthesis.engine)
+LR_SCHEDULES = ("constant", "cosine")
+
 # stages that a pipeline runs when [run] names none
 DEFAULT_STAGES = ("train", "synthesize", "export")
 
@@ -57,6 +60,11 @@ class SynthesisConfig:
     classes: list[int] = attrs.field(factory=list)  # empty: every class of the model
     targets: list[Target] = attrs.field(factory=list)  # explicit targets; overrides classes
     lr_x: float = 0.05
+    # the learning rate of x over each stage of `resolutions` (the whole run without one):
+    # "constant", or "cosine" decay to 0 (DeepInversion), after lr_warmup iterations of linear warm-up
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
+    betas_x: list[float] = attrs.field(factory=lambda: [0.9, 0.999])  # Adam's betas for x (DeepInversion: 0.5, 0.9)
     lr_lambda: float = 0.01
     lambda_init: float = 1.0
     lambda_warmup: int = 100  # hold lambda while x leaves the noise (else lambda is pruned at once)
@@ -131,6 +139,14 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
         if getattr(s, key) <= 0:
             problems.append(f"synthesis.{key}: must be positive, got {getattr(s, key)}")
     previous = None
+    if s.lr_schedule not in LR_SCHEDULES:
+        problems.append(
+            f"synthesis.lr_schedule: expected one of {', '.join(map(repr, LR_SCHEDULES))}, got {s.lr_schedule!r}"
+        )
+    if s.lr_warmup < 0:
+        problems.append(f"synthesis.lr_warmup: must be at least 0, got {s.lr_warmup}")
+    if len(s.betas_x) != 2 or not all(0 <= b < 1 for b in s.betas_x):
+        problems.append(f"synthesis.betas_x: expected two numbers in [0, 1), got {s.betas_x}")
     for i, pair in enumerate(s.resolutions):
         if len(pair) != 2 or pair[0] < 0 or not 8 <= pair[1] <= MAX_RESOLUTION:
             problems.append(

@@ -11,6 +11,7 @@ from dsv.kkt.terms import (
     classifier_head,
     covered_parameters,
     has_normalization,
+    l2_norm,
     lagrangian_gradient,
     misclassified,
     newly_infeasible,
@@ -24,6 +25,7 @@ from dsv.kkt.terms import (
     stationarity_loss,
     stationarity_term,
     total_variation,
+    total_variation_l2,
     zero_multiplier_distance,
 )
 
@@ -39,6 +41,7 @@ __all__ = [
     "lagrangian_gradient",
     "misclassified",
     "newly_infeasible",
+    "l2_norm",
     "norm_loss",
     "prediction_entropy",
     "primal_loss",
@@ -49,5 +52,6 @@ __all__ = [
     "stationarity_loss",
     "stationarity_term",
     "total_variation",
+    "total_variation_l2",
     "zero_multiplier_distance",
 ]

