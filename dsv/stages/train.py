@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -88,18 +89,20 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
             table.retrainer, context.plugins.registry("retrainers"), source=context.source, path="train.retrainer"
         )
         epochs = {"done": 0}
-        stop = None
+        stop: Callable[[torch.nn.Module, int], bool] | None = None
         if table.until:
             if not isinstance(retrainer, SupervisedRetrainer):
                 raise ConfigError(
                     f"{context.source}: train.until: retrainer {table.retrainer.name!r} cannot stop on a criterion"
                 )
 
-            def stop(model: torch.nn.Module, epoch: int) -> bool:
+            def until(model: torch.nn.Module, epoch: int) -> bool:
                 epochs["done"] = epoch
                 fit = training_fit(model, train_set, context.device)
                 log.info("epoch %d: training accuracy %.4f, loss %.4f", epoch, fit["accuracy"], fit["loss"])
                 return _met(table.until, fit)
+
+            stop = until
 
         retrainer.fit(
             loaded.module,
@@ -107,7 +110,7 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
             device=context.device,
             seed=context.seed,
             progress=context.progress,
-            **({"epochs": table.max_epochs or retrainer.epochs, "stop": stop} if stop else {}),
+            **({"epochs": table.max_epochs or retrainer.epochs, "stop": stop} if stop is not None else {}),
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")

@@ -74,13 +74,13 @@ def missing_chunks(root: Path, arr: zarr.Array, rows: int) -> list[str]:
     """Chunk files of the first ``rows`` rows of ``arr`` that are not on disk."""
     shape = tuple(arr.shape)
     if not shape:
-        keys = [arr.metadata.encode_chunk_key(())]  # type: ignore[union-attr]
+        keys = [arr.metadata.encode_chunk_key(())]
     else:
         chunks = tuple(arr.chunks)
         counts = [math.ceil(rows / chunks[0]) if rows else 0] + [
             math.ceil(s / c) for s, c in zip(shape[1:], chunks[1:])
         ]
-        keys = [arr.metadata.encode_chunk_key(tuple(int(i) for i in c)) for c in np.ndindex(*counts)]  # type: ignore[union-attr]
+        keys = [arr.metadata.encode_chunk_key(tuple(int(i) for i in c)) for c in np.ndindex(*counts)]
     folder = root / arr.path
     return [key for key in keys if not (folder / key).is_file()]
 
