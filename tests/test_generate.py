@@ -254,15 +254,16 @@ def test_a_torchvision_resnet50_loads_from_a_weights_file(tmp_path):
 def test_torchvision_weights_of_another_model_name_the_file(tmp_path):
     import torchvision
 
-    from dsv.builtin.models import ModelError, torchvision_model
+    from dsv.builtin.models import torchvision_model
+    from dsv.errors import WeightsError
 
     path = tmp_path / "r18.pt"
     torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), path)
-    with pytest.raises(ModelError, match=r"r18\.pt: weights do not fit the model"):
+    with pytest.raises(WeightsError, match=r"r18\.pt: weights do not fit the model"):
         torchvision_model(ModelRequest(weights_path=str(path)), "resnet18")  # 1000 classes, file has 10
     loaded = torchvision_model(ModelRequest(weights_path=str(path)), "resnet18", num_classes=10)
     assert set(load_state_dict(path)) == set(loaded.module.state_dict())
-    with pytest.raises(ModelError, match=r"weights file not found: .*missing\.pt"):
+    with pytest.raises(WeightsError, match=r"weights file not found: .*missing\.pt"):
         torchvision_model(ModelRequest(weights_path=str(tmp_path / "missing.pt")), "resnet18")
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from dsv import config as cfg
 from dsv.builtin.models import ConvNet, ModelError, load_state_dict
-from dsv.errors import ConfigError
+from dsv.errors import ConfigError, WeightsError
 from dsv.plugins import ModelRequest, get_plugin_manager
 
 
@@ -67,7 +67,7 @@ def test_safetensors_weights_load_into_a_module_factory(tmp_path, digits_bundle,
 def test_a_broken_safetensors_file_is_one_clear_error(tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(WeightsError) as info:
         load_state_dict(bad)
     assert str(info.value).startswith(f"{bad}: not a loadable safetensors file")
     assert len(str(info.value).splitlines()) == 1
@@ -75,7 +75,7 @@ def test_a_broken_safetensors_file_is_one_clear_error(tmp_path):
 
 def test_a_safetensors_file_that_does_not_fit_names_the_file(tmp_path, digits_bundle):
     path = save_safetensors(ConvNet(1, 8, 10, width=4, depth=1), tmp_path / "other.safetensors")
-    with pytest.raises(ModelError, match="weights do not fit the model"):
+    with pytest.raises(WeightsError, match="weights do not fit the model"):
         build("convnet", path, digits_bundle, width=8, depth=2)
 
 

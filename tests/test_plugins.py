@@ -175,7 +175,7 @@ def test_unknown_name_lists_the_known_ones_and_suggests_close_ones():
         registry.get("flipp")
     message = str(info.value)
     assert message.startswith("unknown augmentation 'flipp'; did you mean 'flip'?")
-    assert "(known: crop, cutout, flip, noise, translate)" in message
+    assert "(known: crop, cutout, flip, jitter, noise, translate)" in message
     with pytest.raises(UnknownNameError) as info:
         registry.get("zzzzzz")
     assert "did you mean" not in str(info.value) and "known: crop" in str(info.value)

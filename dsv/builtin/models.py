@@ -44,7 +44,7 @@ def load_state_dict(path: str | Path) -> dict:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"{path}: not a loadable safetensors file ({exc})") from None
+            raise WeightsError(f"{path}: not a loadable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
