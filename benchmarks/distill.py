@@ -42,7 +42,7 @@ from dsv.builtin.retrainers import TeacherLabelled
 from dsv.evaluation.analysis import class_lambda_sums, pearson
 from dsv.evaluation.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
 from dsv.evaluation.retraining import accuracy_on, build_augmentations, build_retrainer, mean_std, retrain_models
-from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_per_class
+from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_lambda_candidates, top_per_class
 from dsv.pipeline import Pipeline, load_pipeline
 from dsv.plugins import normalize
 from dsv.stages.retrain import RetrainConfig
@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     p.add_argument("--teacher-noise", type=float, default=0.1, help="the teacher protocol's batch noise (model units)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--pool", type=int, default=1, help="candidate pools: synthesize pool x ipc per class, keep the top-lambda ipc"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
@@ -166,7 +169,7 @@ class Bench:
                 seed=seed,
                 progress=self.args.progress,
             ), labels
-        s = synthesis_for(self.config.synthesis, method, ipc)
+        s = synthesis_for(self.config.synthesis, method, ipc * self.args.pool)
         x, labels, alive, history = synthesize_images(
             self.loaded.module,
             self.loaded.spec,
@@ -176,8 +179,15 @@ class Bench:
             seed=seed,
             progress=self.args.progress,
         )
+        if self.args.pool > 1:  # the DSVs of each class: its ipc candidates with the largest lambda
+            keep = top_lambda_candidates(torch.from_numpy(history["final_lambda"]), alive, labels, ipc)
+            x, labels, alive = x[keep], labels[keep], alive[keep]
         entropy = history.get("entropy", np.array([np.nan]))
+        iterations = history.get("iteration", np.arange(1, len(entropy) + 1))
+        after = np.nonzero(iterations >= 50)[0]
         self.notes[f"{method}/{ipc}"] = {
+            "pool": self.args.pool,
+            "entropy_after_50": float(entropy[after[0]]) if len(after) else float("nan"),
             "alive": int(alive.sum()),
             "entropy_start": float(entropy[0]),
             "entropy_min": float(entropy.min()),
@@ -336,6 +346,12 @@ def main(argv=None) -> int:
             "overrides": args.overrides,
             "notes": bench.notes,
             "base_test_accuracy": bench.base_test_accuracy,
+            "base_model": bench.pipeline.context.facts.get("base_model"),
+            "rho": bench.notes.get("select", {}).get("pearson_lambda_accuracy"),
+            "entropy": {  # mean DSV entropy of dsv_noise at the first ipc: after 50 iterations, at the end
+                "after_50": bench.notes.get(f"dsv_noise/{args.ipc[0]}", {}).get("entropy_after_50"),
+                "end": bench.notes.get(f"dsv_noise/{args.ipc[0]}", {}).get("entropy_end"),
+            },
             "protocols": args.protocols,
         }
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -137,7 +137,8 @@ def synthesize_images(
     progress: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Run one ``[synthesis]`` table on ``module`` without a store: (candidates in model input
-    space, labels, alive mask, history in memory). ``primal_only`` is this with ``losses = [primal]``."""
+    space, labels, alive mask, history in memory with each candidate's
+    ``final_lambda``). ``primal_only`` is this with ``losses = [primal]``."""
     run = build_run(
         module,
         spec,
@@ -150,4 +151,5 @@ def synthesize_images(
         progress=progress,
     )
     execute(run, {"mean": list(spec.mean), "std": list(spec.std)}, store_path=None)
-    return (run.x.detach().cpu(), run.targets.argmax(1).cpu(), run.alive.cpu(), memory_history(run))
+    history = {**memory_history(run), "final_lambda": run.lambdas.detach().cpu().numpy()}
+    return (run.x.detach().cpu(), run.targets.argmax(1).cpu(), run.alive.cpu(), history)
