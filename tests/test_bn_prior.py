@@ -273,7 +273,7 @@ def test_the_installed_distribution_registers_bn_stats(bn_plugin):
             source="p.toml",
             path="synthesis.priors[0]",
         )
-    with pytest.raises(ConfigError, match="first_layer_multiplier must be at least 0"):
+    with pytest.raises(ConfigError, match="first_layer_multiplier: must be at least 0"):
         cfg.build(
             cfg.PluginSpec(name="bn_stats", options={"first_layer_multiplier": -1.0}),
             registry,

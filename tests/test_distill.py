@@ -295,7 +295,7 @@ def test_range_prior_penalizes_only_values_outside_the_range():
     )
     assert float(prior(torch.tensor([[-1.0, 0.0, 2.0]]))) == 0.0
     assert float(prior(torch.tensor([[-3.0, 4.0]]))) == pytest.approx((4.0 + 4.0) / 2)
-    with pytest.raises(ConfigError, match="low must be below high"):
+    with pytest.raises(ConfigError, match="low: must be below high"):
         cfg.build(
             cfg.PluginSpec(name="range", options={"low": 1.0, "high": 0.0}),
             get_plugin_manager().registry("priors"),

@@ -119,6 +119,15 @@ def test_a_failing_attrs_validator_names_the_key(plugins):
     ]
 
 
+def test_a_plugins_own_check_names_the_key(plugins):
+    """A validator or ``__attrs_post_init__`` that raises "NAME must ..." is reported at NAME's key."""
+    table = '[synthesis]\naugmentations = [{ name = "flip", p = 2.0 }, { name = "noise", strength = -1.0 }]'
+    assert problems(table, plugins) == [
+        "synthesis.augmentations[0].p: must be within [0, 1], got 2.0",
+        "synthesis.augmentations[1].strength: must be >= 0, got -1.0",
+    ]
+
+
 def test_plugin_problems_are_reported_beside_a_stage_table_that_does_not_structure(plugins):
     found = problems(
         '[synthesis]\npriors = [{ name = "lowpass", cutoff = -1.0 }]\n[retrain]\nseeds = "three"\n',

@@ -155,9 +155,16 @@ def _plain_message(exc: TypeError | ValueError, path: str) -> str:
         name, rule, value = compared.groups()
         path = path if path.endswith(f".{name}") or path == name else _key_path(path, name)
         message = f"must be {rule}, got {value}"
+    elif len(args) <= 1:  # a plugin's own check, e.g. in __attrs_post_init__: "strength must be >= 0, got -1"
+        named = _NAMED_RULE.fullmatch(message)
+        if named is not None:
+            name = named.group(1)
+            path = path if path.endswith(f".{name}") or path == name else _key_path(path, name)
+            message = f"must {named.group(2)}"
     return f"{path}: {message}"
 
 
+_NAMED_RULE = re.compile(r"([a-z_][a-z0-9_]*) must (.*)", re.S)
 _ATTRS_COMPARISON = re.compile(r"'([A-Za-z_]\w*)' must be ([^:]+): (.*)", re.S)
 
 
