@@ -246,3 +246,23 @@ def test_logging_table_in_a_pipeline_file(tmp_path, convnet_weights, write_pipel
     with pytest.raises(DsvError, match=r"pip install 'dsv\[tensorboard\]'"):
         dsv.Pipeline.from_toml(path, progress=False, store=str(tmp_path / "other.zarr")).run()
     assert not (tmp_path / "other.zarr").exists()
+
+
+@pytest.mark.parametrize("bad", [{"device": "meta"}, {"targets": [99]}, {"lr_x": -1.0}])
+def test_a_failing_call_leaves_the_callers_model_as_it_was(classifier, bad):
+    """A refused device, or a failure after the model moved (a bad target, a bad option): the
+    caller's model keeps its device, weights, mode and requires_grad."""
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    classifier.train()
+    next(classifier.parameters()).requires_grad_(False)  # a frozen layer stays frozen
+    grads = [p.requires_grad for p in classifier.parameters()]
+    args = {"targets": range(2), **FAST, **bad}
+    with pytest.raises(DsvError):
+        dsv.synthesize(classifier, **args)
+    assert classifier.training
+    assert [p.requires_grad for p in classifier.parameters()] == grads
+    assert all(p.device.type == "cpu" for p in classifier.parameters())
+    assert all(torch.equal(before[k], v) for k, v in classifier.state_dict().items())
+    for p in classifier.parameters():
+        p.requires_grad_(True)
+    classifier.eval()
