@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from dsv import config as cfg
 from dsv.evaluation.verifier import score, verifier_probabilities
 from dsv.pipeline import Pipeline, load_pipeline
 from dsv.plugins import ModelRequest, get_plugin_manager
@@ -32,26 +33,13 @@ PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "imagenet_gen.
 VERIFIER = "efficientnet-lite2"
 
 
-def toml_inline(value) -> str:
-    """A TOML inline value (for --set style overrides)."""
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_inline(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value)
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def arm_overrides(path: Path, base: list[str], weight: float, first_layer_multiplier: float) -> list[str]:
     """The pipeline's own priors plus bn_stats (none for weight 0)."""
     if weight == 0:
         return list(base)
     priors = load_pipeline(path, overrides=base).raw.get("synthesis", {}).get("priors", [])
     priors = [*priors, {"name": "bn_stats", "weight": weight, "first_layer_multiplier": first_layer_multiplier}]
-    return [*base, f"synthesis.priors={toml_inline(priors)}"]
+    return [*base, f"synthesis.priors={cfg.toml_inline(priors)}"]
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsv import config as cfg
 from dsv.evaluation.verifier import score, verifier_probabilities
 from dsv.pipeline import load_pipeline
 from dsv.plugins import ModelRequest, get_plugin_manager
@@ -215,22 +216,12 @@ def _one_forward(path: Path) -> list[str]:
     loaded = load_pipeline(path).raw["synthesis"]
     losses = [{**loss, "augmented": True, "clean": False} for loss in loaded["losses"]]
     priors = [{**p, "augmented": True} if p["name"] == "bn_stats" else p for p in loaded["priors"]]
-    return [f"synthesis.losses={_inline(losses)}", f"synthesis.priors={_inline(priors)}"]
-
-
-def _inline(value) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
+    return [f"synthesis.losses={cfg.toml_inline(losses)}", f"synthesis.priors={cfg.toml_inline(priors)}"]
 
 
 def _without_bn(path: Path) -> list[str]:
     priors = [p for p in load_pipeline(path).raw["synthesis"]["priors"] if p["name"] != "bn_stats"]
-    return [f"synthesis.priors={_inline(priors)}"]
+    return [f"synthesis.priors={cfg.toml_inline(priors)}"]
 
 
 def speed(args, generator, plugins) -> dict:

@@ -7,7 +7,15 @@ from dsv.config.converter import CONVERTER, build, describe_value, plugin_proble
 from dsv.config.loading import LoadedPipeline, from_dict, load, load_text
 from dsv.config.names import file_name_problems, is_plain_file_name
 from dsv.config.plugin_spec import PluginSpec
-from dsv.config.raw import LEGACY_RESUMABLE, RESUMABLE_KEYS, apply_overrides, changed_keys, config_hash, parse_override
+from dsv.config.raw import (
+    LEGACY_RESUMABLE,
+    RESUMABLE_KEYS,
+    apply_overrides,
+    changed_keys,
+    config_hash,
+    parse_override,
+    toml_inline,
+)
 from dsv.config.tables import (
     CORE_TABLES,
     DEFAULT_STAGES,
@@ -28,6 +36,7 @@ __all__ = [
     "DEFAULT_STAGES",
     "LEGACY_RESUMABLE",
     "RESUMABLE_KEYS",
+    "toml_inline",
     "DataConfig",
     "LoadedPipeline",
     "LoggingConfig",

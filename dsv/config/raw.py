@@ -92,3 +92,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = nxt
         node[keys[-1]] = value
     return raw
+
+
+def toml_inline(value: Any) -> str:
+    """A value as TOML inline text, the right-hand side of a ``--set KEY=VALUE`` override (the
+    inverse of :func:`parse_override` for tables, lists, bools, numbers and strings)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    raise TypeError(f"cannot write {value!r} as TOML")
