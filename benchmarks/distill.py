@@ -81,6 +81,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--pool", type=int, default=1, help="candidate pools: synthesize pool x ipc per class, keep the top-lambda ipc"
     )
+    p.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[;KEY=VALUE...]",
+        help="an extra dsv_noise row 'dsv_noise+LABEL' whose [synthesis] gets these overrides "
+        "(e.g. 'margin:synthesis.lr_x=0.1'); ablations side by side in one run",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
@@ -135,6 +144,15 @@ class Bench:
         test_x, self.test_y = self.data.tensors("test")
         self.test_x = normalize(test_x, self.data.mean, self.data.std)
         self.rows, self.coreset, self.notes = [], [], {}
+        self.variants = {}
+        for variant in args.variants:
+            label, _, sets = variant.partition(":")
+            extra = [item for item in sets.split(";") if item.strip()]
+            if not label or not extra or not all(item.startswith("synthesis.") for item in extra):
+                raise SystemExit(f"--variant {variant!r}: expected LABEL:synthesis.KEY=VALUE[;...]")
+            self.variants[f"dsv_noise+{label}"] = load_pipeline(
+                args.pipeline, overrides=[*overrides, *extra]
+            ).config.synthesis
 
     def score(self, images, labels, protocol: str = "hard") -> dict:
         models = retrain_models(
@@ -169,7 +187,8 @@ class Bench:
                 seed=seed,
                 progress=self.args.progress,
             ), labels
-        s = synthesis_for(self.config.synthesis, method, ipc * self.args.pool)
+        base, _, _ = method.partition("+")
+        s = synthesis_for(self.variants.get(method, self.config.synthesis), base, ipc * self.args.pool)
         x, labels, alive, history = synthesize_images(
             self.loaded.module,
             self.loaded.spec,
@@ -211,7 +230,7 @@ class Bench:
         start = time.perf_counter()
         images, labels = self.images_of(method, ipc)
         made = time.perf_counter() - start
-        shots = 0 if method in ZERO_SHOT or method in NOISE_FLOOR else ipc
+        shots = 0 if method.partition("+")[0] in ZERO_SHOT or method in NOISE_FLOOR else ipc
         for protocol in self.args.protocols:
             t0 = time.perf_counter()
             cell = self.score(images, labels, protocol)
@@ -330,6 +349,8 @@ def main(argv=None) -> int:
     for ipc in args.ipc:
         for method in (m for m in DISTILL_METHODS if m in args.methods):
             bench.distill(method, ipc)
+        for method in bench.variants:
+            bench.distill(method, ipc)
     core = [m for m in CORESET_METHODS if m in args.methods]
     if core:
         print("coreset selection")
@@ -344,6 +365,7 @@ def main(argv=None) -> int:
             "quick": args.quick,
             "threads": args.threads,
             "overrides": args.overrides,
+            "variants": args.variants,
             "notes": bench.notes,
             "base_test_accuracy": bench.base_test_accuracy,
             "base_model": bench.pipeline.context.facts.get("base_model"),

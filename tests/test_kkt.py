@@ -86,6 +86,29 @@ def test_primal_loss_is_zero_once_every_candidate_is_classified_right(linear_3x2
     assert torch.count_nonzero(g) == 0
 
 
+def test_logit_margin_is_the_target_logit_minus_the_best_other():
+    logits = torch.tensor([[1.0, 3.0, 2.5], [4.0, -1.0, 0.0]], dtype=F64)
+    targets = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.2, 0.8]], dtype=F64)  # soft: argmax class 2
+    assert kkt.logit_margin(logits, targets).tolist() == pytest.approx([0.5, -4.0])
+
+
+def test_boundary_loss_penalizes_only_the_margin_above_its_band():
+    from dsv.builtin.losses import Boundary
+
+    logits = torch.tensor([[0.0, 3.0], [0.0, 0.5], [2.0, 0.0], [0.0, 9.0]], dtype=F64, requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0]] * 4, dtype=F64)
+    alive = torch.tensor([True, True, True, False])
+    batch = kkt.KKTBatch(
+        model=nn.Identity(), inputs=logits, logits=logits, targets=targets, lambdas=torch.ones(4), alive=alive
+    )
+    # margins 3, 0.5, -2, (9 dead): only the first is above the band [0, 1], by 2; mean over 3 alive
+    loss = Boundary(margin=1.0)(batch)
+    assert loss.item() == pytest.approx(2.0 / 3)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert grad[1:].abs().sum() == 0  # inside the band, wrong, or dead: no pull
+    assert grad[0].tolist() == pytest.approx([-1 / 3, 1 / 3])
+
+
 def test_primal_loss_excludes_dead_candidates(linear_3x2):
     x, t = _inputs()
     logits = linear_3x2(x)

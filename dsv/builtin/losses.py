@@ -41,6 +41,25 @@ class CrossEntropy:
 
 
 @attrs.define(kw_only=True)
+class Boundary:
+    """Keeps candidates near the decision boundary: the mean over alive candidates of
+    ``relu(margin_i - margin)``, where ``margin_i`` is the target's logit minus the largest other
+    logit. With ``primal`` (which pulls ``margin_i`` above 0) it holds each candidate in a band
+    ``[0, margin]`` of logit margin, where a support vector lies, instead of letting it drift to
+    ever more confident predictions."""
+
+    weight: float = 1.0
+    margin: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))
+    augmented: bool = False
+    clean: bool = True
+
+    def __call__(self, batch: kkt.KKTBatch) -> Tensor:
+        alive = batch.alive.to(batch.logits.dtype)
+        excess = torch.relu(kkt.logit_margin(batch.logits, batch.targets) - self.margin)
+        return (alive * excess).sum() / alive.sum().clamp(min=1)
+
+
+@attrs.define(kw_only=True)
 class Stationarity:
     """Eq. 8: distance between theta and -sum_i lambda_i grad_theta CE_i over a parameter set.
 
@@ -187,4 +206,5 @@ class Stationarity:
 def dsv_register_losses(registry):
     registry.add("primal", Primal)
     registry.add("cross_entropy", CrossEntropy)
+    registry.add("boundary", Boundary)
     registry.add("stationarity", Stationarity)

@@ -43,6 +43,14 @@ def misclassified(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.argmax(dim=1) != targets.argmax(dim=1)
 
 
+def logit_margin(logits: Tensor, targets: Tensor) -> Tensor:
+    """(N,) the target's logit minus the largest other logit (> 0: classified as the target)."""
+    target = targets.argmax(dim=1)
+    own = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf"))
+    return own - others.amax(dim=1)
+
+
 def primal_loss(logits: Tensor, targets: Tensor, alive: Tensor) -> Tensor:
     """Eq. 7: mean over alive candidates of CE, counted only where the candidate is misclassified."""
     mask = (misclassified(logits, targets) & alive).to(logits.dtype)
