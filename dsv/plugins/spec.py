@@ -142,6 +142,24 @@ def dsv_register_stages(registry: Registry[Any]) -> None:
     """
 
 
+@hookspec
+def dsv_register_plugin_options(registry: Registry[Any]) -> None:
+    """Register the options of a plugin as a whole: its own ``[plugins.<name>]`` table of a
+    pipeline file (the way lifecycle hooks take options).
+
+    :param dsv.plugins.Registry registry: add ``registry.add(name, OptionsClass)``, where
+        ``OptionsClass`` is an attrs class whose fields (all with defaults, or the table is needed)
+        are the keys of ``[plugins.<name>]``. Use the plugin's own name (its entry point name).
+
+    The table is structured and checked when the pipeline file loads, before any stage runs, with
+    every other problem of the file (unknown keys, wrong types, failing validators: each names
+    ``plugins.<name>.<key>``); a ``[plugins.<name>]`` that no plugin registered is an error. The
+    hooks find the object as ``run.plugin_options[name]`` (the defaults when the file has no
+    table), stages as ``context.config.plugin_options[name]``. The tables are left out of the
+    config hash: they configure what observes a run, not what it computes.
+    """
+
+
 # --------------------------------------------------------------------------------------------------
 # lifecycle hooks
 # --------------------------------------------------------------------------------------------------
