@@ -737,3 +737,22 @@ def test_the_api_says_which_disabled_plugin_provides_a_name_and_how_to_enable_it
     message = str(info.value)
     assert "synthesis.priors[0].name: unknown prior 'freq_penalty'; the disabled plugin 'freq' provides it" in message
     assert "leave 'freq' out of DsvPluginManager(disabled=[...])" in message
+
+
+def test_print_line_writes_above_the_progress_bar_and_draws_it_again():
+    import io
+
+    from tqdm import tqdm
+
+    from dsv.plugins import print_line
+
+    out = io.StringIO()
+    bar = tqdm(total=10, file=out, desc="synthesize", ascii=True)
+    bar.update(3)
+    drawn = out.getvalue()
+    print_line("iteration 3: entropy 1.5", file=out)
+    after = out.getvalue()[len(drawn) :]
+    bar.close()
+    line, redrawn = after.split("iteration 3: entropy 1.5\n")
+    assert line.endswith("\r")  # the bar's line was cleared first, so the text starts a clean line
+    assert "synthesize" in redrawn and "3/10" in redrawn  # and the bar is drawn again below it
