@@ -10,6 +10,9 @@ Hooks come in two phases:
   :class:`dsv.plugins.registry.Registry` and adds named factories to it. A name may be registered only once;
   a second registration of the same name is an error that names both plugins.
 * **lifecycle** (called during a synthesis run): plugins observe a run, log it, or ask it to stop.
+  Their options come from the pipeline's ``[plugins.<name>]`` table, through the class registered
+  with :func:`dsv_register_plugin_options`, as ``run.plugin_options[name]``. Iterations are
+  numbered from 1. docs/writing-plugins.md states every contract with a working example.
 
 A factory registered for losses, priors, augmentations, initializers, retrainers is an attrs class
 (or any callable whose keyword parameters are its options): the pipeline table
