@@ -123,6 +123,7 @@ def synthesize(
     tensorboard: str | Path | None = None,
     progress: bool = True,
     plugins: DsvPluginManager | None = None,
+    plugin_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> SynthesisResult:
     """Synthesize Deep Support Vectors of a trained classifier (DeepKKT).
@@ -150,6 +151,11 @@ def synthesize(
         ``mean``/``std``; without any of them the domain is unknown and a warning says so.
     :param logging: a [logging] table (``{"tensorboard": "runs/x", "images_every": 50}``);
         ``tensorboard="runs/x"`` is the short form. Needs ``pip install dsv[tensorboard]``.
+    :param plugins: the plugin manager (default: the built-ins and every installed plugin);
+        ``DsvPluginManager(disabled=["name"])`` skips a plugin, as ``--disable-plugin`` does.
+    :param plugin_options: a pipeline's ``[plugins.<name>]`` tables: ``{name: {key: value}}`` or
+        ``{name: options object}``, checked against the class the plugin registered; the
+        lifecycle hooks read them as ``run.plugin_options[name]``.
     :param options: any other key of [synthesis] (``candidates_per_class``, ``lr_x``,
         ``lambda_warmup``, ``resolutions``, ...).
     """
@@ -165,10 +171,17 @@ def synthesize(
         spec = with_domain(spec, input_range, loaded_spec, explicit=mean is not None or cfg_mean is not None)
         s = _synthesis_config(targets, num_classes, iterations, losses, priors, augmentations, init, options, plugins)
         log_cfg = _logging_config(logging, tensorboard)
+        hook_options = _plugin_options(plugin_options, plugins)
         raw = {
             "run": {"name": name, "seed": seed, "device": device},
             "synthesis": _describe_synthesis(s, plugins),
             "logging": cfg.CONVERTER.unstructure(log_cfg),
+            # the tables given (checked and structured), as a pipeline file records its own
+            **(
+                {cfg.PLUGINS_TABLE: cfg.unstructure_plugin_options({k: hook_options[k] for k in plugin_options})}
+                if plugin_options
+                else {}
+            ),
             "model": {
                 "class": qualname(module),
                 "input_shape": list(shape),
@@ -188,7 +201,15 @@ def synthesize(
             module=module,
         )
         run = build_run(
-            module, spec, s, plugins=plugins, device=target_device, seed=seed, source=API_SOURCE, progress=progress
+            module,
+            spec,
+            s,
+            plugins=plugins,
+            device=target_device,
+            seed=seed,
+            source=API_SOURCE,
+            progress=progress,
+            plugin_options=hook_options,
         )
         written, final = execute(
             run,
@@ -364,6 +385,14 @@ def _describe_synthesis(s: cfg.SynthesisConfig, plugins: DsvPluginManager) -> di
         else:
             out[a.name] = cfg.CONVERTER.unstructure(value)
     return out
+
+
+def _plugin_options(given: Mapping[str, Any] | None, plugins: DsvPluginManager) -> dict[str, Any]:
+    """The ``plugin_options`` argument checked as a pipeline's ``[plugins]`` table is."""
+    options, problems = cfg.structure_plugin_options(given, plugins.registry("plugin_options"), source=API_SOURCE)
+    if problems:
+        raise ConfigError("\n".join(f"{API_SOURCE}: {p}" for p in problems))
+    return options
 
 
 def _logging_config(logging, tensorboard) -> cfg.LoggingConfig:

@@ -118,7 +118,8 @@ def fake_entry_points(monkeypatch):
 
 def test_every_builtin_kind_has_its_names():
     pm = get_plugin_manager()
-    assert set(pm.registries) == set(KINDS) == set(BUILTIN_NAMES)
+    # every kind has built-in names, but the plugins' own option tables (only third parties have them)
+    assert set(pm.registries) == set(KINDS) == {*BUILTIN_NAMES, "plugin_options"}
     for kind, names in BUILTIN_NAMES.items():
         registry = pm.registry(kind)
         assert names <= set(registry.names()), kind
@@ -127,7 +128,7 @@ def test_every_builtin_kind_has_its_names():
                 assert entry.plugin == f"dsv.builtin.{kind} (built-in)"
                 assert callable(entry.factory.run if kind == "stages" else entry.factory)
     plugin_names = {info.name for info in pm.plugins()}
-    assert {f"dsv.builtin.{kind}" for kind in KINDS} <= plugin_names
+    assert {f"dsv.builtin.{kind}" for kind in BUILTIN_NAMES} <= plugin_names
 
 
 def test_get_plugin_manager_is_built_once_per_disabled_set():
@@ -698,16 +699,60 @@ def test_an_unknown_name_that_a_disabled_plugin_provides_says_so(fake_entry_poin
     pm = DsvPluginManager(disabled=["freq"])
     with pytest.raises(UnknownNameError) as info:
         pm.registry("priors").get("freq_penalty")
-    assert "unknown prior 'freq_penalty'; the disabled plugin 'freq' provides it (drop --disable-plugin freq)" in str(
-        info.value
-    )
+    assert (
+        "unknown prior 'freq_penalty'; the disabled plugin 'freq' provides it (drop --disable-plugin freq, "
+        "or from Python leave 'freq' out of DsvPluginManager(disabled=[...]))"
+    ) in str(info.value)
     pm = DsvPluginManager(disabled=["dsv.builtin.priors"])
     problems = cfg.plugin_problems(cfg.PluginSpec(name="tv"), pm.registry("priors"), path="synthesis.priors[0]")
     assert problems == [
         "synthesis.priors[0].name: unknown prior 'tv'; the disabled plugin 'dsv.builtin.priors' provides it "
-        "(drop --disable-plugin dsv.builtin.priors) (known: freq_penalty)"
+        "(drop --disable-plugin dsv.builtin.priors, or from Python leave 'dsv.builtin.priors' out of "
+        "DsvPluginManager(disabled=[...])) (known: freq_penalty)"
     ]
     # a name nobody provides keeps the usual message
     with pytest.raises(UnknownNameError) as info:
         pm.registry("priors").get("freq_penalt")
     assert "did you mean 'freq_penalty'" in str(info.value) and "disabled" not in str(info.value)
+
+
+def test_the_api_says_which_disabled_plugin_provides_a_name_and_how_to_enable_it_from_python(fake_entry_points):
+    def dsv_register_priors(registry):
+        registry.add("freq_penalty", Sharpness)
+
+    fake_entry_points(freq=plugin_module("dsv_test_freq", dsv_register_priors=dsv_register_priors))
+    import dsv
+
+    with pytest.raises(dsv.ConfigError) as info:
+        dsv.synthesize(
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+            targets=[0],
+            input_shape=(1, 8, 8),
+            iterations=1,
+            input_range=(0.0, 1.0),
+            priors=["freq_penalty"],
+            plugins=DsvPluginManager(disabled=["freq"]),
+            progress=False,
+        )
+    message = str(info.value)
+    assert "synthesis.priors[0].name: unknown prior 'freq_penalty'; the disabled plugin 'freq' provides it" in message
+    assert "leave 'freq' out of DsvPluginManager(disabled=[...])" in message
+
+
+def test_print_line_writes_above_the_progress_bar_and_draws_it_again():
+    import io
+
+    from tqdm import tqdm
+
+    from dsv.plugins import print_line
+
+    out = io.StringIO()
+    bar = tqdm(total=10, file=out, desc="synthesize", ascii=True)
+    bar.update(3)
+    drawn = out.getvalue()
+    print_line("iteration 3: entropy 1.5", file=out)
+    after = out.getvalue()[len(drawn) :]
+    bar.close()
+    line, redrawn = after.split("iteration 3: entropy 1.5\n")
+    assert line.endswith("\r")  # the bar's line was cleared first, so the text starts a clean line
+    assert "synthesize" in redrawn and "3/10" in redrawn  # and the bar is drawn again below it

@@ -6,6 +6,12 @@ file and the key path."""
 from dsv.config.converter import CONVERTER, build, describe_value, plugin_problems, structure
 from dsv.config.loading import LoadedPipeline, from_dict, load, load_text
 from dsv.config.names import file_name_problems, is_plain_file_name
+from dsv.config.plugin_options import (
+    PLUGINS_TABLE,
+    default_plugin_options,
+    structure_plugin_options,
+    unstructure_plugin_options,
+)
 from dsv.config.plugin_spec import PluginSpec
 from dsv.config.raw import (
     LEGACY_RESUMABLE,
@@ -35,6 +41,7 @@ __all__ = [
     "CORE_TABLES",
     "DEFAULT_STAGES",
     "LEGACY_RESUMABLE",
+    "PLUGINS_TABLE",
     "RESUMABLE_KEYS",
     "toml_inline",
     "DataConfig",
@@ -52,6 +59,7 @@ __all__ = [
     "check_logging",
     "check_synthesis",
     "config_hash",
+    "default_plugin_options",
     "describe_value",
     "file_name_problems",
     "from_dict",
@@ -61,4 +69,6 @@ __all__ = [
     "parse_override",
     "plugin_problems",
     "structure",
+    "structure_plugin_options",
+    "unstructure_plugin_options",
 ]

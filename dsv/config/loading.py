@@ -16,6 +16,7 @@ import attrs
 import tomllib
 
 from dsv.config.converter import describe_value, structure
+from dsv.config.plugin_options import PLUGINS_TABLE, structure_plugin_options
 from dsv.config.raw import apply_overrides, config_hash
 from dsv.config.tables import CORE_TABLES, PipelineConfig, check_logging, check_synthesis
 from dsv.errors import ConfigError
@@ -52,13 +53,21 @@ def load_text(
     tables: Mapping[str, type | None] | None = None,
     resumable: Sequence[str] = (),
     check: Check | None = None,
+    plugin_options: Any = None,
 ) -> LoadedPipeline:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     loaded = from_dict(
-        raw, source=source, overrides=overrides, store=store, tables=tables, resumable=resumable, check=check
+        raw,
+        source=source,
+        overrides=overrides,
+        store=store,
+        tables=tables,
+        resumable=resumable,
+        check=check,
+        plugin_options=plugin_options,
     )
     loaded.text = text
     return loaded
@@ -73,15 +82,18 @@ def from_dict(
     tables: Mapping[str, type | None] | None = None,
     resumable: Sequence[str] = (),
     check: Check | None = None,
+    plugin_options: Any = None,
 ) -> LoadedPipeline:
     """``raw`` (a parsed TOML document) as a checked pipeline. ``tables`` maps each stage that has
-    a table to its attrs class (None: the stage takes no table)."""
+    a table to its attrs class (None: the stage takes no table). ``plugin_options`` is the registry
+    of the plugins' options classes (``plugin_options`` kind), against which the ``[plugins.<name>]``
+    tables are checked; None: a ``[plugins]`` table is an error."""
     tables = dict(tables or {})
     raw = apply_overrides(raw, list(overrides))
     if store:
         _set_store(raw, store, source)
     stage_tables = {name: cls for name, cls in tables.items() if cls is not None}
-    known = sorted({*CORE_TABLES, *stage_tables})
+    known = sorted({*CORE_TABLES, *stage_tables, *([PLUGINS_TABLE] if plugin_options is not None else [])})
     unknown = [key for key in raw if key not in known]
     problems = [f"{key}: unknown key (known: {', '.join(known)})" for key in sorted(unknown)]
     core = {key: value for key, value in raw.items() if key in CORE_TABLES}
@@ -97,7 +109,12 @@ def from_dict(
                 structured[name] = structure(raw[name], cls, source=source, path=name)
             except ConfigError as exc:
                 problems += _lines(exc, source)
+    options: dict[str, Any] = {}
+    if plugin_options is not None:
+        options, option_problems = structure_plugin_options(raw.get(PLUGINS_TABLE), plugin_options, source=source)
+        problems += option_problems
     if config is not None:
+        config.plugin_options = options
         # every check that can run does, so that a file's problems are all reported at once
         config.tables = structured
         problems += check_synthesis(config.synthesis) + check_logging(config.logging)

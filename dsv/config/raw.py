@@ -14,8 +14,17 @@ import tomllib
 from dsv.errors import ConfigError
 
 # core keys that do not change what a synthesis computes: a run may resume with other values.
-# Stages add their own table when it is ``resumable`` (see dsv.pipeline.Stage).
-RESUMABLE_KEYS = ("run.store", "run.stages", "synthesis.checkpoint_every", "synthesis.keep_per_class", "logging")
+# Stages add their own table when it is ``resumable`` (see dsv.pipeline.Stage). The plugins'
+# own tables ([plugins.<name>]) configure lifecycle hooks, which observe a run (and may stop it,
+# as SIGINT does); they compute none of its tensors, so they are left out as [logging] is.
+RESUMABLE_KEYS = (
+    "run.store",
+    "run.stages",
+    "synthesis.checkpoint_every",
+    "synthesis.keep_per_class",
+    "logging",
+    "plugins",
+)
 # what stores written before the stages registered their own tables (no "config_resumable" in
 # their metadata) left out of the hash besides RESUMABLE_KEYS
 LEGACY_RESUMABLE = ("export", "select", "retrain", "analyse", "evaluate", "interpolate", "edit")

@@ -107,6 +107,9 @@ class PipelineConfig:
     synthesis: SynthesisConfig = attrs.field(factory=SynthesisConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     tables: dict[str, Any] = attrs.field(factory=dict)
+    #: the ``[plugins.<name>]`` tables, structured into the options class each plugin registered
+    #: (defaults for a plugin without a table); see :mod:`dsv.config.plugin_options`
+    plugin_options: dict[str, Any] = attrs.field(factory=dict)
 
     def table(self, name: str) -> Any:
         """The structured ``[name]`` table of a stage, or None when the file has none."""

@@ -123,6 +123,7 @@ def stage_tables(plugins: DsvPluginManager) -> dict[str, Any]:
         "tables": {s.name: s.table for s in stages},
         "resumable": tuple(s.name for s in stages if s.table is not None and s.resumable),
         "check": functools.partial(_check_stages, stages, plugins),
+        "plugin_options": plugins.registry("plugin_options"),
     }
 
 

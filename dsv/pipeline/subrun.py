@@ -52,6 +52,7 @@ def run_subsynthesis(
         data=context.data(),
         source=source,
         progress=context.progress,
+        plugin_options=context.config.plugin_options,
     )
     replace = is_store(path) and RunStore.open(path).meta.get("config_hash") != meta["config_hash"]
     if replace:

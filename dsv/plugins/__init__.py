@@ -1,6 +1,7 @@
 """Plugins: hook specifications (:mod:`dsv.plugins.spec`), the manager that loads built-ins and the
 entry point group ``dsv`` (:mod:`dsv.plugins.manager`), the registries the registration hooks fill
-(:mod:`dsv.plugins.registry`) and the types hooks exchange (:mod:`dsv.plugins.contracts`).
+(:mod:`dsv.plugins.registry`), the types hooks exchange (:mod:`dsv.plugins.contracts`) and
+:func:`print_line`, which prints without breaking a progress bar (:mod:`dsv.plugins.output`).
 
 A plugin module writes ``from dsv.plugins import hookimpl`` and implements ``dsv_*`` hooks."""
 
@@ -24,6 +25,7 @@ from dsv.plugins.manager import (
     describe_plugin_failure,
     get_plugin_manager,
 )
+from dsv.plugins.output import print_line
 from dsv.plugins.registry import DuplicateNameError, Entry, PluginError, Registry, UnknownNameError
 from dsv.plugins.spec import hookimpl, hookspec
 
@@ -51,4 +53,5 @@ __all__ = [
     "per_channel",
     "per_channel_range",
     "pixel_domain",
+    "print_line",
 ]

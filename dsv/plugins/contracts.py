@@ -151,3 +151,4 @@ class SynthesisRunView(Protocol):
     alive: Tensor  # (N,) bool
     iterations: int
     store: Any  # the run store's region, or None
+    plugin_options: dict[str, Any]  # name -> the [plugins.<name>] options object

@@ -30,6 +30,7 @@ KINDS = {
     "models": "dsv_register_models",
     "datasets": "dsv_register_datasets",
     "stages": "dsv_register_stages",
+    "plugin_options": "dsv_register_plugin_options",
 }
 
 BUILTIN_MODULES = (

@@ -18,7 +18,7 @@ from dsv.errors import DsvError
 T = TypeVar("T")
 
 #: how an error names one entry of a kind ("unknown loss 'x'")
-SINGULAR = {"losses": "loss"}
+SINGULAR = {"losses": "loss", "plugin_options": "plugin options"}
 
 
 class PluginError(DsvError):
@@ -92,7 +92,10 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         if disabled:
-            hint = f"; the disabled plugin {disabled!r} provides it (drop --disable-plugin {disabled})"
+            hint = (
+                f"; the disabled plugin {disabled!r} provides it (drop --disable-plugin {disabled}, or from "
+                f"Python leave {disabled!r} out of DsvPluginManager(disabled=[...]))"
+            )
         raise UnknownNameError(
             f"unknown {SINGULAR.get(self.kind, self.kind.rstrip('s'))} {name!r}{hint} "
             f"(known: {', '.join(known) or 'none'})"

@@ -10,6 +10,9 @@ Hooks come in two phases:
   :class:`dsv.plugins.registry.Registry` and adds named factories to it. A name may be registered only once;
   a second registration of the same name is an error that names both plugins.
 * **lifecycle** (called during a synthesis run): plugins observe a run, log it, or ask it to stop.
+  Their options come from the pipeline's ``[plugins.<name>]`` table, through the class registered
+  with :func:`dsv_register_plugin_options`, as ``run.plugin_options[name]``. Iterations are
+  numbered from 1. docs/writing-plugins.md states every contract with a working example.
 
 A factory registered for losses, priors, augmentations, initializers, retrainers is an attrs class
 (or any callable whose keyword parameters are its options): the pipeline table
@@ -139,6 +142,24 @@ def dsv_register_stages(registry: Registry[Any]) -> None:
     :class:`dsv.pipeline.StageContext` (config, model, data, plugins, device, progress, source)
     and ``store`` the run store. ``run`` records what it measured with ``store.put_result`` and
     returns the paths of the files it wrote. See docs/writing-plugins.md.
+    """
+
+
+@hookspec
+def dsv_register_plugin_options(registry: Registry[Any]) -> None:
+    """Register the options of a plugin as a whole: its own ``[plugins.<name>]`` table of a
+    pipeline file (the way lifecycle hooks take options).
+
+    :param dsv.plugins.Registry registry: add ``registry.add(name, OptionsClass)``, where
+        ``OptionsClass`` is an attrs class whose fields (all with defaults, or the table is needed)
+        are the keys of ``[plugins.<name>]``. Use the plugin's own name (its entry point name).
+
+    The table is structured and checked when the pipeline file loads, before any stage runs, with
+    every other problem of the file (unknown keys, wrong types, failing validators: each names
+    ``plugins.<name>.<key>``); a ``[plugins.<name>]`` that no plugin registered is an error. The
+    hooks find the object as ``run.plugin_options[name]`` (the defaults when the file has no
+    table), stages as ``context.config.plugin_options[name]``. The tables are left out of the
+    config hash: they configure what observes a run, not what it computes.
     """
 
 

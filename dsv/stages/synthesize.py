@@ -34,6 +34,7 @@ def group_run(context: StageContext, group: int) -> SynthesisRun:
         source=context.source,
         progress=context.progress and distributed.is_main_rank(),
         candidates=group_slices(count, s.groups, source=context.source)[group],
+        plugin_options=context.config.plugin_options,
     )
 
 

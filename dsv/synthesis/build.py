@@ -107,14 +107,16 @@ def build_run(
     source: str,
     progress: bool = True,
     candidates: slice = slice(None),
+    plugin_options: dict[str, Any] | None = None,
 ) -> SynthesisRun:
     """The run of one [synthesis] table on ``module`` (frozen, moved to ``device``, eval mode).
 
     ``spec`` is the model's :class:`~dsv.plugins.InputSpec`. Entries of ``s.losses``,
     ``s.priors``, ``s.augmentations`` and ``s.init`` are plugin specs, or (from the Python API)
     ready-made objects used as they are. ``candidates``: the rows of the target matrix this run
-    optimizes (one group of a grouped synthesis), seeded by ``seed``. Every problem is a
-    ConfigError naming ``source`` and the key."""
+    optimizes (one group of a grouped synthesis), seeded by ``seed``. ``plugin_options``: what the
+    lifecycle hooks find as ``run.plugin_options`` (None: every registered options class's
+    defaults). Every problem is a ConfigError naming ``source`` and the key."""
     entries = len(s.targets or s.classes or range(spec.num_classes))
     n = len(range(entries * s.candidates_per_class)[candidates])
     largest = max([spec.size, *(size for _, size in s.resolutions)])
@@ -176,6 +178,11 @@ def build_run(
         checkpoint_every=s.checkpoint_every,
         resolutions=[(start, size) for start, size in s.resolutions],  # pairs: _check_resolutions unpacked each
         hooks=plugins,
+        plugin_options=(
+            dict(plugin_options)
+            if plugin_options is not None
+            else cfg.default_plugin_options(plugins.registry("plugin_options"))
+        ),
         progress=progress,
         bounds=bounds if s.domain == "clamp" else None,
     )

@@ -51,6 +51,8 @@ class SynthesisRun:
     resolutions: list[tuple[int, int]] = attrs.field(factory=list)  # (from iteration, size)
     store: Any = None  # dsv.store.RunStore or None
     hooks: Any = None  # dsv.plugins.DsvPluginManager or None
+    # the [plugins.<name>] options objects the lifecycle hooks read (name -> object)
+    plugin_options: dict[str, Any] = attrs.field(factory=dict)
     progress: bool = True
     # (low, high) of the input domain, (1, C, 1, 1) each: candidates are projected into it after
     # every step (synthesis.domain = "clamp"); None: not enforced here
