@@ -6,6 +6,8 @@ tested on the whole test split. Rows for each images-per-class count:
 
 * ``random_real``: n real images per class;       ``dm``: distribution matching from noise to them;
 * ``primal_only``: model inversion from noise (primal loss + priors, no stationarity);
+* ``dsv_defaults``: the [synthesis] defaults (those of ``dsv.synthesize`` given the input domain),
+  not the pipeline's table;
 * ``dsv_noise``, ``dsv_other_data`` (init: sklearn digits, upscaled; no image of the data set is
   seen), ``dsv_real_init`` (init: the n real images of random_real);
 * the noise floor: ``noise_gaussian`` (N(0, 1) in model input units, i.e. the data's per-channel
@@ -58,11 +60,12 @@ DISTILL_METHODS = (
     "dsv_noise",
     "dsv_other_data",
     "dsv_real_init",
+    "dsv_defaults",
 )
 NOISE_FLOOR = ("noise_gaussian", "noise_uniform")
 PROTOCOLS = ("hard", "teacher")
 CORESET_METHODS = ("random", "herding", "lambda_top")
-ZERO_SHOT = ("primal_only", "dsv_noise", "dsv_other_data")
+ZERO_SHOT = ("primal_only", "dsv_noise", "dsv_other_data", "dsv_defaults")
 
 
 def parse_args(argv=None):
@@ -97,6 +100,8 @@ def parse_args(argv=None):
 
 def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.SynthesisConfig:
     """The pipeline's [synthesis] table with the initializer and losses of ``method``."""
+    if method == "dsv_defaults":  # what dsv.synthesize does when given only the model's input domain
+        return cfg.SynthesisConfig(candidates_per_class=ipc, checkpoint_every=0)
     s = attrs.evolve(s, candidates_per_class=ipc, classes=[], targets=[], checkpoint_every=0)
     noise = s.init if s.init.name == "noise" else cfg.PluginSpec(name="noise")  # keeps the file's std
     if method == "primal_only":
