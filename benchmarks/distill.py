@@ -89,9 +89,10 @@ def parse_args(argv=None):
         dest="variants",
         action="append",
         default=[],
-        metavar="LABEL:KEY=VALUE[;KEY=VALUE...]",
-        help="an extra dsv_noise row 'dsv_noise+LABEL' whose [synthesis] gets these overrides "
-        "(e.g. 'margin:synthesis.lr_x=0.1'); ablations side by side in one run",
+        metavar="[METHOD+]LABEL:KEY=VALUE[;KEY=VALUE...]",
+        help="an extra row 'METHOD+LABEL' (default METHOD: dsv_noise) whose [synthesis] gets these overrides "
+        "(e.g. 'margin:synthesis.lr_x=0.1'; for dsv_defaults, the defaults with these keys changed); "
+        "ablations side by side in one run",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
@@ -101,7 +102,7 @@ def parse_args(argv=None):
 def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.SynthesisConfig:
     """The pipeline's [synthesis] table with the initializer and losses of ``method``."""
     if method == "dsv_defaults":  # what dsv.synthesize does when given only the model's input domain
-        return cfg.SynthesisConfig(candidates_per_class=ipc, checkpoint_every=0)
+        return attrs.evolve(s, candidates_per_class=ipc, classes=[], targets=[], checkpoint_every=0)
     s = attrs.evolve(s, candidates_per_class=ipc, classes=[], targets=[], checkpoint_every=0)
     noise = s.init if s.init.name == "noise" else cfg.PluginSpec(name="noise")  # keeps the file's std
     if method == "primal_only":
@@ -153,11 +154,18 @@ class Bench:
         for variant in args.variants:
             label, _, sets = variant.partition(":")
             extra = [item for item in sets.split(";") if item.strip()]
+            method, plus, _ = label.rpartition("+")
+            method = method if plus else "dsv_noise"
             if not label or not extra or not all(item.startswith("synthesis.") for item in extra):
-                raise SystemExit(f"--variant {variant!r}: expected LABEL:synthesis.KEY=VALUE[;...]")
-            self.variants[f"dsv_noise+{label}"] = load_pipeline(
-                args.pipeline, overrides=[*overrides, *extra]
-            ).config.synthesis
+                raise SystemExit(f"--variant {variant!r}: expected [METHOD+]LABEL:synthesis.KEY=VALUE[;...]")
+            if method not in ("dsv_noise", "dsv_other_data", "dsv_real_init", "dsv_defaults"):
+                raise SystemExit(f"--variant {variant!r}: {method!r} is not a DSV method")
+            if method == "dsv_defaults":  # the [synthesis] defaults with these keys changed
+                text = f"[model]\nsource = {json.dumps(self.config.model.source)}\n"
+                table = cfg.load_text(text, source="--variant", overrides=extra).config.synthesis
+            else:
+                table = load_pipeline(args.pipeline, overrides=[*overrides, *extra]).config.synthesis
+            self.variants[label if plus else f"dsv_noise+{label}"] = table
 
     def score(self, images, labels, protocol: str = "hard") -> dict:
         models = retrain_models(
@@ -193,7 +201,8 @@ class Bench:
                 progress=self.args.progress,
             ), labels
         base, _, _ = method.partition("+")
-        s = synthesis_for(self.variants.get(method, self.config.synthesis), base, ipc * self.args.pool)
+        table = self.variants.get(method, cfg.SynthesisConfig() if method == "dsv_defaults" else self.config.synthesis)
+        s = synthesis_for(table, base, ipc * self.args.pool)
         x, labels, alive, history = synthesize_images(
             self.loaded.module,
             self.loaded.spec,
@@ -211,6 +220,7 @@ class Bench:
         after = np.nonzero(iterations >= 50)[0]
         self.notes[f"{method}/{ipc}"] = {
             "pool": self.args.pool,
+            "iterations": int(iterations[-1]),
             "entropy_after_50": float(entropy[after[0]]) if len(after) else float("nan"),
             "alive": int(alive.sum()),
             "entropy_start": float(entropy[0]),
@@ -336,7 +346,7 @@ class Bench:
 def print_row(r: dict) -> None:
     flag = "  BELOW THE NOISE FLOOR" if r.get("beats_noise_floor") is False else ""
     print(
-        f"{r['method']:<16}{r['img_per_class']:>8}{r['shots_per_class']:>8}  {r['protocol']:<8}"
+        f"{r['method']:<24}{r['img_per_class']:>8}{r['shots_per_class']:>8}  {r['protocol']:<8}"
         f"{100 * r['mean']:6.2f} ± {100 * r['std']:5.2f}  ({r['seeds']} seeds, {r['seconds_total']:.0f} s){flag}",
         flush=True,
     )
@@ -350,7 +360,7 @@ def main(argv=None) -> int:
     base = bench.base_test_accuracy
     print(f"base model test accuracy {100 * base:.2f}%" if base is not None else "base model: given weights", end="")
     print(f", {args.threads} thread(s)")
-    print(f"{'method':<16}{'img/cls':>8}{'shot/cls':>8}  {'protocol':<8}test accuracy (%)")
+    print(f"{'method':<24}{'img/cls':>8}{'shot/cls':>8}  {'protocol':<8}test accuracy (%)")
     for ipc in args.ipc:
         for method in (m for m in DISTILL_METHODS if m in args.methods):
             bench.distill(method, ipc)

@@ -161,11 +161,17 @@ def compare(args, generator, plugins, verifier) -> dict:
     extra = {"dsv": args.set_dsv, "deepinversion": args.set_deepinversion}
     methods = args.methods or list(METHODS)
     tables = {name: scaled(METHODS[name], iterations, classes, extra[name]) for name in methods}
+    for variant in args.variants:
+        label, _, sets = variant.partition(":")
+        more = [item for item in sets.split(";") if item.strip()]
+        if not label or not more:
+            raise SystemExit(f"--variant {variant!r}: expected LABEL:KEY=VALUE[;KEY=VALUE...]")
+        tables[f"dsv+{label}"] = scaled(METHODS["dsv"], iterations, classes, [*extra["dsv"], *more])
     print(f"calibrating step times ({args.calibration_steps} steps per size) ...", flush=True)
     at = calibrate(tables, generator, plugins, args.calibration_steps)
-    arms = {name: arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224]) for name in methods}
+    arms = {name: arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224]) for name in tables}
     if len(methods) == 2:  # DeepInversion again, for as long as dsv's run took
-        cost = {name: per_iteration_seconds(tables[name], at[name]) for name in tables}
+        cost = {name: per_iteration_seconds(tables[name], at[name]) for name in methods}
         equal_time = max(1, round(iterations * cost["dsv"] / cost["deepinversion"]))
         print(f"step seconds: {at}; DeepInversion at dsv's wall-clock: {equal_time} iterations", flush=True)
         arms["deepinversion_equal_iterations"] = arms["deepinversion"]
@@ -189,6 +195,7 @@ def compare(args, generator, plugins, verifier) -> dict:
     clean = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in arms.items()}
     return {
         "methods": {name: clean[name] for name in methods},
+        "variants": {name: clean[name] for name in tables if name not in METHODS},
         "equal_iterations": {name: clean.get(f"{name}_equal_iterations", clean[name]) for name in methods},
         "classes": classes,
         "seeds": seeds,
@@ -200,8 +207,12 @@ def compare(args, generator, plugins, verifier) -> dict:
 def print_comparison(result: dict) -> None:
     print(f"\n{'comparison':<17} {'method':<14} {'iters':>6} {'seconds':>8} {'step@224':>9} "
           f"{'top1':>5} {'top5':>5} {'p_tgt':>6} {'n':>3}")  # fmt: skip
-    for label, key in (("equal wall-clock", "methods"), ("equal iterations", "equal_iterations")):
-        for name, r in result[key].items():
+    for label, key in (
+        ("equal wall-clock", "methods"),
+        ("equal iterations", "equal_iterations"),
+        ("variants", "variants"),
+    ):
+        for name, r in result.get(key, {}).items():
             print(
                 f"{label:<17} {name:<14} {r['iterations']:>6} {r['seconds']:>8.0f} {r['step_seconds']:>9.2f} "
                 f"{r['top1']:>5.2f} {r['top5']:>5.2f} {r['p_target']:>6.3f} {r['n']:>3}"
@@ -303,6 +314,14 @@ def main() -> None:
         "--set-deepinversion", action="append", default=[], metavar="KEY=VALUE", help="override for DeepInversion's"
     )
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="run only these (default: both)")
+    ap.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[;KEY=VALUE...]",
+        help="an extra arm 'dsv+LABEL': dsv's profile with these overrides, same classes, seeds and iterations",
+    )
     ap.add_argument("--calibration-steps", type=int, default=4, help="timed steps per method and size")
     ap.add_argument("--speed", action="store_true", help="step-time ratios at 224 px instead of the comparison")
     ap.add_argument("--compile", action="store_true", help="with --speed: also torch.compile variants")

@@ -287,6 +287,7 @@ def variants() -> list[Variant]:
         rows += [
             V(name="API input_range", api_range=True, core=True),
             V(name="API input_range + all + tv1", api_range=True, **RECIPE, core=True),
+            V(name="API input_range + aug", api_range=True, augmentations=AUG, core=True),
         ]
     return rows
 

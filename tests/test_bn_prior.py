@@ -366,6 +366,7 @@ def test_the_imagenet_benchmark_runs_a_tiny_comparison_and_writes_both_methods(b
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
     out = tmp_path / "out.json"
     args = ["--classes", "1", "--seeds", "1", "--iterations", "4", "--calibration-steps", "1", "--threads", "1"]
+    args += ["--variant", "slow:synthesis.lr_x=1e-6"]  # an extra dsv arm, its own table
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "imagenet_gen.py"), *args, "--json", str(out)]
         + ["--out", str(tmp_path)],
@@ -384,4 +385,7 @@ def test_the_imagenet_benchmark_runs_a_tiny_comparison_and_writes_both_methods(b
         assert r["seconds"] > 0 and r["step_seconds"] > 0
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     assert result["equal_iterations"]["deepinversion"]["iterations"] == 4
+    variant = result["variants"]["dsv+slow"]
+    assert variant["iterations"] == 4 and variant["n"] == 1 and (tmp_path / "dsv+slow.png").stat().st_size > 1000
+    assert "dsv+slow" in done.stdout
     assert "equal wall-clock" in done.stdout

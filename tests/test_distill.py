@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import image_classifier
+from conftest import REPO_ROOT, image_classifier
 from torch import nn
 
 from dsv import cli
@@ -346,3 +349,30 @@ def test_the_teacher_labelled_retrainer_learns_the_teachers_outputs_not_the_labe
     assert torch.allclose(p_taught.mean(0), want, atol=0.05)  # the teacher's distribution, doubt included
     with pytest.raises(ValueError, match="needs the base model"):
         retrain_models(template, images, labels, TeacherLabelled(**options), seeds=[0])
+
+
+@pytest.mark.slow
+def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
+    """benchmarks/distill.py on digits, tiny: a --variant row next to its reference row, each with
+    its own [synthesis] table, in one run and one JSON."""
+    script = REPO_ROOT / "benchmarks" / "distill.py"
+    args = ["--dataset", "digits", "--quick", "--ipc", "1", "--methods", "noise_gaussian", "dsv_defaults"]
+    args += ["--protocols", "hard", "--variant", "dsv_defaults+short:synthesis.iterations=3"]
+    args += ["--set", "retrain.seeds=1", "--set", 'retrain.retrainer={name="adam",epochs=3,batch_size=256,lr=1e-3}']
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--json", "out.json"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["noise_gaussian", "dsv_defaults", "dsv_defaults+short"]
+    # the reference keeps the defaults (300 iterations); the variant runs its own table
+    assert result["notes"]["dsv_defaults/1"]["iterations"] == 300
+    assert result["notes"]["dsv_defaults+short/1"]["iterations"] == 3
+    assert "noise_floor" in result["rows"][2] and "dsv_defaults+short" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, str(script), "--dataset", "digits", "--variant", "noop:model.source=1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "expected [METHOD+]LABEL:synthesis.KEY=VALUE" in bad.stderr
