@@ -13,8 +13,9 @@ starting from noise; they do not compress). A store whose two checkpoint slots w
 half the free disk space (or in ``--max-gib``; the raw array size, estimated before writing,
 decides) is written as regions of ``--group-size`` candidates (``synthesis.groups``, one rank's
 region each) one after another, each checked with ``verify``'s region check, measured and then
-deleted: every byte is written, but never all at once, and the table says so. Write times are wall seconds of one ``commit`` (history rows, the slot, the commit
-record), without fsync (as in a run), median over the checkpoints after the first.
+deleted: every byte is written, but never all at once, and the table says so. Write times are
+wall seconds of one ``commit`` (history rows, the slot, the commit record), without fsync (as in
+a run), median over the checkpoints after the first.
 
 ``--layout shards`` measures zarr v3's sharding instead of dsv's chunks of about 16 MiB: the
 store's arrays are created with shards of about ``--shard-mib`` holding inner chunks of about
@@ -257,7 +258,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> None:
         if args.layout == "chunks"
         else f"zarr shards of about {args.shard_mib} MiB, inner chunks of about {args.inner_mib} MiB"
     )
-    print(f"\nstore layout: {what}; candidates 3x224x224 float32, {args.checkpoints} checkpoints after the first,")
+    print(f"\nstore layout: {what}; candidates 3x224x224 float32, the first commit + {args.checkpoints} checkpoints,")
     print(f"{args.every} history rows each; both checkpoint slots written\n")
     head = (
         f"{'candidates':>10} | {'written as':>22} | {'files':>7} | {'GiB on disk':>11} | {'GiB apparent':>12} | "
