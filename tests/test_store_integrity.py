@@ -200,6 +200,51 @@ def test_chunks_hold_many_candidates():
     assert chunk_rows((50,), 4, most=256) == 256
 
 
+def _files(folder):
+    """Every file under ``folder`` (by path relative to it) with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_each_region_has_its_own_arrays_and_a_commit_writes_inside_its_region_only(tmp_path, monkeypatch):
+    """The single-writer rule under the chunk layout: groups never share an array, so no chunk
+    spans two ranks' regions, and one region's checkpoint changes no file outside its folder."""
+    row = 1 * 8 * 8 * 4
+    monkeypatch.setattr("dsv.store.arrays.CHUNK_BYTES", 2 * row)  # chunks of 2 candidates
+    path = tmp_path / "grouped.zarr"
+    store = RunStore.create(path, {"config": {}}, groups=3)
+    sizes = (5, 5, 4)
+
+    def state(n, value):
+        x = np.full((n, 1, 8, 8), value, np.float32)
+        return {"x": x, "lambda": np.full(n, value, np.float32), "alive": np.ones(n, bool), "adam_x_exp_avg": x}
+
+    try:
+        for g, n in enumerate(sizes):
+            store.region(g).init_candidates(
+                np.zeros((n, 1, 8, 8), np.float32), np.ones(n, np.float32), np.eye(n, 4), np.ones(n, bool)
+            )
+        before = _files(path)
+        rows = {"iteration": np.array([1]), "lambda": np.ones((1, sizes[1]), np.float32)}
+        store.region(1).commit(1, state(sizes[1], 0.5), {}, rows)
+        after = _files(path)
+        changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+        assert any(name.startswith("groups/1/state/b/x/c/") for name in changed)
+        assert changed and all(name.startswith("groups/1/") for name in changed), sorted(changed)
+
+        arrays = [
+            p.parent.relative_to(path).as_posix()
+            for p in path.rglob("zarr.json")
+            if json.loads(p.read_text())["node_type"] == "array"
+        ]
+        # every array (its chunks lie in its folder) belongs to one region; none is shared
+        assert arrays and all(a.startswith(("groups/0/", "groups/1/", "groups/2/")) for a in arrays), arrays
+        assert "groups/1/zarr.json" in changed  # the commit record, written last
+        x = RunStore.open(path).region(1).group["state/b/x"]
+        assert x.chunks[0] == 2 and len(list((path / "groups/1/state/b/x/c").iterdir())) == 3
+    finally:
+        lock.release(store.path)
+
+
 # ---- one writer at a time --------------------------------------------------------------------------
 
 HOLD = """

@@ -10,6 +10,16 @@ whose checksum fails, a shape that disagrees with its neighbours or garbage meta
 Stores written before (schema 2 and 3: no checksum, chunks equal to the fill value skipped) are
 read with every structural check except the missing-chunk one (an absent chunk there may be
 zeros the writer skipped).
+
+One writer per chunk: every array belongs to one region (``groups/<g>/``, the candidate group
+one rank owns), since groups never share an array; so a chunk, whatever its size, never holds
+rows of two ranks, and a checkpoint writes files inside its own region's folder only.
+
+Why chunks by bytes and not zarr v3 sharding (``benchmarks/store_layout.py``, 1000 candidates
+of 3x224x224, three runs each on a shared machine): the same bytes on disk (3.11 GiB either
+way), 299 files against 78, but a checkpoint took 7.3 to 8.4 s with these chunks and 12.3 to
+14.9 s with shards of 1 GiB (inner chunks of 1 MiB). Files of 16 MiB are no burden to a file
+system, and a chunk here is a file, so a missing one is found without reading a shard index.
 """
 
 from __future__ import annotations

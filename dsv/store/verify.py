@@ -18,7 +18,8 @@ import numpy as np
 from dsv import config as cfg
 from dsv.errors import DsvError
 from dsv.store.arrays import CHECKSUMMED_SCHEMA
-from dsv.store.run_store import Region, RunStore
+from dsv.store.region import Region
+from dsv.store.run_store import RunStore
 
 
 @attrs.define
