@@ -169,13 +169,19 @@ def compare(args, generator, plugins, verifier) -> dict:
         tables[f"dsv+{label}"] = scaled(METHODS["dsv"], iterations, classes, [*extra["dsv"], *more])
     print(f"calibrating step times ({args.calibration_steps} steps per size) ...", flush=True)
     at = calibrate(tables, generator, plugins, args.calibration_steps)
-    arms = {name: arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224]) for name in tables}
+    skip = {"deepinversion"} if args.equal_time_only and len(methods) == 2 else set()
+    arms = {
+        name: arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224])
+        for name in tables
+        if name not in skip
+    }
     if len(methods) == 2:  # DeepInversion again, for as long as dsv's run took
         cost = {name: per_iteration_seconds(tables[name], at[name]) for name in methods}
         equal_time = max(1, round(iterations * cost["dsv"] / cost["deepinversion"]))
         print(f"step seconds: {at}; DeepInversion at dsv's wall-clock: {equal_time} iterations", flush=True)
-        arms["deepinversion_equal_iterations"] = arms["deepinversion"]
-        if equal_time != iterations:
+        if not skip:
+            arms["deepinversion_equal_iterations"] = arms["deepinversion"]
+        if equal_time != iterations or skip:
             di_equal_time = scaled(METHODS["deepinversion"], equal_time, classes, extra["deepinversion"])
             arms["deepinversion"] = arm(
                 "deepinversion", di_equal_time, seeds, generator, plugins, verifier, at["deepinversion"][224]
@@ -184,7 +190,7 @@ def compare(args, generator, plugins, verifier) -> dict:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for name, result in arms.items():
-            if name.endswith("_equal_iterations") and result is arms["deepinversion"]:
+            if name.endswith("_equal_iterations") and result is arms.get("deepinversion"):
                 continue
             per_row = len(classes)
             images, titles = result["_images"], result["_titles"]
@@ -196,7 +202,11 @@ def compare(args, generator, plugins, verifier) -> dict:
     return {
         "methods": {name: clean[name] for name in methods},
         "variants": {name: clean[name] for name in tables if name not in METHODS},
-        "equal_iterations": {name: clean.get(f"{name}_equal_iterations", clean[name]) for name in methods},
+        "equal_iterations": {  # without DeepInversion's when --equal-time-only skipped it
+            name: clean.get(f"{name}_equal_iterations", clean[name])
+            for name in methods
+            if not (name in skip and f"{name}_equal_iterations" not in clean)
+        },
         "classes": classes,
         "seeds": seeds,
         "step_seconds_by_size": {name: {str(k): v for k, v in d.items()} for name, d in at.items()},
@@ -321,6 +331,11 @@ def main() -> None:
         default=[],
         metavar="LABEL:KEY=VALUE[;KEY=VALUE...]",
         help="an extra arm 'dsv+LABEL': dsv's profile with these overrides, same classes, seeds and iterations",
+    )
+    ap.add_argument(
+        "--equal-time-only",
+        action="store_true",
+        help="DeepInversion at dsv's wall-clock only (skips its equal-iterations arm, saves time)",
     )
     ap.add_argument("--calibration-steps", type=int, default=4, help="timed steps per method and size")
     ap.add_argument("--speed", action="store_true", help="step-time ratios at 224 px instead of the comparison")
