@@ -248,7 +248,7 @@ def cmd_plugins(args) -> int:
     print()
     for kind in KINDS:
         entries = pm.registry(kind).entries()
-        print(f"{kind}:")
+        print(f"{kind}:" + ("" if entries else " none"))
         for e in entries:
             print(f"  {e.name:<22} {e.plugin}")
     return 0

@@ -400,6 +400,7 @@ def test_plugins_command_shows_each_distribution_its_names_and_hooks(fake_distri
     assert "log  [dsv-log 0.4]\n    hooks: dsv_iteration_completed, dsv_run_finished\n" in out
     assert "dsv.builtin.priors  [dsv " in out and "    priors: norm, range, tv\n" in out
     assert "  sharp                  plugin 'sharp' (dsv-sharp 1.2.3)" in out.splitlines()
+    assert "plugin_options: none" in out.splitlines()  # no plugin registers options: said, not a bare header
     assert cli.main(["plugins", "--disable-plugin", "sharp"]) == 0
     out = capsys.readouterr().out
     assert "[dsv-sharp" not in out and "disabled: sharp" in out and "log  [dsv-log 0.4]" in out
