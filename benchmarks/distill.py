@@ -152,11 +152,13 @@ class Bench:
         self.rows, self.coreset, self.notes = [], [], {}
         self.variants = {}
         for variant in args.variants:
-            label, _, sets = variant.partition(":")
-            extra = [item for item in sets.split(";") if item.strip()]
+            try:
+                label, extra = cfg.split_variant(variant)
+            except ValueError as exc:
+                raise SystemExit(f"{exc} ([METHOD+]LABEL:synthesis.KEY=VALUE[;...])") from None
             method, plus, _ = label.rpartition("+")
             method = method if plus else "dsv_noise"
-            if not label or not extra or not all(item.startswith("synthesis.") for item in extra):
+            if not all(item.startswith("synthesis.") for item in extra):
                 raise SystemExit(f"--variant {variant!r}: expected [METHOD+]LABEL:synthesis.KEY=VALUE[;...]")
             if method not in ("dsv_noise", "dsv_other_data", "dsv_real_init", "dsv_defaults"):
                 raise SystemExit(f"--variant {variant!r}: {method!r} is not a DSV method")

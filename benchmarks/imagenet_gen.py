@@ -162,10 +162,10 @@ def compare(args, generator, plugins, verifier) -> dict:
     methods = args.methods or list(METHODS)
     tables = {name: scaled(METHODS[name], iterations, classes, extra[name]) for name in methods}
     for variant in args.variants:
-        label, _, sets = variant.partition(":")
-        more = [item for item in sets.split(";") if item.strip()]
-        if not label or not more:
-            raise SystemExit(f"--variant {variant!r}: expected LABEL:KEY=VALUE[;KEY=VALUE...]")
+        try:
+            label, more = cfg.split_variant(variant)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         tables[f"dsv+{label}"] = scaled(METHODS["dsv"], iterations, classes, [*extra["dsv"], *more])
     print(f"calibrating step times ({args.calibration_steps} steps per size) ...", flush=True)
     at = calibrate(tables, generator, plugins, args.calibration_steps)

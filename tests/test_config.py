@@ -430,3 +430,13 @@ def test_shipped_pipelines_load_and_every_plugin_table_builds(path, plugins):
     assert loaded.config.model.source in plugins.registry("models")
     if loaded.config.data is not None:
         assert loaded.config.data.name in plugins.registry("datasets")
+
+
+def test_split_variant_gives_the_label_and_its_overrides_or_refuses():
+    assert cfg.split_variant('ce:synthesis.lr_x=0.1; synthesis.losses=[{name="primal"}]') == (
+        "ce",
+        ["synthesis.lr_x=0.1", 'synthesis.losses=[{name="primal"}]'],
+    )
+    for bad in ("ce", ":synthesis.lr_x=1", "ce:", "ce:synthesis.lr_x"):
+        with pytest.raises(ValueError, match="expected LABEL:KEY=VALUE"):
+            cfg.split_variant(bad)

@@ -20,6 +20,7 @@ from dsv.config.raw import (
     changed_keys,
     config_hash,
     parse_override,
+    split_variant,
     toml_inline,
 )
 from dsv.config.tables import (
@@ -43,6 +44,7 @@ __all__ = [
     "LEGACY_RESUMABLE",
     "PLUGINS_TABLE",
     "RESUMABLE_KEYS",
+    "split_variant",
     "toml_inline",
     "DataConfig",
     "LoadedPipeline",

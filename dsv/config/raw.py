@@ -103,6 +103,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def split_variant(variant: str) -> tuple[str, list[str]]:
+    """``LABEL:KEY=VALUE[;KEY=VALUE...]`` (a benchmark's ``--variant``) as the label and its
+    ``--set`` overrides; ValueError when either is missing."""
+    label, _, sets = variant.partition(":")
+    overrides = [item.strip() for item in sets.split(";") if item.strip()]
+    if not label or not overrides or not all("=" in item for item in overrides):
+        raise ValueError(f"--variant {variant!r}: expected LABEL:KEY=VALUE[;KEY=VALUE...]")
+    return label, overrides
+
+
 def toml_inline(value: Any) -> str:
     """A value as TOML inline text, the right-hand side of a ``--set KEY=VALUE`` override (the
     inverse of :func:`parse_override` for tables, lists, bools, numbers and strings)."""
