@@ -157,7 +157,7 @@ def arm(name: str, s, seeds: list[int], generator, plugins, verifier, step_secon
 def compare(args, generator, plugins, verifier) -> dict:
     classes = args.classes or (QUICK_CLASSES if args.quick else CLASSES)
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
-    iterations = args.iterations or (200 if args.quick else 600)
+    iterations = args.iterations or (200 if args.quick else load_pipeline(METHODS["dsv"]).config.synthesis.iterations)
     extra = {"dsv": args.set_dsv, "deepinversion": args.set_deepinversion}
     methods = args.methods or list(METHODS)
     tables = {name: scaled(METHODS[name], iterations, classes, extra[name]) for name in methods}
@@ -170,11 +170,17 @@ def compare(args, generator, plugins, verifier) -> dict:
     print(f"calibrating step times ({args.calibration_steps} steps per size) ...", flush=True)
     at = calibrate(tables, generator, plugins, args.calibration_steps)
     skip = {"deepinversion"} if args.equal_time_only and len(methods) == 2 else set()
-    arms = {
-        name: arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224])
-        for name in tables
-        if name not in skip
-    }
+    arms: dict[str, dict] = {}
+
+    def done(name: str, result: dict) -> None:  # a killed run keeps the arms it finished
+        arms[name] = result
+        if args.json:
+            partial = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in arms.items()}
+            Path(args.json).write_text(json.dumps({"partial": True, "arms": partial, "classes": classes}, indent=2))
+
+    for name in tables:
+        if name not in skip:
+            done(name, arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224]))
     if len(methods) == 2:  # DeepInversion again, for as long as dsv's run took
         cost = {name: per_iteration_seconds(tables[name], at[name]) for name in methods}
         equal_time = max(1, round(iterations * cost["dsv"] / cost["deepinversion"]))
@@ -183,9 +189,9 @@ def compare(args, generator, plugins, verifier) -> dict:
             arms["deepinversion_equal_iterations"] = arms["deepinversion"]
         if equal_time != iterations or skip:
             di_equal_time = scaled(METHODS["deepinversion"], equal_time, classes, extra["deepinversion"])
-            arms["deepinversion"] = arm(
+            done("deepinversion", arm(
                 "deepinversion", di_equal_time, seeds, generator, plugins, verifier, at["deepinversion"][224]
-            )
+            ))  # fmt: skip
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -312,13 +318,13 @@ def speed(args, generator, plugins) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here (after each arm, marked partial until the end)")
     ap.add_argument("--out", help="save each method's grid here as PNG")
     ap.add_argument("--tag", default="", help="prefix of the PNG names (to keep the grids of several tries)")
     ap.add_argument("--quick", action="store_true", help="6 classes, 1 seed, 200 iterations (for iterating)")
     ap.add_argument("--classes", type=int, nargs="+", help="ImageNet class indices (default: 20 spread over ImageNet)")
     ap.add_argument("--seeds", type=int, help="seeds per method (default 2)")
-    ap.add_argument("--iterations", type=int, help="dsv's iterations (default: 600, the pipeline's)")
+    ap.add_argument("--iterations", type=int, help="dsv's iterations (default: its pipeline's, 300)")
     ap.add_argument("--set-dsv", action="append", default=[], metavar="KEY=VALUE", help="override for dsv's arm")
     ap.add_argument(
         "--set-deepinversion", action="append", default=[], metavar="KEY=VALUE", help="override for DeepInversion's"

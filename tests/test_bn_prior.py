@@ -176,6 +176,20 @@ def test_gradients_reach_the_input_and_not_the_model(bn_plugin):
     prior.detach()
 
 
+def test_the_fused_statistics_match_torch_and_their_gradient_is_exact(bn_plugin):
+    moments = bn_plugin._ChannelMoments.apply
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(3, 4, 5, 6), (4, 3), (2, 3, 7)]:  # conv, linear (BatchNorm1d), sequence features
+        x = (torch.randn(*shape, dtype=torch.float64, generator=gen) * 2 + 0.5).requires_grad_(True)
+        dims = (0, *range(2, x.dim()))
+        mean, var = moments(x)
+        torch.testing.assert_close(mean, x.mean(dims))
+        torch.testing.assert_close(var, x.var(dims, unbiased=False))
+        assert torch.autograd.gradcheck(moments, (x,))
+        only_var = torch.autograd.grad(moments(x)[1].sum(), x)[0]  # one output unused: no None error
+        torch.testing.assert_close(only_var, torch.autograd.grad(x.var(dims, unbiased=False).sum(), x)[0])
+
+
 def test_hooks_leave_the_model_unchanged_and_detach_removes_them(bn_plugin):
     model = bn_net().eval()
     x = torch.randn(6, 1, 8, 8)

@@ -42,6 +42,41 @@ def batchnorm_layers(model: nn.Module, layers: str | list[str] = "*") -> list[tu
     return chosen
 
 
+class _ChannelMoments(torch.autograd.Function):
+    """Per-channel mean and (biased) variance of ``(N, C, ...)`` features, with a fused backward.
+
+    Forward: per-channel sums over the contiguous spatial axes first, then over the batch (2.6x
+    faster on CPU than ``var_mean`` over ``(0, 2, 3)``), ``var = E[x^2] - mean^2``. Backward: the
+    gradient is affine in ``x`` per channel, ``x * 2 g_var / n + (g_mean - 2 mean g_var) / n``, one
+    ``addcmul`` over the features instead of autograd's separate passes for the two sums.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        count = features.numel() // features.shape[1]
+        spatial = tuple(range(2, features.dim()))
+        total = features.sum(dim=spatial).sum(dim=0) if spatial else features.sum(dim=0)
+        squares = torch.linalg.vector_norm(features, dim=spatial).pow(2) if spatial else features.pow(2)
+        mean = total / count
+        var = squares.sum(dim=0) / count - mean * mean
+        ctx.save_for_backward(features, mean)
+        ctx.count = count
+        return mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:  # type: ignore[override]
+        features, mean = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (features.dim() - 2)
+        if grad_mean is None:
+            grad_mean = torch.zeros_like(mean)
+        if grad_var is None:
+            grad_var = torch.zeros_like(mean)
+        scale = (2.0 / ctx.count) * grad_var
+        shift = grad_mean / ctx.count - scale * mean
+        return torch.addcmul(shift.view(shape), features, scale.view(shape))
+
+
 @attrs.define
 class _Pass:
     """The statistics distances recorded during one forward pass of the model."""
@@ -100,14 +135,7 @@ class BNStats:
 
     @staticmethod
     def _distance(layer: _BatchNorm, features: Tensor) -> Tensor:
-        # per-channel sums over the contiguous spatial axes first, then over the batch: 2.6x faster
-        # on CPU than var_mean over (0, 2, 3) (and its backward is elementwise); var = E[x^2] - mean^2
-        count = features.numel() // features.shape[1]
-        spatial = tuple(range(2, features.dim()))
-        total = features.sum(dim=spatial).sum(dim=0) if spatial else features.sum(dim=0)
-        squares = torch.linalg.vector_norm(features, dim=spatial).pow(2) if spatial else features.pow(2)
-        mean = total / count
-        var = squares.sum(dim=0) / count - mean * mean
+        mean, var = _ChannelMoments.apply(features)
         return torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var)
 
     # ---- the prior ------------------------------------------------------------------------------
