@@ -184,5 +184,8 @@ def test_the_convnet_without_normalization_gets_stationarity_over_every_paramete
     assert not kkt.has_normalization(plain) and kkt.has_normalization(normed)
     assert len(kkt.select_parameters(plain, "auto")) == 4  # conv and classifier, weight and bias
     assert len(kkt.select_parameters(normed, "auto")) == 2
-    with pytest.raises(ValueError, match="norm: expected 'instance' or 'none', got 'batch'"):
-        models.get("convnet")(ModelRequest(data=digits_bundle), norm="batch")
+    batch = models.get("convnet")(ModelRequest(data=digits_bundle), width=4, depth=1, norm="batch").module
+    assert kkt.has_normalization(batch) and len(kkt.select_parameters(batch, "auto")) == 2
+    assert isinstance(batch.features[1], torch.nn.BatchNorm2d) and not batch.training
+    with pytest.raises(ValueError, match="norm: expected one of 'instance', 'batch', 'none', got 'layer'"):
+        models.get("convnet")(ModelRequest(data=digits_bundle), norm="layer")

@@ -64,24 +64,34 @@ def _apply_weights(module: nn.Module, path: str) -> None:
         raise WeightsError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
 
 
+NORMS = ("instance", "batch", "none")
+
+
+def _norm_layer(norm: str, width: int) -> nn.Module:
+    if norm == "instance":  # instance norm with affine, as in DC
+        return nn.GroupNorm(width, width, affine=True)
+    return nn.BatchNorm2d(width) if norm == "batch" else nn.Identity()
+
+
 class ConvNet(nn.Module):
     """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear.
     ``norm = "none"`` puts an identity where the instance norm was (same parameter names otherwise):
-    no weight is then scale-invariant, so stationarity over every parameter can be met."""
+    no weight is then scale-invariant, so stationarity over every parameter can be met.
+    ``norm = "batch"`` puts a BatchNorm there: its running statistics are what the ``bn_stats``
+    prior (plugins/dsv-bn-prior) matches, as for ImageNet classifiers."""
 
     def __init__(
         self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance"
     ):
         super().__init__()
-        if norm not in ("instance", "none"):
-            raise ValueError(f"norm: expected 'instance' or 'none', got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
         layers: list[nn.Module] = []
         c, s = channels, size
         for _ in range(depth):
             layers += [
                 nn.Conv2d(c, width, 3, padding=1),
-                # instance norm with affine, as in DC
-                nn.GroupNorm(width, width, affine=True) if norm == "instance" else nn.Identity(),
+                _norm_layer(norm, width),
                 nn.ReLU(inplace=False),
                 nn.AvgPool2d(2),
             ]
@@ -138,8 +148,8 @@ def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str =
         raise ValueError(
             f"depth: {depth} halvings of {spec.size} px leave nothing; at most {spec.size.bit_length() - 1}"
         )
-    if norm not in ("instance", "none"):
-        raise ValueError(f"norm: expected 'instance' or 'none', got {norm!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
     module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth, norm=norm)
     if request.weights_path:
         _apply_weights(module, request.weights_path)
