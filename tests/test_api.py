@@ -266,3 +266,39 @@ def test_a_failing_call_leaves_the_callers_model_as_it_was(classifier, bad):
     for p in classifier.parameters():
         p.requires_grad_(True)
     classifier.eval()
+
+
+def test_channels_last_runs_the_convolutions_in_that_format_and_restores_the_model(digits_bundle, tmp_path):
+    x, y = digits_bundle.tensors("train")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)  # (a 1-channel input's weights are both formats at once)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), conv, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    seen: list[bool] = []
+    conv.register_forward_pre_hook(lambda m, _: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    kwargs = dict(FAST, iterations=6, augmentations=["flip"], seed=2, input_range=(float(x.min()), float(x.max())))
+    plain = dsv.synthesize(model, range(10), **kwargs)
+    assert seen and not any(seen)
+    seen.clear()
+    stored = dsv.synthesize(
+        model, range(10), channels_last=True, store=tmp_path / "cl.zarr", checkpoint_every=2, **kwargs
+    )
+    assert len(seen) > 6 and all(seen[1:])  # every forward of the run (seen[0]: the API's probe of the output size)
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # stationarity over every parameter (no normalization) works on channels_last weights: at the
+    # first iteration (same candidates) every term equals the default format's up to the
+    # convolution's summation order; later iterations drift apart (Adam's normalized steps turn
+    # such differences into whole steps on pixels whose gradient is near zero)
+    for term in ("total", "primal", "stationarity"):
+        assert stored.history[term][0] == pytest.approx(plain.history[term][0], rel=1e-5), term
+        assert np.isfinite(stored.history[term]).all(), term
+    memory = dsv.synthesize(model, range(10), channels_last=True, **kwargs)
+    assert np.array_equal(memory.x, stored.x) and np.array_equal(memory.lambdas, stored.lambdas)
+    with pytest.raises(StoreError, match="synthesis.channels_last"):  # it counts in the config
+        dsv.synthesize(model, range(10), store=tmp_path / "cl.zarr", **kwargs)

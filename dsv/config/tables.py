@@ -94,6 +94,9 @@ class SynthesisConfig:
     # candidate pools: of the candidates_per_class candidates of each class, the keep_per_class with
     # the largest lambda (alive first) are the DSVs the retrain stage and benchmarks use (0: all)
     keep_per_class: int = 0
+    # the model's convolution weights in channels_last memory format: faster convolutions on CPU
+    # (benchmarks/imagenet_gen.py --speed); the numerics change slightly, so it counts in the config
+    channels_last: bool = False
 
 
 @attrs.define(kw_only=True)

@@ -141,6 +141,8 @@ def build_run(
         for i, a in enumerate(s.augmentations)
     ]
     model = module.to(device).eval()
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
     _check_resolutions(model, s, spec.channels, device, source)  # before any term hooks into the model
     for p in model.parameters():
         p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset

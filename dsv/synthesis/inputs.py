@@ -24,20 +24,33 @@ class ModelState:
     training: bool
     requires_grad: list[bool]
     device: torch.device | None
+    channels_last: list[bool]  # per parameter: was it in channels_last memory format
 
     @classmethod
     def capture(cls, module: nn.Module) -> ModelState:
         first = next(iter([*module.parameters(), *module.buffers()]), None)
         return cls(
-            module.training, [p.requires_grad for p in module.parameters()], first.device if first is not None else None
+            module.training,
+            [p.requires_grad for p in module.parameters()],
+            first.device if first is not None else None,
+            [_is_channels_last(p) for p in module.parameters()],
         )
 
     def restore(self, module: nn.Module) -> None:
         if self.device is not None:
             module.to(self.device)
+        with torch.no_grad():
+            for p, was in zip(module.parameters(), self.channels_last):
+                if p.dim() == 4 and _is_channels_last(p) != was:
+                    fmt = torch.channels_last if was else torch.contiguous_format
+                    p.data = p.data.contiguous(memory_format=fmt)
         module.train(self.training)
         for p, flag in zip(module.parameters(), self.requires_grad):
             p.requires_grad_(flag)
+
+
+def _is_channels_last(p: torch.Tensor) -> bool:
+    return p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
 
 
 def unwrap(model) -> tuple[nn.Module, InputSpec | None]:
