@@ -189,9 +189,8 @@ def compare(args, generator, plugins, verifier) -> dict:
             arms["deepinversion_equal_iterations"] = arms["deepinversion"]
         if equal_time != iterations or skip:
             di_equal_time = scaled(METHODS["deepinversion"], equal_time, classes, extra["deepinversion"])
-            done("deepinversion", arm(
-                "deepinversion", di_equal_time, seeds, generator, plugins, verifier, at["deepinversion"][224]
-            ))  # fmt: skip
+            step = at["deepinversion"][224]
+            done("deepinversion", arm("deepinversion", di_equal_time, seeds, generator, plugins, verifier, step))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

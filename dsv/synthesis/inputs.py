@@ -41,7 +41,7 @@ class ModelState:
             module.to(self.device)
         with torch.no_grad():
             for p, was in zip(module.parameters(), self.channels_last):
-                if p.dim() == 4 and _is_channels_last(p) != was:
+                if _is_channels_last(p) != was:
                     fmt = torch.channels_last if was else torch.contiguous_format
                     p.data = p.data.contiguous(memory_format=fmt)
         module.train(self.training)
