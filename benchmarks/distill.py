@@ -17,7 +17,8 @@ tested on the whole test split. Rows for each images-per-class count:
 Protocols (``--protocols``, each row is scored under every one, same seeds): ``hard`` (the
 [retrain] table's retrainer on the hard labels) and ``teacher`` (the ``teacher`` retrainer with
 the same epochs, batch size and learning rate: students learn the base model's softmax on each
-noised, augmented batch).
+noised, augmented batch); ``teacher_mixup`` (not run unless asked) is ``teacher`` with each
+batch input mixed with another, ``Beta(--mixup, --mixup)`` (the teacher labels the mixtures).
 
 and coresets of real images: ``random``, ``herding``, ``lambda_top`` (the select stage's ranking).
 
@@ -63,7 +64,7 @@ DISTILL_METHODS = (
     "dsv_defaults",
 )
 NOISE_FLOOR = ("noise_gaussian", "noise_uniform")
-PROTOCOLS = ("hard", "teacher")
+PROTOCOLS = ("hard", "teacher", "teacher_mixup")
 CORESET_METHODS = ("random", "herding", "lambda_top")
 ZERO_SHOT = ("primal_only", "dsv_noise", "dsv_other_data", "dsv_defaults")
 
@@ -78,7 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
     p.add_argument("--methods", nargs="+", default=[*DISTILL_METHODS, *CORESET_METHODS])
     p.add_argument("--dm-iterations", type=int, default=500)
-    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS[:2]), choices=PROTOCOLS)
+    p.add_argument("--mixup", type=float, default=1.0, help="Beta(a, a) of the teacher_mixup protocol")
     p.add_argument("--teacher-noise", type=float, default=0.1, help="the teacher protocol's batch noise (model units)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
@@ -115,6 +117,16 @@ def synthesis_for(s: cfg.SynthesisConfig, method: str, ipc: int) -> cfg.Synthesi
     return attrs.evolve(s, init=init)
 
 
+def quick_schedule(resolutions: list[list[int]]) -> list[list[int]]:
+    """A resolution schedule for a fifth of the iterations: each stage starts at a fifth of its
+    iteration (still after the stage before it)."""
+    out: list[list[int]] = []
+    for start, size in resolutions:
+        start = max(start // 5, 1, out[-1][0] + 1 if out else 0) if start > 1 else start
+        out.append([start, size])
+    return out
+
+
 class Bench:
     def __init__(self, args):
         overrides = [f"data.name={json.dumps(args.dataset)}", *args.overrides]
@@ -125,6 +137,7 @@ class Bench:
             overrides += [
                 f"synthesis.iterations={max(base.synthesis.iterations // 5, 1)}",
                 f"synthesis.lambda_warmup={base.synthesis.lambda_warmup // 5}",
+                f"synthesis.resolutions={json.dumps(quick_schedule(base.synthesis.resolutions))}",
                 f"select.iterations={max((base.table('select') or SelectConfig()).iterations // 5, 1)}",
             ]
             args.dm_iterations = max(args.dm_iterations // 5, 1)
@@ -142,6 +155,7 @@ class Bench:
         self.retrainers = {
             "hard": self.retrainer,
             "teacher": TeacherLabelled(**same, noise=args.teacher_noise),
+            "teacher_mixup": TeacherLabelled(**same, noise=args.teacher_noise, mixup=args.mixup),
         }
         self.augmentations = build_augmentations(
             r.augmentations, self.pipeline.plugins, self.pipeline.source, "retrain"

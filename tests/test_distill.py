@@ -351,6 +351,36 @@ def test_the_teacher_labelled_retrainer_learns_the_teachers_outputs_not_the_labe
         retrain_models(template, images, labels, TeacherLabelled(**options), seeds=[0])
 
 
+def test_teacher_mixup_shows_the_teacher_mixtures_of_the_images():
+    from dsv.builtin.retrainers import TeacherLabelled
+
+    images = torch.cat([torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)])  # black and white
+    labels = torch.zeros(8, dtype=torch.long)
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, x):
+            self.seen.append(x.detach().clone())
+            return torch.zeros(len(x), 10)
+
+    def seen_by_teacher(mixup: float) -> torch.Tensor:
+        teacher = Recording()
+        retrainer = TeacherLabelled(noise=0.0, mixup=mixup, epochs=5, batch_size=8, lr=1e-3)
+        retrain_models(image_classifier(seed=1), images, labels, retrainer, seeds=[0], teacher=teacher)
+        return torch.cat(teacher.seen)
+
+    plain, mixed = seen_by_teacher(0.0), seen_by_teacher(1.0)
+    assert set(plain.unique().tolist()) == {0.0, 1.0}
+    flat = mixed.flatten(1)
+    assert torch.allclose(flat, flat[:, :1].expand_as(flat))  # a mixture of two flat images is flat
+    values = flat[:, 0]
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert ((values > 0.01) & (values < 0.99)).sum() >= len(values) // 4  # many lie strictly between
+
+
 @pytest.mark.slow
 def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
     """benchmarks/distill.py on digits, tiny: a --variant row next to its reference row, each with

@@ -287,6 +287,40 @@ def test_resolution_schedule_upscales_candidates_and_keeps_lambda_state(make_run
     assert run.optimizer.state[run.lambdas]["step"] == lambda_state["step"]
 
 
+class FixedSizeClassifier(nn.Module):
+    """Takes 16x16 inputs only (a flattening head), like a DC ConvNet; records what it sees."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16 * 16, 10)
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_upsample_shows_a_fixed_size_model_its_size_while_candidates_grow_coarse_to_fine(make_run):
+    model = FixedSizeClassifier()
+    run = make_run(model=model, resolutions=[(1, 8), (3, 16)], model_size=16, augmentations=[lambda x: x.flip(-1)])
+    run.step(1)
+    assert run.x.shape == (4, 1, 8, 8)  # the candidates live at the stage's size
+    assert model.seen and set(model.seen) == {(16, 16)}  # the model saw them upsampled, clean and augmented
+    assert run.x.grad is not None and run.x.grad.shape == (4, 1, 8, 8) and run.x.grad.abs().sum() > 0
+    x8 = run.x.detach().clone()
+    run.step(2)
+    assert not torch.equal(run.x.detach(), x8)  # the coarse candidates themselves move
+    run.step(3)
+    assert run.x.shape == (4, 1, 16, 16)
+    assert torch.equal(run.model_input(run.x), run.x)  # at the model's size: shown as they are
+    assert run.summary()["candidates"] == 4
+    # without upsample the same schedule feeds the model 8x8 inputs, which it cannot take
+    with pytest.raises(RuntimeError):
+        make_run(model=FixedSizeClassifier(), resolutions=[(1, 8), (3, 16)]).step(1)
+
+
 def test_lambda_is_held_during_warmup(make_run):
     run = make_run(lambda_warmup=2)
     l0 = run.lambdas.detach().clone()

@@ -163,10 +163,14 @@ class TeacherLabelled(Adam):
     noised (Gaussian, ``noise`` in model input units) and augmented (the retrain table's
     augmentations) before both models see it, so the teacher labels the very inputs the student
     trains on. ``copies``: noised copies of every image in each batch (more distinct inputs per step
-    from a set of 10 images). The loss is the soft cross entropy (the KL divergence up to a constant)."""
+    from a set of 10 images). ``mixup``: after augmentation, each input is mixed with another of the
+    batch, ``m x_i + (1 - m) x_j`` with ``m ~ Beta(mixup, mixup)`` per input (0: off), and the
+    teacher labels the mixture: inputs between the images, where the teacher's boundaries lie. The
+    loss is the soft cross entropy (the KL divergence up to a constant)."""
 
     noise: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
     copies: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    mixup: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
     needs_teacher = True  # the retrain stage passes teacher= (the base model)
 
@@ -190,6 +194,10 @@ class TeacherLabelled(Adam):
                 x = x + self.noise * torch.randn_like(x)
             if augment is not None:
                 x = augment(x)
+            if self.mixup:
+                m = torch.distributions.Beta(self.mixup, self.mixup).sample((x.shape[0],)).to(x)
+                m = m.view(-1, *([1] * (x.dim() - 1)))
+                x = m * x + (1 - m) * x[torch.randperm(x.shape[0], device=x.device)]
             with torch.no_grad():
                 soft = (teacher(x) / self.temperature).softmax(dim=1)
             optimizer.zero_grad()

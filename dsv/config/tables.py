@@ -83,6 +83,10 @@ class SynthesisConfig:
     augmentations: list[PluginSpec] = attrs.field(factory=_default_augmentations)
     init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
     resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
+    # the model sees candidates of a resolution stage below its input size upsampled (bilinear) to
+    # it, instead of at their own size: coarse-to-fine synthesis for a model of one input size (a
+    # ConvNet with a fixed head); the last stage must then be the model's input size
+    upsample: bool = False
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
     # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups

@@ -143,7 +143,7 @@ def build_run(
     model = module.to(device).eval()
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
-    _check_resolutions(model, s, spec.channels, device, source)  # before any term hooks into the model
+    _check_resolutions(model, s, spec, device, source)  # before any term hooks into the model
     for p in model.parameters():
         p.requires_grad_(False)  # theta is frozen; a stationarity term re-enables its own subset
     for key, named in (("losses", losses), ("priors", priors)):
@@ -179,6 +179,7 @@ def build_run(
         record_every=s.record_every,
         checkpoint_every=s.checkpoint_every,
         resolutions=[(start, size) for start, size in s.resolutions],  # pairs: _check_resolutions unpacked each
+        model_size=spec.size if s.upsample else None,
         hooks=plugins,
         plugin_options=(
             dict(plugin_options)
@@ -214,8 +215,25 @@ class DomainPenalty:
         return kkt.range_excess(x, self.low, self.high)
 
 
-def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, channels: int, device, source: str) -> None:
-    """Every size of the schedule must fit the model: say so now, not mid-run."""
+def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, spec: InputSpec, device, source: str) -> None:
+    """Every size of the schedule must fit the model: say so now, not mid-run. With ``upsample``
+    the model sees its own input size only: no stage may exceed it, and the last must reach it."""
+    if s.upsample:
+        if not s.resolutions:
+            raise ConfigError(f"{source}: synthesis.upsample needs synthesis.resolutions (coarse stages to upsample)")
+        for i, (_, size) in enumerate(s.resolutions):
+            if size > spec.size:
+                raise ConfigError(
+                    f"{source}: synthesis.resolutions[{i}]: size {size} exceeds the model's input size {spec.size} "
+                    "(synthesis.upsample is on)"
+                )
+        if s.resolutions[-1][1] != spec.size:
+            raise ConfigError(
+                f"{source}: synthesis.resolutions: the last stage is {s.resolutions[-1][1]} px; with "
+                f"synthesis.upsample it must be the model's input size, {spec.size}"
+            )
+        return
+    channels = spec.channels
     for i, (_, size) in enumerate(s.resolutions):
         try:
             with torch.no_grad():

@@ -49,6 +49,9 @@ class SynthesisRun:
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end (and on SIGINT/SIGTERM)
     resolutions: list[tuple[int, int]] = attrs.field(factory=list)  # (from iteration, size)
+    # synthesis.upsample: the model's input size, to which smaller candidates are upsampled before
+    # the model sees them (None: the model sees the candidates at their own size)
+    model_size: int | None = None
     store: Any = None  # dsv.store.RunStore or None
     hooks: Any = None  # dsv.plugins.DsvPluginManager or None
     # the [plugins.<name>] options objects the lifecycle hooks read (name -> object)
@@ -121,6 +124,13 @@ class SynthesisRun:
     def labels(self) -> Tensor:
         return self.targets.argmax(dim=1)
 
+    def model_input(self, x: Tensor) -> Tensor:
+        """What the model sees of candidates ``x``: ``x`` itself, or with ``model_size`` set and a
+        smaller resolution stage, ``x`` upsampled (bilinear) to the model's input size."""
+        if self.model_size is None or tuple(x.shape[-2:]) == (self.model_size, self.model_size):
+            return x
+        return F.interpolate(x, size=(self.model_size, self.model_size), mode="bilinear", align_corners=False)
+
     def batch(self, inputs: Tensor) -> kkt.KKTBatch:
         logits = self.model(inputs)
         return kkt.KKTBatch(self.model, inputs, logits, self.targets, self.lambdas, self.alive)
@@ -140,13 +150,14 @@ class SynthesisRun:
         # the clean forward is skipped when every loss term is evaluated on augmented copies only
         # (DeepInversion's recipe: one forward per step); the metrics then come from those copies
         needs_clean = not self.augmentations or any(getattr(term, "clean", True) for _, term in self.losses)
-        clean = self.batch(self.x) if needs_clean else None
+        shown = self.model_input(self.x)
+        clean = self.batch(shown) if needs_clean else None
         for name, term in self.losses:
             if clean is None or not getattr(term, "clean", True):
                 continue
             values[name] = term(clean)
             total = total + term.weight * values[name]
-        augmented = self.x
+        augmented = shown
         if self.augmentations:
             for aug in self.augmentations:
                 augmented = aug(augmented)
@@ -253,7 +264,7 @@ class SynthesisRun:
     # ---- final figures ---------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        clean = self.batch(self.x.detach())
+        clean = self.batch(self.model_input(self.x.detach()))
         with torch.no_grad():
             right = (~kkt.misclassified(clean.logits, self.targets)) & self.alive
         out: dict[str, Any] = {
