@@ -198,50 +198,28 @@ def test_plugins_command_lists_names_by_kind(capsys):
     assert any(line.startswith("dsv.builtin.losses") for line in lines)
 
 
-def test_a_resolution_the_model_cannot_take_is_a_config_error_before_the_run(e2e, tmp_path):
-    from torch import nn
-
-    from dsv.errors import ConfigError
-    from dsv.pipeline import Pipeline
-    from dsv.plugins import InputSpec, LoadedModel
-    from dsv.stages.synthesize import group_run
-
-    pipeline = Pipeline.from_toml(
-        e2e["pipeline"],
-        store=str(tmp_path / "r.zarr"),
-        progress=False,
-        overrides=["synthesis.resolutions=[[1, 8], [5, 12]]"],
-    )
-    fixed = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # takes 8x8 inputs only
-    spec = InputSpec(1, 8, (0.0,), (1.0,), [str(i) for i in range(10)])
-    pipeline.context.model = LoadedModel(fixed, spec)
-    with pytest.raises(ConfigError, match=r"synthesis\.resolutions\[1\]: the model does not take 12x12 inputs"):
-        group_run(pipeline.context, 0)
-    assert not (tmp_path / "r.zarr").exists()
-
-
 @pytest.mark.parametrize(
-    "overrides, message",
+    "size, overrides, message",
     [
-        (["synthesis.upsample=true"], r"synthesis\.upsample needs synthesis\.resolutions"),
+        (8, ["synthesis.resolutions=[[1, 8], [5, 12]]"], r"synthesis\.resolutions\[1\]: the model does not take 12x12"),
+        (8, ["synthesis.upsample=true"], r"synthesis\.upsample needs synthesis\.resolutions"),
         (
+            8,
             ["synthesis.upsample=true", "synthesis.resolutions=[[1, 8], [5, 12]]"],
             r"synthesis\.resolutions\[1\]: size 12 exceeds the model's input size 8",
         ),
+        (
+            16,
+            ["synthesis.upsample=true", "synthesis.resolutions=[[1, 8]]"],
+            r"the last stage is 8 px; with synthesis\.upsample it must be the model's input size, 16",
+        ),
     ],
 )
-def test_upsample_schedules_that_cannot_end_at_the_model_size_are_config_errors(e2e, tmp_path, overrides, message):
-    from dsv.errors import ConfigError
-    from dsv.pipeline import Pipeline
-    from dsv.stages.synthesize import group_run
-
-    pipeline = Pipeline.from_toml(e2e["pipeline"], store=str(tmp_path / "r.zarr"), progress=False, overrides=overrides)
-    with pytest.raises(ConfigError, match=message):
-        group_run(pipeline.context, 0)
-    assert not (tmp_path / "r.zarr").exists()
-
-
-def test_upsample_schedule_must_end_at_the_model_size(e2e, tmp_path):
+def test_a_resolution_schedule_the_model_cannot_take_is_a_config_error_before_the_run(
+    e2e, tmp_path, size, overrides, message
+):
+    """A fixed-size model (a flattening head): a stage it cannot take, or with upsample one above
+    its size or a schedule that does not end at it, stops the run before the store exists."""
     from torch import nn
 
     from dsv.errors import ConfigError
@@ -249,15 +227,10 @@ def test_upsample_schedule_must_end_at_the_model_size(e2e, tmp_path):
     from dsv.plugins import InputSpec, LoadedModel
     from dsv.stages.synthesize import group_run
 
-    pipeline = Pipeline.from_toml(
-        e2e["pipeline"],
-        store=str(tmp_path / "r.zarr"),
-        progress=False,
-        overrides=["synthesis.upsample=true", "synthesis.resolutions=[[1, 8]]"],
-    )
-    fixed = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))  # takes 16x16 inputs only
-    spec = InputSpec(1, 16, (0.0,), (1.0,), [str(i) for i in range(10)])
+    pipeline = Pipeline.from_toml(e2e["pipeline"], store=str(tmp_path / "r.zarr"), progress=False, overrides=overrides)
+    fixed = nn.Sequential(nn.Flatten(), nn.Linear(size * size, 10))  # takes size x size inputs only
+    spec = InputSpec(1, size, (0.0,), (1.0,), [str(i) for i in range(10)])
     pipeline.context.model = LoadedModel(fixed, spec)
-    with pytest.raises(ConfigError, match=r"the last stage is 8 px; with synthesis\.upsample it must be .* 16"):
+    with pytest.raises(ConfigError, match=message):
         group_run(pipeline.context, 0)
     assert not (tmp_path / "r.zarr").exists()
