@@ -122,7 +122,8 @@ def quick_schedule(resolutions: list[list[int]]) -> list[list[int]]:
     iteration (still after the stage before it)."""
     out: list[list[int]] = []
     for start, size in resolutions:
-        start = max(start // 5, 1, out[-1][0] + 1 if out else 0) if start > 1 else start
+        if start > 1:
+            start = max(start // 5, out[-1][0] + 1 if out else 1)
         out.append([start, size])
     return out
 

@@ -89,6 +89,7 @@ CASES = [
     ("resolution_order", with_keys(synthesis__resolutions=[[10, 16], [5, 12]]), [], "synthesis.resolutions[1]"),
     ("resolution_repeated", with_keys(synthesis__resolutions=[[0, 8], [0, 12]]), [], "synthesis.resolutions[1]"),
     ("resolution_shape", with_keys(synthesis__resolutions=[[0, 16, 3]]), [], "synthesis.resolutions[0]"),
+    ("upsample_alone", with_keys(synthesis__upsample=True), [], "synthesis.upsample: needs synthesis.resolutions"),
     ("lr_zero", with_keys(synthesis__lr_x=0.0), [], "synthesis.lr_x"),
     ("lr_nan", with_keys(synthesis__lr_lambda=float("nan")), [], "synthesis.lr_lambda"),
     ("lambda_init_negative", with_keys(synthesis__lambda_init=-1.0), [], "synthesis.lambda_init"),

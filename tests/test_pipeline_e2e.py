@@ -202,7 +202,6 @@ def test_plugins_command_lists_names_by_kind(capsys):
     "size, overrides, message",
     [
         (8, ["synthesis.resolutions=[[1, 8], [5, 12]]"], r"synthesis\.resolutions\[1\]: the model does not take 12x12"),
-        (8, ["synthesis.upsample=true"], r"synthesis\.upsample needs synthesis\.resolutions"),
         (
             8,
             ["synthesis.upsample=true", "synthesis.resolutions=[[1, 8], [5, 12]]"],
@@ -219,7 +218,8 @@ def test_a_resolution_schedule_the_model_cannot_take_is_a_config_error_before_th
     e2e, tmp_path, size, overrides, message
 ):
     """A fixed-size model (a flattening head): a stage it cannot take, or with upsample one above
-    its size or a schedule that does not end at it, stops the run before the store exists."""
+    its size or a schedule that does not end at it, stops the run before the store exists (upsample
+    without a schedule is refused with the file: tests/test_bad_input.py)."""
     from torch import nn
 
     from dsv.errors import ConfigError

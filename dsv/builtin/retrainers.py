@@ -187,6 +187,7 @@ class TeacherLabelled(Adam):
         # augment(x) and the bare model: augment once, and show both networks the same batch
         augment = getattr(model, "augment", None)
         student = model.model if augment is not None else model
+        mixing = torch.distributions.Beta(self.mixup, self.mixup) if self.mixup else None
 
         def step(_engine, batch):
             x = batch[0].to(device).repeat(self.copies, 1, 1, 1)
@@ -194,8 +195,8 @@ class TeacherLabelled(Adam):
                 x = x + self.noise * torch.randn_like(x)
             if augment is not None:
                 x = augment(x)
-            if self.mixup:
-                m = torch.distributions.Beta(self.mixup, self.mixup).sample((x.shape[0],)).to(x)
+            if mixing is not None:
+                m = mixing.sample((x.shape[0],)).to(x)
                 m = m.view(-1, *([1] * (x.dim() - 1)))
                 x = m * x + (1 - m) * x[torch.randperm(x.shape[0], device=x.device)]
             with torch.no_grad():

@@ -178,6 +178,8 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
             )
         else:
             previous = pair[0]
+    if s.upsample and not s.resolutions:
+        problems.append("synthesis.upsample: needs synthesis.resolutions (coarse stages to upsample)")
     if s.keep_per_class < 0 or s.keep_per_class > s.candidates_per_class:
         problems.append(
             f"synthesis.keep_per_class: must be from 0 (all) to candidates_per_class ({s.candidates_per_class}), "

@@ -218,9 +218,7 @@ class DomainPenalty:
 def _check_resolutions(model: torch.nn.Module, s: cfg.SynthesisConfig, spec: InputSpec, device, source: str) -> None:
     """Every size of the schedule must fit the model: say so now, not mid-run. With ``upsample``
     the model sees its own input size only: no stage may exceed it, and the last must reach it."""
-    if s.upsample:
-        if not s.resolutions:
-            raise ConfigError(f"{source}: synthesis.upsample needs synthesis.resolutions (coarse stages to upsample)")
+    if s.upsample:  # check_synthesis refused it without a schedule
         for i, (_, size) in enumerate(s.resolutions):
             if size > spec.size:
                 raise ConfigError(
