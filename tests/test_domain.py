@@ -189,3 +189,22 @@ def test_the_convnet_without_normalization_gets_stationarity_over_every_paramete
     assert isinstance(batch.features[1], torch.nn.BatchNorm2d) and not batch.training
     with pytest.raises(ValueError, match="norm: expected one of 'instance', 'batch', 'none', got 'layer'"):
         models.get("convnet")(ModelRequest(data=digits_bundle), norm="layer")
+
+
+def test_the_noise_initializer_centres_on_the_domain_or_on_the_mean_it_is_given():
+    from dsv.builtin.initializers import DOMAIN_STD, NoiseInit
+    from dsv.plugins import InitContext, InputSpec
+
+    spec = InputSpec(1, 8, (0.0,), (1.0,), [str(c) for c in range(10)], low=(-1.0,), high=(3.0,))
+
+    def draw(**options):
+        context = InitContext(torch.Generator().manual_seed(0), spec)
+        x = NoiseInit(**options)((500, 1, 8, 8), torch.zeros(500), context)
+        return float(x.mean()), float(x.std())
+
+    mean, std = draw()
+    assert abs(mean - 1.0) < 0.02 and abs(std - DOMAIN_STD * 4.0) < 0.02  # the domain's centre, 0.3 of its width
+    mean, std = draw(mean=-1.0)  # e.g. a dark background: the domain's low end, the same spread
+    assert abs(mean + 1.0) < 0.02 and abs(std - DOMAIN_STD * 4.0) < 0.02
+    mean, std = draw(mean=2.0, std=0.5)
+    assert abs(mean - 2.0) < 0.01 and abs(std - 0.5) < 0.01

@@ -24,10 +24,12 @@ class NoiseInit:
     N(0, std^2). Not given: from the input domain when the model's spec knows it, centred in it
     with a std of ``DOMAIN_STD`` times its width per channel (benchmarks/input_domain.py: noise
     at the data's scale, then kept in the domain, beat std-1 noise on a digits MLP); N(0, 1)
-    otherwise. ``shared``: one noise image for every candidate (an interpolation strip then differs
-    by its targets only)."""
+    otherwise. ``mean``: the noise's mean in model input units instead (e.g. the domain's low end,
+    a dark background). ``shared``: one noise image for every candidate (an interpolation strip
+    then differs by its targets only)."""
 
     std: float | None = None
+    mean: float | None = None
     shared: bool = False
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
@@ -39,6 +41,10 @@ class NoiseInit:
         else:
             low, high = (torch.tensor(v, dtype=noise.dtype).view(1, -1, 1, 1) for v in domain)
             noise = (low + high) / 2 + noise * DOMAIN_STD * (high - low)
+            if self.mean is not None:
+                noise = noise - (low + high) / 2
+        if self.mean is not None:
+            noise = noise + self.mean
         return noise.expand(shape).clone() if self.shared else noise
 
 
