@@ -208,3 +208,20 @@ def test_the_noise_initializer_centres_on_the_domain_or_on_the_mean_it_is_given(
     assert abs(mean + 1.0) < 0.02 and abs(std - DOMAIN_STD * 4.0) < 0.02
     mean, std = draw(mean=2.0, std=0.5)
     assert abs(mean - 2.0) < 0.01 and abs(std - 0.5) < 0.01
+
+
+def test_coloured_noise_has_the_neighbour_correlation_of_its_falloff():
+    from dsv.builtin.initializers import NoiseInit
+    from dsv.plugins import InitContext
+
+    def neighbours(falloff):
+        context = InitContext(torch.Generator().manual_seed(0), None)
+        x = NoiseInit(std=1.0, falloff=falloff)((200, 1, 8, 8), torch.zeros(200), context)
+        pairs = torch.stack([x[..., :, :-1].flatten(), x[..., :, 1:].flatten()])
+        return float(torch.corrcoef(pairs)[0, 1]), float(x.std())
+
+    (white, _), (pink, pink_std), (red, _) = neighbours(0.0), neighbours(1.0), neighbours(2.0)
+    assert abs(white) < 0.05 < 0.3 < pink < red  # smoother the steeper the falloff
+    assert abs(pink_std - 1.0) < 0.02  # standardized, then scaled by std
+    with pytest.raises(ValueError):
+        NoiseInit(falloff=-1.0)

@@ -18,6 +18,18 @@ from dsv.plugins import InitContext, get_plugin_manager, hookimpl
 DOMAIN_STD = 0.3
 
 
+def coloured(noise: Tensor, falloff: float) -> Tensor:
+    """White noise (N, C, H, W) shaped to an amplitude spectrum ``1 / f ** falloff`` (f in cycles
+    per pixel, the lowest nonzero frequency standing in for 0), then standardized per image and
+    channel."""
+    h, w = noise.shape[-2:]
+    fy, fx = torch.fft.fftfreq(h).view(-1, 1), torch.fft.rfftfreq(w).view(1, -1)
+    f = (fy**2 + fx**2).sqrt().clamp_min(1.0 / max(h, w))
+    shaped = torch.fft.irfft2(torch.fft.rfft2(noise) / f**falloff, s=(h, w))
+    shaped = shaped - shaped.mean(dim=(-2, -1), keepdim=True)
+    return shaped / shaped.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
 @attrs.define(kw_only=True)
 class NoiseInit:
     """Gaussian noise in model input space (Algorithm 1: "initialized from noise"). ``std`` given:
@@ -25,16 +37,21 @@ class NoiseInit:
     with a std of ``DOMAIN_STD`` times its width per channel (benchmarks/input_domain.py: noise
     at the data's scale, then kept in the domain, beat std-1 noise on a digits MLP); N(0, 1)
     otherwise. ``mean``: the noise's mean in model input units instead (e.g. the domain's low end,
-    a dark background). ``shared``: one noise image for every candidate (an interpolation strip
-    then differs by its targets only)."""
+    a dark background). ``falloff``: coloured noise, amplitude spectrum ``1 / f ** falloff`` (0:
+    white; 1: the falloff of natural images), each image rescaled to zero mean and unit std first.
+    ``shared``: one noise image for every candidate (an interpolation strip then differs by its
+    targets only)."""
 
     std: float | None = None
     mean: float | None = None
+    falloff: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     shared: bool = False
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
         draw = (1, *shape[1:]) if self.shared else shape
         noise = torch.randn(draw, generator=context.generator)
+        if self.falloff > 0:
+            noise = coloured(noise, self.falloff)
         domain = getattr(context.spec, "domain", None)
         if self.std is not None or domain is None:
             noise = noise * (1.0 if self.std is None else self.std)
