@@ -54,14 +54,11 @@ class NoiseInit:
             noise = coloured(noise, self.falloff)
         domain = getattr(context.spec, "domain", None)
         if self.std is not None or domain is None:
-            noise = noise * (1.0 if self.std is None else self.std)
+            noise, centre = noise * (1.0 if self.std is None else self.std), 0.0
         else:
             low, high = (torch.tensor(v, dtype=noise.dtype).view(1, -1, 1, 1) for v in domain)
-            noise = (low + high) / 2 + noise * DOMAIN_STD * (high - low)
-            if self.mean is not None:
-                noise = noise - (low + high) / 2
-        if self.mean is not None:
-            noise = noise + self.mean
+            noise, centre = noise * DOMAIN_STD * (high - low), (low + high) / 2
+        noise = (centre if self.mean is None else self.mean) + noise
         return noise.expand(shape).clone() if self.shared else noise
 
 
