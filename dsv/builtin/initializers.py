@@ -53,6 +53,7 @@ class NoiseInit:
         if self.falloff > 0:
             noise = coloured(noise, self.falloff)
         domain = getattr(context.spec, "domain", None)
+        centre: float | Tensor
         if self.std is not None or domain is None:
             noise, centre = noise * (1.0 if self.std is None else self.std), 0.0
         else:
