@@ -1,5 +1,15 @@
 """The core tables of a pipeline file: ``[run]``, ``[data]``, ``[model]``, ``[synthesis]``,
-``[logging]``, with their range checks. Each stage owns its own table (see :mod:`dsv.stages`)."""
+``[logging]``, with their range checks. Each stage owns its own table (see :mod:`dsv.stages`).
+
+Every key of a table (here, in a stage's table and in a plugin's options class) is documented by
+``#:`` comment lines directly above its field, as Sphinx reads them::
+
+    #: the learning rate of x (Adam)
+    lr_x: float = 0.05
+
+The configuration reference (``dsv.config.reference``, docs/reference/config.md) is generated
+from these comments, and a key without one fails the tests. Plain ``#`` comments stay notes for
+the reader of the code only."""
 
 from __future__ import annotations
 
@@ -24,28 +34,44 @@ Target = Union[int, dict[str, float]]  # noqa: UP007 (cattrs keys its structure 
 
 @attrs.define(kw_only=True)
 class RunConfig:
+    #: the run's name; the default store is ``stores/<name>.zarr``
     name: str = "run"
+    #: seed of every random draw (torch, numpy, Python); each group's is derived from it
     seed: int = 0
+    #: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:<n>``
     device: str = "auto"
-    store: str = ""  # default: stores/<name>.zarr
+    #: the run store's path; empty: ``stores/<name>.zarr``
+    store: str = ""
+    #: the stages to run, in order (``train``, ``synthesize``, ``select``, ``retrain``,
+    #: ``evaluate``, ``analyse``, ``interpolate``, ``edit``, ``export``, ``report``, or a plugin's)
     stages: list[str] = attrs.field(factory=lambda: list(DEFAULT_STAGES))
 
 
 @attrs.define(kw_only=True)
 class DataConfig:
+    #: the data set (``fashion-mnist``, ``digits``, ``cifar10``, ``cifar100``, ``svhn``,
+    #: ``imagefolder``, or a plugin's; ``dsv-pipeline plugins`` lists them)
     name: str
+    #: where the data set's files are; empty: the data set's default place
     root: str = ""
+    #: let torchvision download the data set when it is not found
     download: bool = False
+    #: options of the data set (see its entry under "Built-in plugins")
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.define(kw_only=True)
 class ModelConfig:
+    #: the model source (``convnet``, ``mlp``, ``efficientnet-lite0``, ``efficientnet-lite2``,
+    #: ``torchvision:<name>``, ``timm:<name>``, ``module:package.module:factory``, or a plugin's)
     source: str
+    #: a local weights file (``.safetensors``, or a torch state dict loaded with
+    #: ``weights_only=True``); empty: the source's own weights, or the train stage's
     weights_path: str = ""
+    #: options of the model source (e.g. ``width`` and ``depth`` of ``mlp``)
     options: dict[str, Any] = attrs.field(factory=dict)
-    # the input domain in model input units, [low, high] (numbers, or one list per side with a
-    # value per channel); empty: the model source's (derived from its data's pixel range)
+    #: the input domain in model input units, ``[low, high]`` (numbers, or one list per side with a
+    #: value per channel); empty: the model source's (derived from its data's pixel range)
     input_range: list[Any] = attrs.field(factory=list)
 
 
@@ -64,42 +90,69 @@ def _default_augmentations() -> list[PluginSpec]:
 
 @attrs.define(kw_only=True)
 class SynthesisConfig:
+    #: optimization steps over the candidates and their multipliers
     iterations: int = 300
+    #: candidates synthesized for each target
     candidates_per_class: int = 1
-    classes: list[int] = attrs.field(factory=list)  # empty: every class of the model
-    targets: list[Target] = attrs.field(factory=list)  # explicit targets; overrides classes
+    #: the target classes; empty: every class of the model
+    classes: list[int] = attrs.field(factory=list)
+    #: explicit targets, each a class index or a mixture ``{ 207 = 0.4, 417 = 0.6 }`` (soft
+    #: label); overrides ``classes``
+    targets: list[Target] = attrs.field(factory=list)
+    #: the learning rate of x (Adam)
     lr_x: float = 0.05
-    # the learning rate of x over each stage of `resolutions` (the whole run without one):
-    # "constant", or "cosine" decay to 0 (DeepInversion), after lr_warmup iterations of linear warm-up
+    #: the learning rate of x over each stage of ``resolutions`` (the whole run without one):
+    #: ``constant``, or ``cosine`` decay to 0 (DeepInversion), after ``lr_warmup`` iterations of
+    #: linear warm-up
     lr_schedule: str = "constant"
+    #: iterations of linear warm-up of the learning rate at the start of each stage
     lr_warmup: int = 0
-    betas_x: list[float] = attrs.field(factory=lambda: [0.9, 0.999])  # Adam's betas for x (DeepInversion: 0.5, 0.9)
+    #: Adam's betas for x (DeepInversion: 0.5, 0.9)
+    betas_x: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
+    #: the learning rate of the multipliers lambda
     lr_lambda: float = 0.01
+    #: every candidate's lambda at the start
     lambda_init: float = 1.0
-    lambda_warmup: int = 100  # hold lambda while x leaves the noise (else lambda is pruned at once)
-    augmented_weight: float = 1.0  # eta of Algorithm 1: weight of the KKT terms on A(x)
+    #: iterations lambda is held while x leaves the noise (else lambda is pruned at once)
+    lambda_warmup: int = 100
+    #: eta of Algorithm 1: the weight of the KKT terms on the augmented copies A(x)
+    augmented_weight: float = 1.0
+    #: the loss terms (``primal``, ``stationarity``, ``cross_entropy``, ``boundary``, or a
+    #: plugin's), each ``{ name = ..., <options> }``
     losses: list[PluginSpec] = attrs.field(factory=_default_losses)
+    #: the image priors (``tv``, ``norm``, ``range``, or a plugin's such as ``bn_stats``), each
+    #: ``{ name = ..., weight = ..., <options> }``
     priors: list[PluginSpec] = attrs.field(factory=list)
+    #: the augmentations A(x) the KKT terms are taken on again (``[]``: none, one forward per step)
     augmentations: list[PluginSpec] = attrs.field(factory=_default_augmentations)
+    #: how the candidates start (``noise``, ``real``, ``other``, ``image``, or a plugin's)
     init: PluginSpec = attrs.field(factory=lambda: PluginSpec(name="noise"))
-    resolutions: list[list[int]] = attrs.field(factory=list)  # [[from_iteration, size], ...]
-    # the model sees candidates of a resolution stage below its input size upsampled (bilinear) to
-    # it, instead of at their own size: coarse-to-fine synthesis for a model of one input size (a
-    # ConvNet with a fixed head); the last stage must then be the model's input size
+    #: the resolution schedule, ``[[from_iteration, size], ...]`` by increasing iteration;
+    #: empty: the model's input size throughout
+    resolutions: list[list[int]] = attrs.field(factory=list)
+    #: the model sees candidates of a resolution stage below its input size upsampled (bilinear) to
+    #: it, instead of at their own size: coarse-to-fine synthesis for a model of one input size (a
+    #: ConvNet with a fixed head); the last stage must then be the model's input size
     upsample: bool = False
+    #: a history row every this many iterations
     record_every: int = 1
-    checkpoint_every: int = 50  # 0: only at the end and on SIGINT/SIGTERM
-    # candidates split into this many groups, optimized apart (dsv.synthesis.groups); ranks share groups
+    #: a checkpoint every this many iterations; 0: only at the end and on SIGINT/SIGTERM
+    checkpoint_every: int = 50
+    #: candidates split into this many groups, optimized apart (dsv.synthesis.groups); the
+    #: processes of a run share the groups
     groups: int = 1
-    # keep the candidates inside the model's input domain (when known): "clamp" projects them after
-    # every step, "penalty" adds domain_weight * the mean squared excess, "none" lets them roam
+    #: keep the candidates inside the model's input domain (when known): ``clamp`` projects them
+    #: after every step, ``penalty`` adds ``domain_weight`` times the mean squared excess, ``none``
+    #: lets them roam
     domain: str = "clamp"
+    #: the weight of the domain penalty (with ``domain = "penalty"``)
     domain_weight: float = 10.0
-    # candidate pools: of the candidates_per_class candidates of each class, the keep_per_class with
-    # the largest lambda (alive first) are the DSVs the retrain stage and benchmarks use (0: all)
+    #: candidate pools: of the ``candidates_per_class`` candidates of each class, the
+    #: ``keep_per_class`` with the largest lambda (alive first) are the DSVs the retrain stage and
+    #: benchmarks use (0: all)
     keep_per_class: int = 0
-    # the model's convolution weights in channels_last memory format: faster convolutions on CPU
-    # (benchmarks/imagenet_gen.py --speed); the numerics change slightly, so it counts in the config
+    #: the model's convolution weights in channels_last memory format: faster convolutions on CPU
+    #: (benchmarks/imagenet_gen.py --speed); the numerics change slightly, so it counts in the config
     channels_last: bool = False
 
 
@@ -107,9 +160,12 @@ class SynthesisConfig:
 class LoggingConfig:
     """Where a synthesis is logged besides the store (``pip install dsv[tensorboard]``)."""
 
-    tensorboard: str = ""  # log directory; "" for none
-    scalars_every: int = 1  # every loss term, entropy, accuracy, alive count, mean lambda
-    images_every: int = 50  # grid of the candidates; 0 for none
+    #: TensorBoard log directory; empty for none
+    tensorboard: str = ""
+    #: every loss term, entropy, accuracy, alive count and mean lambda every this many iterations
+    scalars_every: int = 1
+    #: a grid of the candidates every this many iterations; 0 for none
+    images_every: int = 50
 
 
 @attrs.define(kw_only=True)
