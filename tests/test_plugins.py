@@ -29,7 +29,15 @@ BUILTIN_NAMES = {
     "augmentations": {"flip", "translate", "crop", "cutout", "noise"},
     "initializers": {"noise", "real"},
     "retrainers": {"adam", "sgd"},
-    "models": {"convnet", "efficientnet-lite0", "efficientnet-lite2", "torchvision:", "timm:", "module:"},
+    "models": {
+        "convnet",
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+        "torchvision:",
+        "timm:",
+        "module:",
+    },
     "datasets": {"fashion-mnist", "digits", "cifar10", "cifar100", "svhn", "imagefolder"},
     "stages": {
         "train",

@@ -1,4 +1,4 @@
-"""Built-in model sources: convnet, mlp, efficientnet-lite0/lite2, torchvision:<name>, timm:<name>,
+"""Built-in model sources: convnet, mlp, efficientnet-lite0/lite1/lite2, torchvision:<name>, timm:<name>,
 module:<path>.
 
 A model source returns a :class:`LoadedModel`: the module (eval mode) and the :class:`InputSpec`
@@ -282,6 +282,7 @@ def dsv_register_models(registry):
     registry.add("convnet", convnet)
     registry.add("mlp", mlp)
     registry.add("efficientnet-lite0", _efficientnet_lite("lite0", 224))
+    registry.add("efficientnet-lite1", _efficientnet_lite("lite1", 240))
     registry.add("efficientnet-lite2", _efficientnet_lite("lite2", 260))
     registry.add("torchvision:", torchvision_model)
     registry.add("timm:", timm_model)
