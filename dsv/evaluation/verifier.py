@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dsv.plugins import LoadedModel, normalize
+from dsv.plugins import InputSpec, LoadedModel, normalize
 
 
 @torch.no_grad()
@@ -28,17 +28,22 @@ def verifier_probabilities(
 ) -> torch.Tensor:
     """Softmax of ``verifier`` on model-space candidates ``x`` (N, C, H, W) normalized by ``mean``/``std``."""
     module = verifier.module.to(device).eval()
-    spec = verifier.spec
     pixel_mean, pixel_std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
     out = []
     for start in range(0, len(x), batch_size):
         images = (torch.from_numpy(np.asarray(x[start : start + batch_size])) * pixel_std + pixel_mean).clamp(0, 1)
-        if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
-            images = F.interpolate(
-                images, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True
-            )
-        out.append(module(normalize(images, spec.mean, spec.std).to(device)).softmax(dim=1).cpu())
+        out.append(module(verifier_inputs(images, verifier.spec).to(device)).softmax(dim=1).cpu())
     return torch.cat(out)
+
+
+def verifier_inputs(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Images in [0, 1] (N, C, H, W) as a verifier of ``spec`` takes them: resized (bilinear,
+    antialiased) to its input size and normalized for it."""
+    if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
+        images = F.interpolate(
+            images, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True
+        )
+    return normalize(images, spec.mean, spec.std)
 
 
 def score(probabilities: torch.Tensor, targets: np.ndarray, classes: list[str]) -> dict[str, Any]:
