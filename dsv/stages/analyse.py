@@ -22,8 +22,13 @@ from dsv.store import RunStore
 class AnalyseConfig:
     """Entropy over the synthesis, per-class sum of lambda against class-wise test accuracy."""
 
-    lambda_source: str = "auto"  # "select", "synthesis", or "auto" (select's when it ran)
-    entropy_png: str = "entropy.png"  # written inside the run store; "" for none
+    #: whose multipliers are summed per class: ``select``'s (real samples), ``synthesis``'s (the
+    #: candidates), or ``auto`` (select's when it ran)
+    lambda_source: str = "auto"
+    #: plot of the mean entropy over the synthesis, written inside the run store; empty for none
+    entropy_png: str = "entropy.png"
+    #: plot of each class's sum of lambda against its test accuracy (with Pearson's rho), written
+    #: inside the run store; empty for none
     lambda_png: str = "lambda_accuracy.png"
 
 

@@ -25,7 +25,9 @@ from dsv.store.export import save_rows, to_images
 
 @attrs.define(kw_only=True)
 class EditSpec:
-    image: str  # a PNG or JPEG file; read, never written
+    #: a PNG or JPEG file to start from; read, never written
+    image: str
+    #: the class to edit it towards
     target: int
 
 
@@ -33,10 +35,15 @@ class EditSpec:
 class EditConfig:
     """Class edits of given images: start from the image, synthesize towards another class."""
 
+    #: the edits, each ``{ image = "file.png", target = <class index> }``
     edits: list[EditSpec]
-    iterations: int = 0  # 0: synthesis.iterations
-    size: int = 0  # working resolution; 0: the model's input size (the resolution schedule is not used)
-    lr_x: float = 0.0  # 0: synthesis.lr_x
+    #: iterations of each edit; 0: ``synthesis.iterations``
+    iterations: int = 0
+    #: working resolution; 0: the model's input size (the resolution schedule is not used)
+    size: int = 0
+    #: the learning rate of x; 0: ``synthesis.lr_x``
+    lr_x: float = 0.0
+    #: the strip of each image and its edit, written inside the run store
     png: str = "edits.png"
 
 

@@ -25,9 +25,13 @@ RESULT_KEY = "verifier"
 class EvaluateConfig:
     """The independent classifier that checks the generated images (a model source, as [model])."""
 
+    #: the verifier's model source (as ``model.source``), independent of the model synthesized from
     model: str = "efficientnet-lite2"
+    #: its weights file (as ``model.weights_path``); empty: the source's own
     weights_path: str = ""
+    #: options of its model source (as ``model.options``)
     options: dict[str, Any] = attrs.field(factory=dict)
+    #: candidates per forward pass of the verifier
     batch_size: int = 16
 
 

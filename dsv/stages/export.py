@@ -15,7 +15,10 @@ from dsv.store.export import save_grid, save_npz
 
 @attrs.define(kw_only=True)
 class ExportConfig:
-    png: str = "grid.png"  # written inside the run store; "" for none
+    #: the labelled grid of the candidates, written inside the run store; empty for none
+    png: str = "grid.png"
+    #: the candidates, targets, lambdas and alive flags as NPZ, written inside the run store;
+    #: empty for none
     npz: str = ""
 
 

@@ -25,10 +25,15 @@ class InterpolateConfig:
     """A strip from class ``from_class`` to ``to_class``: targets ``(1 - d) y_a + d y_b`` for
     ``steps`` values of ``d`` from 0 to 1."""
 
+    #: the class at d = 0
     from_class: int
+    #: the class at d = 1
     to_class: int
+    #: images in the strip, both ends included
     steps: int = 5
-    iterations: int = 0  # 0: synthesis.iterations
+    #: iterations of each image; 0: ``synthesis.iterations``
+    iterations: int = 0
+    #: the strip, written inside the run store
     png: str = "interpolation.png"
 
 

@@ -16,7 +16,8 @@ from dsv.store.report import write_report
 
 @attrs.define(kw_only=True)
 class ReportConfig:
-    html: str = "report.html"  # written inside the run store
+    #: the report's file name, written inside the run store
+    html: str = "report.html"
 
 
 def run(context: StageContext, store: RunStore | None) -> list[Path]:

@@ -27,14 +27,21 @@ WEIGHTS_PREFIX = "retrained-"
 class RetrainConfig:
     """Train fresh models (the [model] source with new weights) on a DSV set or on a coreset."""
 
+    #: how each fresh model is trained (``adam``, ``sgd``, ``sam``, ``teacher``, or a plugin's)
     retrainer: cfg.PluginSpec = attrs.field(
         factory=lambda: cfg.PluginSpec(name="adam", options={"epochs": 300, "batch_size": 256, "lr": 1e-3})
     )
-    source: str = "candidates"  # "candidates" (the synthesized DSVs) or "coreset" (the select stage's)
-    top_k: int = 0  # with source = "coreset": which exported size (0: the largest)
+    #: what the models train on: ``candidates`` (the synthesized DSVs) or ``coreset`` (the select
+    #: stage's)
+    source: str = "candidates"
+    #: with ``source = "coreset"``: which exported size (0: the largest)
+    top_k: int = 0
+    #: fresh models trained, one per seed; the accuracy is their mean
     seeds: int = 3
-    augmentations: list[cfg.PluginSpec] = attrs.field(factory=list)  # applied to each training batch
-    keep_dead: bool = False  # also train on candidates whose lambda went negative
+    #: augmentations applied to each training batch, each ``{ name = ..., <options> }``
+    augmentations: list[cfg.PluginSpec] = attrs.field(factory=list)
+    #: also train on candidates whose lambda went negative
+    keep_dead: bool = False
 
 
 def training_set(context: StageContext, store: RunStore, r: RetrainConfig) -> tuple[Tensor, Tensor]:

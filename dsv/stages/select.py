@@ -29,19 +29,29 @@ from dsv.store import RunStore
 class SelectConfig:
     """Coreset selection: fit lambda for real training samples with x fixed, rank per class."""
 
+    #: the split whose samples are ranked: ``train`` or ``test``
     split: str = "train"
-    pool_per_class: int = 0  # samples per class the multipliers are fitted for (0: every sample)
+    #: samples per class the multipliers are fitted for (0: every sample)
+    pool_per_class: int = 0
+    #: steps of the multipliers' fit
     iterations: int = 300
+    #: the learning rate of the multipliers
     lr_lambda: float = 0.05
+    #: every sample's lambda at the start
     lambda_init: float = 0.0
-    distance: str = "l2"  # stationarity distance over the classifier head: l1 or l2
-    # only correctly classified samples (primal feasible) get a multiplier. On all of Fashion-MNIST
-    # the fit with the misclassified ones diverged (relative stationarity 2.28 after 300 steps, worse
-    # than lambda = 0), without them it reached 0.63 (measured with benchmarks/distill.py)
+    #: the stationarity distance over the classifier head: ``l1`` or ``l2``
+    distance: str = "l2"
+    # On all of Fashion-MNIST the fit with the misclassified ones diverged (relative stationarity
+    # 2.28 after 300 steps, worse than lambda = 0), without them it reached 0.63 (measured with
+    # benchmarks/distill.py)
+    #: only correctly classified samples (primal feasible) get a multiplier
     feasible_only: bool = True
-    top_k: list[int] = attrs.field(factory=lambda: [1, 10])  # exported coreset sizes, per class
-    random_samples: int = 1000  # random samples whose entropy is compared with the selected ones'
-    npz: str = "coreset.npz"  # written inside the run store
+    #: the exported coreset sizes, per class
+    top_k: list[int] = attrs.field(factory=lambda: [1, 10])
+    #: random samples whose entropy is compared with the selected ones'
+    random_samples: int = 1000
+    #: the coresets, written inside the run store
+    npz: str = "coreset.npz"
 
 
 def read_coreset(store: RunStore, name: str, top_k: int = 0) -> tuple[Tensor, Tensor]:

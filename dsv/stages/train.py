@@ -41,9 +41,14 @@ class TrainConfig:
     each epoch (``{ train_accuracy = 0.999 }``, ``{ train_loss = 0.01 }``), for at most
     ``max_epochs`` (0: the retrainer's ``epochs``). Without it the retrainer's epochs are trained."""
 
+    #: how the base model is trained (``adam``, ``sgd``, ``sam``, or a plugin's)
     retrainer: cfg.PluginSpec = attrs.field(factory=lambda: cfg.PluginSpec(name="adam"))
+    #: train until every criterion holds on the whole training split, checked after each epoch
+    #: (``{ train_accuracy = 0.999 }``, ``{ train_loss = 0.01 }``); empty: the retrainer's epochs
     until: dict[str, float] = attrs.field(factory=dict, validator=_check_until)
+    #: with ``until``: at most this many epochs (0: the retrainer's ``epochs``)
     max_epochs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: where trained weights are cached, by model, training table, data and seed (never overwritten)
     cache_dir: str = "stores/models"
 
 
