@@ -30,6 +30,7 @@ def _unit(name: str):
 class Flip:
     """Horizontal flip with probability ``p``."""
 
+    #: the probability of a flip
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
     _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
@@ -48,7 +49,9 @@ class Jitter:
     ``pixels`` is meant at ``reference_size`` and scales with the candidates' size (30 at 224 is
     15 at 112, as DeepInversion's multi-resolution mode has it); ``reference_size = 0`` keeps it."""
 
+    #: the largest offset in pixels, at ``reference_size``
     pixels: int = attrs.field(default=30, validator=attrs.validators.ge(0))
+    #: the side length ``pixels`` is meant at (0: ``pixels`` at every size)
     reference_size: int = attrs.field(default=224, validator=attrs.validators.ge(0))
 
     def limit(self, size: int) -> int:
@@ -69,7 +72,9 @@ class Jitter:
 class Translate:
     """Shift by up to ``strength`` of the image size in each direction (zero padding)."""
 
+    #: the largest shift, as a fraction of the image size
     strength: float = attrs.field(default=0.125, validator=_unit("strength"))
+    #: the probability of applying it to a batch
     p: float = attrs.field(default=1.0, validator=_unit("p"))
 
     _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
@@ -85,7 +90,9 @@ class Translate:
 class Crop:
     """Random resized crop keeping at least ``1 - strength`` of the area, resized back."""
 
+    #: the largest fraction of the area cropped away
     strength: float = attrs.field(default=0.2, validator=_unit("strength"))
+    #: the probability of applying it to a batch
     p: float = attrs.field(default=1.0, validator=_unit("p"))
     _by_size: dict = attrs.field(factory=dict, init=False, repr=False)
 
@@ -106,7 +113,9 @@ class Crop:
 class Cutout:
     """Erase one square whose side is ``strength`` of the image side, with probability ``p``."""
 
+    #: the erased square's side, as a fraction of the image side
     strength: float = attrs.field(default=0.15, validator=_unit("strength"))
+    #: the probability of applying it to a batch
     p: float = attrs.field(default=0.5, validator=_unit("p"))
 
     _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)
@@ -123,7 +132,9 @@ class Cutout:
 class Noise:
     """Additive Gaussian noise of standard deviation ``strength`` (in model input units)."""
 
+    #: the noise's standard deviation, in model input units (at least 0)
     strength: float = attrs.field(default=0.01)
+    #: the probability of applying it to a batch
     p: float = attrs.field(default=1.0, validator=_unit("p"))
 
     _aug: Callable[[Tensor], Tensor] = attrs.field(init=False, repr=False, default=None)

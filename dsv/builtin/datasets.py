@@ -126,7 +126,10 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
 
 
 def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -> DatasetBundle:
-    """scikit-learn's 8x8 digits (ships with scikit-learn), split by a fixed permutation."""
+    """scikit-learn's 8x8 digits (ships with scikit-learn), split by a fixed permutation.
+
+    :param test_fraction: the fraction of the images held out as the test split.
+    """
     if root:
         raise ValueError(f"root: digits ships with scikit-learn and reads no folder; remove data.root ({root!r})")
     from sklearn.datasets import load_digits
@@ -204,7 +207,11 @@ def svhn(root: str = "", download: bool = False) -> DatasetBundle:
 
 
 def imagefolder(root: str = "", download: bool = False, size: int = 64, test_root: str = "") -> DatasetBundle:
-    """A folder with one sub-folder of images per class (torchvision's ImageFolder layout)."""
+    """A folder with one sub-folder of images per class (torchvision's ImageFolder layout).
+
+    :param size: the side the images are resized and centre-cropped to.
+    :param test_root: a folder of the same layout for the test split; empty: the training images.
+    """
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 

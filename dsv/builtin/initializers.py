@@ -42,9 +42,13 @@ class NoiseInit:
     ``shared``: one noise image for every candidate (an interpolation strip then differs by its
     targets only)."""
 
+    #: the noise's standard deviation; not set: from the input domain (see above), else 1
     std: float | None = None
+    #: the noise's mean in model input units; not set: the domain's centre (else 0)
     mean: float | None = None
+    #: coloured noise, amplitude spectrum ``1 / f ** falloff`` (0: white; 1: natural images')
     falloff: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    #: one noise image for every candidate
     shared: bool = False
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
@@ -67,6 +71,7 @@ class NoiseInit:
 class RealInit:
     """Start from random training images of each candidate's target class (n-shot)."""
 
+    #: the split of [data] the images are drawn from
     split: str = attrs.field(default="train", validator=attrs.validators.in_(("train", "test")))
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
@@ -114,6 +119,7 @@ def read_image(path: str | Path, channels: int, size: int) -> Tensor:
 class ImageInit:
     """Start candidate ``i`` from image file ``paths[i]`` (PNG or JPEG): the start of an edit."""
 
+    #: one PNG or JPEG file per candidate
     paths: list[str]
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
@@ -142,9 +148,13 @@ class OtherDataInit:
     model's own training set is seen). ``dataset`` is a registered data set name (e.g.
     ``digits``, upscaled to the model's size, or ``imagefolder`` with ``root``); classes are ignored."""
 
+    #: a registered data set name
     dataset: str = "digits"
+    #: the data set's folder (as ``data.root``); empty: its default place
     root: str = ""
+    #: the split the images are drawn from
     split: str = attrs.field(default="train", validator=attrs.validators.in_(("train", "test")))
+    #: options of the data set (as ``data.options``)
     options: dict = attrs.field(factory=dict)
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:

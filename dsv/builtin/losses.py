@@ -17,9 +17,12 @@ from dsv.plugins import hookimpl
 class Primal:
     """Eq. 7: cross entropy of the misclassified candidates (hinge-like, 0 once all are right)."""
 
+    #: the term's weight in the total
     weight: float = 1.0
-    augmented: bool = True  # also evaluated on the augmented copies
-    clean: bool = True  # evaluated on the candidates themselves
+    #: also evaluated on the augmented copies
+    augmented: bool = True
+    #: evaluated on the candidates themselves
+    clean: bool = True
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
         return kkt.primal_loss(batch.logits, batch.targets, batch.alive)
@@ -30,9 +33,12 @@ class CrossEntropy:
     """Cross entropy of every alive candidate against its target, right or wrong (DeepInversion's
     main loss; ``primal`` stops pulling once a candidate is classified right)."""
 
+    #: the term's weight in the total
     weight: float = 1.0
-    augmented: bool = True  # evaluated on the augmented copies
+    #: evaluated on the augmented copies
+    augmented: bool = True
     # DeepInversion evaluates it on the jittered copy only: clean = false saves the clean forward
+    #: evaluated on the candidates themselves
     clean: bool = True
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
@@ -48,9 +54,13 @@ class Boundary:
     ``[0, margin]`` of logit margin, where a support vector lies, instead of letting it drift to
     ever more confident predictions."""
 
+    #: the term's weight in the total
     weight: float = 1.0
+    #: the largest logit margin of the target over the next class before the term pulls back
     margin: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))
+    #: also evaluated on the augmented copies
     augmented: bool = False
+    #: evaluated on the candidates themselves
     clean: bool = True
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
@@ -80,23 +90,34 @@ class Stationarity:
 
     # defaults chosen by measurement (benchmarks/stationarity_choice.py): the head is the part of
     # theta candidates can explain; on augmented copies the term kept lambda at 0 and did nothing
+    #: the term's weight in the total
     weight: float = 10.0
+    #: ``l1`` or ``l2``, averaged per scalar parameter
     distance: str = attrs.field(default="l1", validator=attrs.validators.in_(kkt.DISTANCES))
     # "auto": every parameter of a model without normalization layers, else the head
     # (benchmarks/input_domain.py: all parameters took a digits MLP's DSVs from 31.5 % to 62.3 %
     # (hard labels), the ConvNets' no lower; benchmarks/stationarity_choice.py chose the head for
     # the normalized ConvNet)
+    #: the parameters covered: ``auto`` (``all`` without normalization layers, else ``head``),
+    #: ``head`` (the last linear layer), ``all``, or a list of globs over parameter names
     params: str | list[str] = "auto"
-    relative: bool = True  # divide by the distance at lambda = 0: 1.0 = explains nothing
-    augmented: bool = False  # also evaluated on the augmented copies
-    # evaluated on the candidates themselves; with augmented = true and clean = false (and every
-    # other loss alike) a step makes one forward pass, on the augmented copy only
+    #: divide by the distance at lambda = 0 (1.0: the candidates explain nothing)
+    relative: bool = True
+    #: also evaluated on the augmented copies
+    augmented: bool = False
+    # with augmented = true and clean = false (and every other loss alike) a step makes one
+    # forward pass, on the augmented copy only
+    #: evaluated on the candidates themselves
     clean: bool = True
-    # "targets": only the head rows of the candidates' target classes (few classes of many)
+    #: ``all`` head rows, or ``targets``: only the rows of the candidates' target classes (few
+    #: classes of many)
     rows: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "targets")))
+    #: how the mixed derivative d/dx grad_theta is taken: ``exact``, ``jvp``,
+    #: ``finite_difference`` or ``auto`` (see the class description)
     mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
+    #: the step of ``finite_difference``, relative to the parameters' RMS
     fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
-    # candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
+    #: candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
     micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _reference: float = attrs.field(default=0.0, init=False, repr=False)

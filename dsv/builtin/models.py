@@ -140,6 +140,13 @@ def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
 
 
 def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str = "instance") -> LoadedModel:
+    """``convnet``: the DC-style ConvNet (``depth`` x [conv3x3 -> norm -> ReLU -> avgpool2] ->
+    linear), sized to the [data] table's images and classes.
+
+    :param width: channels of every block.
+    :param depth: blocks, each halving the side.
+    :param norm: ``instance``, ``batch`` (its running statistics feed ``bn_stats``) or ``none``.
+    """
     spec = _spec_from_data(request.data, "convnet")
     for key, value in (("width", width), ("depth", depth)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -157,7 +164,11 @@ def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str =
 
 
 def mlp(request: ModelRequest, width: int = 256, depth: int = 2) -> LoadedModel:
-    """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes."""
+    """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes.
+
+    :param width: units of every hidden layer.
+    :param depth: hidden layers.
+    """
     spec = _spec_from_data(request.data, "mlp")
     module = MLP(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
     if request.weights_path:
@@ -184,7 +195,11 @@ def _efficientnet_lite(variant: str, size: int):
 
 
 def torchvision_model(request: ModelRequest, target: str, num_classes: int = 1000, size: int = 224) -> LoadedModel:
-    """``torchvision:<name>``: the architecture from torchvision, weights from ``weights_path``."""
+    """``torchvision:<name>``: the architecture from torchvision, weights from ``weights_path``.
+
+    :param num_classes: classes of the head (1000: ImageNet's names).
+    :param size: the input side length.
+    """
     import torchvision
 
     try:
@@ -255,6 +270,8 @@ def module_model(request: ModelRequest, target: str, kwargs: dict | None = None)
 
     The factory returns an ``nn.Module`` (then the input spec comes from [data]) or a
     :class:`LoadedModel`.
+
+    :param kwargs: keyword arguments of the factory.
     """
     if ":" not in target:
         raise ModelError(f"module:{target}: expected module:package.module:factory")

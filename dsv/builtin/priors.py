@@ -15,9 +15,12 @@ class TotalVariation:
     of neighbouring pixels; ``"l2"``: DeepInversion's ``loss_var_l2``, the sum over four neighbour
     directions of the L2 norm of the differences over the batch (not averaged)."""
 
+    #: the prior's weight in the total
     weight: float = 1e-4
+    #: ``l1`` (mean absolute difference) or ``l2`` (DeepInversion's)
     distance: str = attrs.field(default="l1", validator=attrs.validators.in_(("l1", "l2")))
-    augmented: bool = False  # evaluated on the augmented copy instead of the candidates (DeepInversion)
+    #: evaluated on the augmented copy instead of the candidates (DeepInversion)
+    augmented: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         return kkt.total_variation(x) if self.distance == "l1" else kkt.total_variation_l2(x)
@@ -28,9 +31,12 @@ class Norm:
     """Keeps candidates in the range of real inputs. ``distance = "mean_square"``: the mean squared
     pixel value; ``"l2"``: the L2 norm of the whole batch (DeepInversion's ``l2`` prior)."""
 
+    #: the prior's weight in the total
     weight: float = 1e-5
+    #: ``mean_square`` (mean squared pixel value) or ``l2`` (the L2 norm of the batch)
     distance: str = attrs.field(default="mean_square", validator=attrs.validators.in_(("mean_square", "l2")))
-    augmented: bool = False  # evaluated on the augmented copy instead of the candidates (DeepInversion)
+    #: evaluated on the augmented copy instead of the candidates (DeepInversion)
+    augmented: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         return kkt.norm_loss(x) if self.distance == "mean_square" else kkt.l2_norm(x)
@@ -42,8 +48,11 @@ class PixelRange:
     images in [0, 1] normalized by mean m and std s: low = -m / s, high = (1 - m) / s): keeps them
     displayable images, which a model retrained on them will also see at test time."""
 
+    #: the prior's weight in the total
     weight: float = 1.0
+    #: the lowest valid value, in model input units
     low: float = 0.0
+    #: the highest valid value, in model input units (above ``low``)
     high: float = 1.0
 
     def __attrs_post_init__(self):

@@ -41,9 +41,13 @@ class Normalized(Dataset):
 
 @attrs.define(kw_only=True)
 class SupervisedRetrainer:
+    #: passes over the training set
     epochs: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    #: images per step
     batch_size: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    #: the learning rate
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0.0))
+    #: L2 weight decay
     weight_decay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
 
     def optimizer(self, params):
@@ -111,7 +115,9 @@ class Adam(SupervisedRetrainer):
 class SGD(SupervisedRetrainer):
     """SGD with momentum."""
 
+    #: the learning rate
     lr: float = 0.05
+    #: SGD's momentum
     momentum: float = 0.9
 
     def optimizer(self, params):
@@ -124,6 +130,7 @@ class SAM(Adam):
     at the worst point within ``rho`` (L2) of the weights, then steps the weights with it. The
     arXiv version of the paper retrains on DSVs with SAM: few images, flat minima generalize."""
 
+    #: the radius (L2) of the neighbourhood whose worst point gives the gradient
     rho: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
 
     def trainer(self, model: nn.Module, device) -> Engine:
@@ -168,9 +175,13 @@ class TeacherLabelled(Adam):
     teacher labels the mixture: inputs between the images, where the teacher's boundaries lie. The
     loss is the soft cross entropy (the KL divergence up to a constant)."""
 
+    #: the standard deviation of the Gaussian noise added to each batch, in model input units
     noise: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
+    #: noised copies of every image in each batch
     copies: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    #: the Beta(mixup, mixup) parameter of mixing each input with another of the batch (0: off)
     mixup: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    #: the softmax temperature of both teacher and student
     temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
     needs_teacher = True  # the retrain stage passes teacher= (the base model)
 
