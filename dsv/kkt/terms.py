@@ -330,25 +330,84 @@ def has_normalization(model: nn.Module) -> bool:
     return any(isinstance(m, NORMALIZATIONS) for m in model.modules())
 
 
+#: keywords of a parameter selection besides globs (see :func:`select_parameters`)
+SELECTION_KEYWORDS = ("all", "auto", "head", "norm_affine", "last_block")
+
+
+def _head_parameters(model: nn.Module, named: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    head_name, _ = classifier_head(model)
+    prefix = f"{head_name}." if head_name else ""
+    return [(n, p) for n, p in named if n.startswith(prefix) and n[len(prefix) :] in ("weight", "bias")]
+
+
+def _norm_affine_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """The affine weight and bias of every normalization layer (the scale and shift of BatchNorm)."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, NORMALIZATIONS):
+            prefix = f"{name}." if name else ""
+            out += [(prefix + n, p) for n, p in module.named_parameters(recurse=False)]
+    if not out:
+        raise ValueError("params = 'norm_affine': the model has no normalization layer with affine parameters")
+    return out
+
+
+def _last_block_parameters(model: nn.Module, named: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    """The parameters of the last block of the model's longest stack of blocks (the ModuleList or
+    Sequential with the most children that hold parameters, normalization layers not counted) and
+    those registered after it, the classifier head excepted (EfficientNet: the last MBConv block,
+    the head convolution and its BatchNorm; a plain Sequential: the last convolution and its norm)."""
+    stacks = [  # the children that hold parameters, a normalization layer counted with the one before it
+        (name, [c for c, m in module.named_children() if any(True for _ in m.parameters())])
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.ModuleList, nn.Sequential))
+    ]
+    stacks = [
+        (
+            name,
+            [c for c in children if not isinstance(model.get_submodule(f"{name}.{c}" if name else c), NORMALIZATIONS)],
+        )
+        for name, children in stacks
+    ]
+    stacks = [(name, children) for name, children in stacks if len(children) >= 2]
+    if not stacks:
+        raise ValueError("params = 'last_block': the model has no ModuleList or Sequential of blocks")
+    name, children = max(stacks, key=lambda item: len(item[1]))
+    first = f"{name}.{children[-1]}." if name else f"{children[-1]}."
+    start = next(i for i, (n, _) in enumerate(named) if n.startswith(first))
+    head = {id(p) for _, p in _head_parameters(model, named)}
+    return [(n, p) for n, p in named[start:] if id(p) not in head]
+
+
 def select_parameters(model: nn.Module, selection: str | Iterable[str]) -> list[tuple[str, Tensor]]:
     """Resolve a parameter selection: ``"head"`` (the last linear layer), ``"all"``, ``"auto"``
     (all of a model without normalization layers, else the head: weights followed by a
     normalization are scale-invariant, their gradient is orthogonal to them, so no multipliers
-    can meet their stationarity), or globs over ``named_parameters`` names
-    (``["classifier.*", "features.6.*"]``)."""
+    can meet their stationarity), ``"norm_affine"`` (the normalization layers' scale and shift,
+    which are not scale-invariant), ``"last_block"`` (the last block of the model's stack of blocks
+    and what follows it, the head excepted), or globs over ``named_parameters`` names
+    (``["classifier.*", "features.6.*"]``); a list may mix keywords and globs
+    (``["head", "norm_affine"]``), each parameter counted once, in the model's order."""
     named: list[tuple[str, Tensor]] = list(model.named_parameters())
     if selection == "auto":
         selection = "head" if has_normalization(model) else "all"
     if selection == "all":
         return named
-    if selection == "head":
-        head_name, _ = classifier_head(model)
-        prefix = f"{head_name}." if head_name else ""
-        return [(n, p) for n, p in named if n.startswith(prefix) and n[len(prefix) :] in ("weight", "bias")]
     if isinstance(selection, str):
         selection = [selection]
     patterns = list(selection)
-    chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    chosen_ids: set[int] = set()
+    for item in patterns:
+        if item in ("all", "auto"):
+            chosen_ids |= {id(p) for _, p in select_parameters(model, item)}
+        elif item == "head":
+            chosen_ids |= {id(p) for _, p in _head_parameters(model, named)}
+        elif item == "norm_affine":
+            chosen_ids |= {id(p) for _, p in _norm_affine_parameters(model)}
+        elif item == "last_block":
+            chosen_ids |= {id(p) for _, p in _last_block_parameters(model, named)}
+    globs = [pat for pat in patterns if pat not in SELECTION_KEYWORDS]
+    chosen = [(n, p) for n, p in named if id(p) in chosen_ids or any(fnmatch.fnmatchcase(n, g) for g in globs)]
     if not chosen:
         sample = ", ".join(n for n, _ in named[:8])
         raise ValueError(f"no parameter matches {patterns} (parameters are named like: {sample}, ...)")
