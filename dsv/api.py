@@ -135,15 +135,20 @@ def synthesize(
         weights) or ``{class: weight}`` mixtures, as in a pipeline file.
     :param input_shape: (C, S, S) of one input in model space. Default: from a LoadedModel, the
         model's ``input_shape`` attribute, or a timm-style ``pretrained_cfg["input_size"]``.
-    :param iterations, losses, priors, augmentations, init: as in a pipeline's [synthesis]
-        table (names, or dicts like ``{"name": "tv", "weight": 0.01}``), or ready-made objects
-        (a term: callable with a ``weight``). None: the pipeline defaults.
+    :param iterations: as ``synthesis.iterations`` of a pipeline. None: the pipeline default.
+    :param losses: as in a pipeline's [synthesis] table (names, or dicts like
+        ``{"name": "tv", "weight": 0.01}``), or ready-made objects (a term: callable with a
+        ``weight``). None: the pipeline defaults; likewise ``priors``, ``augmentations``, ``init``.
+    :param priors: see ``losses``.
+    :param augmentations: see ``losses``.
+    :param init: see ``losses``.
     :param store: write a run store there (resumed when it holds this same run; ``fresh=True``
         replaces it). None: everything stays in memory.
-    :param mean, std: the normalization the model applies to pixels in [0, 1] (per channel or one
+    :param mean: the normalization the model applies to pixels in [0, 1] (per channel or one
         number; default 0 and 1, or the model's ``pretrained_cfg``): used to show and export the
         candidates and, when given (or from ``pretrained_cfg``), to derive the input domain
         ``((0 - mean) / std, (1 - mean) / std)``.
+    :param std: see ``mean``.
     :param input_range: the input domain in model input units, ``(low, high)``: two numbers or two
         per-channel sequences (``input_range=(-0.5, 0.5)`` for data scaled to [-0.5, 0.5]). The
         candidates are kept inside it (``domain="clamp"``, the default; ``"penalty"`` or

@@ -65,7 +65,9 @@ def function_keys(factory: Callable[..., Any], prefix: str, context: tuple[str, 
             continue
         annotation = "" if p.annotation is p.empty else keydocs.type_text(p.annotation)
         default = keydocs.default_text(p.default)
-        out.append(KeyDoc(f"{prefix}.{p.name}", annotation, default, checks.get(p.name, ()), params.get(p.name, "")))
+        # a factory's own messages often quote its other arguments ("… halvings of … px"): the plain ones only
+        rules = tuple(rule for rule in checks.get(p.name, ()) if "…" not in rule and "the value" not in rule)
+        out.append(KeyDoc(f"{prefix}.{p.name}", annotation, default, rules, params.get(p.name, "")))
     return out
 
 
@@ -86,7 +88,8 @@ def plugin_sections(pm: DsvPluginManager) -> list[Section]:
             else:
                 keys = function_keys(factory, label, CONTEXT_KEYWORDS.get(kind, ()))
             doc = _first_paragraph(factory.__doc__ if attrs.has(factory) else inspect.getdoc(factory))
-            out.append(Section(f"`{label}`", f"{doc} ({entry.plugin})" if doc else f"({entry.plugin})", keys, 4))
+            origin = "" if entry.plugin.endswith("(built-in)") else f" (from {entry.plugin})"
+            out.append(Section(f"`{label}`", doc + origin, keys, 4))
     return out
 
 
@@ -111,7 +114,7 @@ def sections(pm: DsvPluginManager) -> list[Section]:
     for entry in pm.registry("plugin_options").entries():
         path = f"{PLUGINS_TABLE}.{entry.name}"
         doc = _first_paragraph(entry.factory.__doc__)
-        out.append(Section(f"[{path}]", f"{doc} ({entry.plugin})", keydocs.table_keys(entry.factory, path)))
+        out.append(Section(f"[{path}]", f"{doc} (from {entry.plugin})", keydocs.table_keys(entry.factory, path)))
     return out + plugin_sections(pm)
 
 
@@ -127,13 +130,16 @@ def _md(text: str) -> str:
     """reStructuredText's inline markup as Markdown, safe inside a table cell."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
     text = re.sub(r"``(.+?)``", r"`\1`", text)
-    return text.replace("|", "\\|")
+    # outside code spans, <name> is text, not an HTML tag
+    parts = text.split("`")
+    parts[::2] = [p.replace("<", "&lt;").replace(">", "&gt;") for p in parts[::2]]
+    return "`".join(parts).replace("|", "\\|")
 
 
 def _row(key: KeyDoc) -> str:
     checks = "; ".join(_md(c) for c in key.checks)
     default = key.default if key.default in ("required", "not set") else f"`{_md(key.default)}`"
-    kind = f"`{_md(key.type)}`" if key.type else ""
+    kind = f"`{key.type.replace(' | ', ' or ')}`" if key.type else ""
     return f"| `{key.path}` | {kind} | {default} | {checks} | {_md(key.doc)} |"
 
 
