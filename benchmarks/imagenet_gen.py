@@ -1,23 +1,37 @@
-"""dsv's ImageNet generation profile against the DeepInversion baseline, at equal compute.
+"""dsv's ImageNet generation profiles against the DeepInversion baseline, at equal compute, and
+the ablation of dsv's profile.
 
-Both methods run on the packaged EfficientNet-Lite0 with the same classes and seeds, one
-candidate per class and run: dsv's profile (pipelines/imagenet_gen.toml) and DeepInversion's
-recipe rebuilt from dsv's plugins (pipelines/imagenet_deepinversion.toml). Each pipeline's
-schedule (resolution stages, warm-ups) is scaled to the iteration count. Two comparisons:
+Every arm runs on the packaged EfficientNet-Lite0 with the same classes and seeds, one candidate
+per class and run, each pipeline's schedule (resolution stages, warm-ups) scaled to its iteration
+count. The methods: ``dsv`` (pipelines/imagenet_gen.toml: DeepKKT terms with DeepInversion's
+BatchNorm prior), ``dsv_paper`` (pipelines/imagenet_paper.toml: the paper's DeepKKT-only recipe)
+and ``deepinversion`` (pipelines/imagenet_deepinversion.toml, DeepInversion's recipe rebuilt from
+dsv's plugins). dsv runs ``--iterations`` steps; every other arm runs at dsv's wall-clock: as many
+steps as fit in the time of dsv's run, from the step times of every arm measured at each resolution
+of its schedule at the start of the same run (the table reports the seconds each arm really took).
+Without ``--equal-time-only`` the other methods also run at dsv's iteration count.
 
-- equal iterations: both run ``--iterations`` steps;
-- equal wall-clock: DeepInversion runs as many steps as fit in the time of dsv's run, from the
-  step times of both methods measured at each resolution of their schedules in this run (the
-  table reports the seconds each arm really took).
+``--ablation`` runs instead, in one run: the full profile and the profile without each of
+stationarity, bn_stats, tv, norm, the augmented copy and the resolution schedule, every arm at the
+full profile's wall-clock, then ``dsv_paper`` and ``deepinversion`` likewise (``dsv`` is the full
+arm). ``--arm NAME=KEY=VALUE[,KEY=VALUE...]`` adds an arm of overrides to either mode (an entry of
+the [synthesis] lists by its name: ``stationarity.params="all"``, ``-bn_stats``), ``--arm NAME`` a
+named stationarity variant (benchmarks/imagenet_arms.py).
 
-An independent classifier, EfficientNet-Lite2 (dsv/evaluation/verifier.py), names the final
-images: top-1, top-5 and its mean probability of the target. ``--speed`` measures instead the
-time of one synthesis step at 224 px (the CPU profile's batch) for dsv, DeepInversion and
-variants (bn_stats, one forward, channels_last, bf16 autocast, torch.compile), steps of all
-variants interleaved so that they share the machine's state, and prints their ratios.
+Two independent classifiers, EfficientNet-Lite1 and Lite2 (neither is the generator), name the
+final images: top-1 (over all seeds, and per seed with its spread), top-5 and the mean probability
+of the target. Beside them, how natural the images are (dsv/evaluation/naturalness.py): the slope
+of their amplitude spectrum, their colour saturation, and the distance of their BatchNorm feature
+statistics inside Lite1 to Lite1's running statistics; the same for scikit-image's photographs.
+
+``--speed`` measures instead the time of one synthesis step at 224 px (the CPU profile's batch) for
+dsv, DeepInversion and variants (bn_stats, one forward, channels_last, bf16 autocast,
+torch.compile), steps of all variants interleaved so that they share the machine's state, and
+prints their ratios. ``--plan`` calibrates the step times and prints how long the run would take.
 
     pip install plugins/dsv-bn-prior
     python benchmarks/imagenet_gen.py --json out.json [--quick] [--out DIR] [--threads 2]
+    python benchmarks/imagenet_gen.py --ablation --json out.json [--arm stat_norm_affine] [--threads 2]
     python benchmarks/imagenet_gen.py --speed [--threads 2]
 """
 
@@ -33,8 +47,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from imagenet_arms import ABLATIONS, parse_arm, resolve
 
 from dsv import config as cfg
+from dsv.evaluation.naturalness import natural_measures, photos
 from dsv.evaluation.verifier import score, verifier_probabilities
 from dsv.pipeline import load_pipeline
 from dsv.plugins import ModelRequest, get_plugin_manager
@@ -44,8 +60,13 @@ from dsv.synthesis.engine import build_engine
 from dsv.synthesis.execution import detach_terms
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
-METHODS = {"dsv": PIPELINES / "imagenet_gen.toml", "deepinversion": PIPELINES / "imagenet_deepinversion.toml"}
-GENERATOR, VERIFIER = "efficientnet-lite0", "efficientnet-lite2"
+METHODS = {
+    "dsv": PIPELINES / "imagenet_gen.toml",
+    "dsv_paper": PIPELINES / "imagenet_paper.toml",
+    "deepinversion": PIPELINES / "imagenet_deepinversion.toml",
+}
+GENERATOR = "efficientnet-lite0"
+VERIFIERS = {"lite1": "efficientnet-lite1", "lite2": "efficientnet-lite2"}
 # 20 classes spread over ImageNet (those of pipelines/imagenet_gen_gpu.toml): fish, birds, dogs,
 # cats, insects, objects, animals, fruit, landscapes, vehicles, flowers
 CLASSES = [1, 130, 207, 285, 323, 417, 340, 949, 980, 779, 11, 31, 301, 292, 145, 951, 953, 607, 437, 985]
@@ -55,17 +76,24 @@ QUICK_CLASSES = [1, 207, 323, 417, 340, 949]
 # ---- building runs from the pipeline files -------------------------------------------------------
 
 
-def scaled(path: Path, iterations: int, classes: list[int], extra: list[str]):
-    """The [synthesis] table of a pipeline file, its schedule scaled to ``iterations`` steps."""
+def scaled(path: Path, iterations: int, classes: list[int], extra: list[str], max_size: int = 0):
+    """The [synthesis] table of a pipeline file, its schedule scaled to ``iterations`` steps (and
+    each resolution stage capped at ``max_size`` px when given: smoke runs)."""
     s = load_pipeline(path, overrides=extra).config.synthesis
     base = s.iterations
     factor = iterations / base
     s.iterations = iterations
     s.resolutions = [[max(1, round(start * factor)) if start > 1 else start, size] for start, size in s.resolutions]
+    if max_size:
+        s.resolutions = [[start, min(size, max_size)] for start, size in s.resolutions] or [[1, max_size]]
     s.lambda_warmup = iterations if s.lambda_warmup >= base else round(s.lambda_warmup * factor)
     s.lr_warmup = round(s.lr_warmup * factor)
     s.classes, s.targets, s.candidates_per_class = list(classes), [], 1
     return s
+
+
+def final_size(s) -> int:
+    return s.resolutions[-1][1] if s.resolutions else 224
 
 
 def make_run(s, generator, plugins, seed: int, source: str):
@@ -77,7 +105,7 @@ def per_iteration_seconds(s, seconds_at: dict[int, float]) -> float:
     """Mean seconds per iteration of a schedule, from the step time at each of its sizes."""
     total = 0.0
     for it in range(1, s.iterations + 1):
-        size = next((sz for start, sz in reversed(s.resolutions) if it >= start), 224)
+        size = next((sz for start, sz in reversed(s.resolutions) if it >= start), final_size(s))
         total += seconds_at[size]
     return total / s.iterations
 
@@ -96,24 +124,25 @@ def step_times(runs: dict[str, object], steps: int) -> dict[str, list[float]]:
 
 
 def calibrate(tables: dict[str, object], generator, plugins, steps: int) -> dict[str, dict[int, float]]:
-    """Median step seconds of each method at each size of its schedule (and at 224 px)."""
-    runs, keys = {}, []
-    for name, s in tables.items():
-        for size in sorted({sz for _, sz in s.resolutions} | {224}):
-            one = copy.deepcopy(s)
-            one.resolutions = [[1, size]]
-            runs[f"{name}@{size}"] = (make_run(one, generator, plugins, 0, name), contextlib.nullcontext)
-            keys.append((name, size))
-    times = step_times(runs, steps)
-    for run, _ in runs.values():
-        detach_terms(run.losses + run.priors)
+    """Median step seconds of each arm at each size of its schedule, one size at a time (the runs
+    of one size only, interleaved, so that the memory of all arms at 224 px is never held at once)."""
     out: dict[str, dict[int, float]] = {name: {} for name in tables}
-    for name, size in keys:
-        out[name][size] = statistics.median(times[f"{name}@{size}"])
+    sizes = sorted({sz for s in tables.values() for _, sz in s.resolutions} | {final_size(s) for s in tables.values()})
+    for size in sizes:
+        runs = {}
+        for name, s in tables.items():
+            if size in {sz for _, sz in s.resolutions} or size == final_size(s):
+                one = copy.deepcopy(s)
+                one.resolutions = [[1, size]]
+                runs[name] = (make_run(one, generator, plugins, 0, name), contextlib.nullcontext)
+        times = step_times(runs, steps)
+        for name, (run, _) in runs.items():
+            detach_terms(run.losses + run.priors)
+            out[name][size] = statistics.median(times[name])
     return out
 
 
-# ---- the comparison ------------------------------------------------------------------------------
+# ---- one arm: synthesize over the seeds, score with both verifiers, measure naturalness ----------
 
 
 def synthesize(s, generator, plugins, seed: int, source: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -126,112 +155,192 @@ def synthesize(s, generator, plugins, seed: int, source: str) -> tuple[np.ndarra
     return run.x.detach().numpy(), run.targets.numpy(), time.perf_counter() - start
 
 
-def arm(name: str, s, seeds: list[int], generator, plugins, verifier, step_seconds: float) -> dict:
-    xs, targets, seconds = [], [], 0.0
+def verified(probs: torch.Tensor, targets: np.ndarray, seed_of: np.ndarray, classes: list[str], model: str) -> dict:
+    """A verifier's figures over all seeds, and top-1 per seed with its spread (sample std)."""
+    scored = score(probs, targets, classes)
+    by_seed = [score(probs[seed_of == k], targets[seed_of == k], classes)["top1"] for k in np.unique(seed_of)]
+    return {
+        "model": model,
+        "top1": scored["top1"],
+        "top5": scored["top5"],
+        "p_target": scored["p_target"],
+        "n": scored["n"],
+        "top1_by_seed": by_seed,
+        "top1_std": statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0,
+        "per_class": scored["per_class"],
+    }
+
+
+def arm(name: str, s, seeds: list[int], generator, plugins, verifiers, step_seconds: float) -> dict:
+    xs, targets, seed_of, seconds = [], [], [], 0.0
     for seed in seeds:
         x, t, sec = synthesize(s, generator, plugins, seed, name)
         xs.append(x)
         targets.append(t)
+        seed_of += [seed] * len(x)
         seconds += sec
         print(f"  {name}: seed {seed}, {s.iterations} iterations, {sec:.0f} s", flush=True)
     x, t = np.concatenate(xs), np.concatenate(targets)
     spec = generator.spec
-    probs = verifier_probabilities(x, spec.mean, spec.std, verifier)
-    scored = score(probs, t, spec.classes)
-    top = probs.argmax(1).tolist()
-    return {
-        "top1": scored["top1"],
-        "top5": scored["top5"],
-        "p_target": scored["p_target"],
-        "seconds": seconds,
-        "step_seconds": step_seconds,
-        "iterations": s.iterations,
-        "n": scored["n"],
-        "verifier": VERIFIER,
-        "per_class": scored["per_class"],
-        "_images": to_images(x, spec.mean, spec.std),
-        "_titles": [f"{spec.classes[int(k)][:14]}\n-> {spec.classes[p][:14]}" for k, p in zip(t.argmax(1), top)],
-    }
+    result: dict = {"seconds": seconds, "step_seconds": step_seconds, "iterations": s.iterations}
+    top = None
+    for key, verifier in verifiers.items():
+        probs = verifier_probabilities(x, spec.mean, spec.std, verifier)
+        result[key] = verified(probs, t, np.asarray(seed_of), spec.classes, VERIFIERS[key])
+        top = probs.argmax(1).tolist()  # the last verifier's (Lite2) names the grid's titles
+    result["n"] = result["lite2"]["n"]
+    images = to_images(x, spec.mean, spec.std)
+    result["natural"] = natural_measures(images, verifiers["lite1"])
+    result["_images"] = images
+    result["_titles"] = [f"{spec.classes[int(k)][:14]}\n-> {spec.classes[p][:14]}" for k, p in zip(t.argmax(1), top)]
+    return result
 
 
-def compare(args, generator, plugins, verifier) -> dict:
+# ---- the arms of a run and their budgets ---------------------------------------------------------
+
+
+def planned_arms(args) -> tuple[dict[str, tuple[Path, list[str]]], dict[str, str]]:
+    """(arm name -> (pipeline file, its overrides), arm name -> its section of the table). The first
+    arm is the reference: it runs ``--iterations`` steps, the others its wall-clock (``variants``:
+    its iteration count)."""
+    extra = {"dsv": args.set_dsv, "dsv_paper": args.set_dsv_paper, "deepinversion": args.set_deepinversion}
+    raw = load_pipeline(METHODS["dsv"], overrides=extra["dsv"]).raw
+    arms: dict[str, tuple[Path, list[str]]] = {}
+    section: dict[str, str] = {}
+    try:
+        if args.ablation:
+            for name, items in ABLATIONS.items():
+                arms[name] = (METHODS["dsv"], [*extra["dsv"], *resolve(raw, items)])
+                section[name] = "ablation"
+        methods = args.methods or list(METHODS)
+        for name in methods:
+            if args.ablation and name == "dsv":
+                continue  # the full arm
+            arms[name] = (METHODS[name], list(extra[name]))
+            section[name] = "methods"
+        for text in args.arms:
+            name, items = parse_arm(text)
+            arms[name] = (METHODS["dsv"], [*extra["dsv"], *resolve(raw, items)])
+            section[name] = "ablation" if args.ablation else "variants"
+        for variant in args.variants:
+            label, more = cfg.split_variant(variant)
+            arms[f"dsv+{label}"] = (METHODS["dsv"], [*extra["dsv"], *more])
+            section[f"dsv+{label}"] = "variants"
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if not args.ablation and "dsv" not in arms:
+        raise SystemExit("--methods: dsv is the reference of the comparison; name it too")
+    return arms, section
+
+
+def compare(args, generator, plugins, verifiers) -> dict:
     classes = args.classes or (QUICK_CLASSES if args.quick else CLASSES)
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
     iterations = args.iterations or (200 if args.quick else load_pipeline(METHODS["dsv"]).config.synthesis.iterations)
-    extra = {"dsv": args.set_dsv, "deepinversion": args.set_deepinversion}
-    methods = args.methods or list(METHODS)
-    tables = {name: scaled(METHODS[name], iterations, classes, extra[name]) for name in methods}
-    for variant in args.variants:
-        try:
-            label, more = cfg.split_variant(variant)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        tables[f"dsv+{label}"] = scaled(METHODS["dsv"], iterations, classes, [*extra["dsv"], *more])
+    arms, section = planned_arms(args)
+    reference = "full" if args.ablation else "dsv"
+    tables = {name: scaled(path, iterations, classes, more, args.max_size) for name, (path, more) in arms.items()}
     print(f"calibrating step times ({args.calibration_steps} steps per size) ...", flush=True)
     at = calibrate(tables, generator, plugins, args.calibration_steps)
-    skip = {"deepinversion"} if args.equal_time_only and len(methods) == 2 else set()
-    arms: dict[str, dict] = {}
+    cost = {name: per_iteration_seconds(tables[name], at[name]) for name in tables}
+    budget = {  # iterations of each arm: the reference's wall-clock, or its iteration count
+        name: iterations if name == reference or section[name] == "variants"
+        else max(1, round(iterations * cost[reference] / cost[name]))
+        for name in tables
+    }  # fmt: skip
+    print("iterations at the reference's wall-clock: " + ", ".join(f"{n} {budget[n]}" for n in tables), flush=True)
+    if args.plan:
+        planned = {n: budget[n] * cost[n] * len(seeds) for n in tables}
+        extra_runs = [n for n in tables if section[n] == "methods" and n != "dsv" and not args.equal_time_only]
+        planned_extra = sum(iterations * cost[n] * len(seeds) for n in extra_runs)
+        for n in tables:
+            print(f"  {n:<24} {budget[n]:>6} iterations x {len(seeds)} seeds: {planned[n]:>7.0f} s")
+        if extra_runs:
+            print(f"  equal-iterations runs of {', '.join(extra_runs)}: {planned_extra:.0f} s")
+        total = sum(planned.values()) + planned_extra
+        print(f"synthesis in all: {total:.0f} s ({total / 3600:.2f} h), calibration not counted")
+        return {"plan_seconds": planned, "plan_total_seconds": total, "iterations": budget}
+    photo_measures = natural_measures(photos(final_size(tables[reference])), verifiers["lite1"])
+    results: dict[str, dict] = {}
+    equal_iterations: dict[str, dict] = {}
 
-    def done(name: str, result: dict) -> None:  # a killed run keeps the arms it finished
-        arms[name] = result
+    def shaped(partial: bool) -> dict:
+        clean = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
+        out: dict = {"partial": True} if partial else {}
+        if args.ablation:
+            out["ablation"] = {n: clean(r) for n, r in results.items() if section[n] == "ablation"}
+            out["methods"] = {"dsv": clean(results[reference])} if reference in results else {}
+            out["methods"].update({n: clean(r) for n, r in results.items() if section[n] == "methods"})
+        else:
+            out["methods"] = {n: clean(r) for n, r in results.items() if section[n] == "methods"}
+            out["variants"] = {n: clean(r) for n, r in results.items() if section[n] == "variants"}
+            out["equal_iterations"] = {n: clean(r) for n, r in equal_iterations.items()}
+        out["photos"] = photo_measures
+        sizes = {n: {str(k): v for k, v in d.items()} for n, d in at.items()}
+        return {**out, "reference": reference, "iterations": iterations, "classes": classes, "seeds": seeds,
+                "verifiers": VERIFIERS, "threads": torch.get_num_threads(), "step_seconds_by_size": sizes}  # fmt: skip
+
+    def write(partial: bool) -> None:  # a killed run keeps the arms it finished
         if args.json:
-            partial = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in arms.items()}
-            Path(args.json).write_text(json.dumps({"partial": True, "arms": partial, "classes": classes}, indent=2))
+            Path(args.json).write_text(json.dumps(shaped(partial), indent=2))
 
-    for name in tables:
-        if name not in skip:
-            done(name, arm(name, tables[name], seeds, generator, plugins, verifier, at[name][224]))
-    if len(methods) == 2:  # DeepInversion again, for as long as dsv's run took
-        cost = {name: per_iteration_seconds(tables[name], at[name]) for name in methods}
-        equal_time = max(1, round(iterations * cost["dsv"] / cost["deepinversion"]))
-        print(f"step seconds: {at}; DeepInversion at dsv's wall-clock: {equal_time} iterations", flush=True)
-        if not skip:
-            arms["deepinversion_equal_iterations"] = arms["deepinversion"]
-        if equal_time != iterations or skip:
-            di_equal_time = scaled(METHODS["deepinversion"], equal_time, classes, extra["deepinversion"])
-            step = at["deepinversion"][224]
-            done("deepinversion", arm("deepinversion", di_equal_time, seeds, generator, plugins, verifier, step))
+    for name, s in tables.items():
+        if section[name] == "methods" and name != "dsv" and not args.equal_time_only:
+            equal_iterations[name] = arm(name, s, seeds, generator, plugins, verifiers, at[name][final_size(s)])
+            write(True)
+        if budget[name] != s.iterations:
+            s = scaled(arms[name][0], budget[name], classes, arms[name][1], args.max_size)
+        results[name] = arm(name, s, seeds, generator, plugins, verifiers, at[name][final_size(s)])
+        write(True)
+    if "dsv" in results and not args.ablation:
+        equal_iterations["dsv"] = results["dsv"]
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for name, result in arms.items():
-            if name.endswith("_equal_iterations") and result is arms.get("deepinversion"):
-                continue
+        for name, result in results.items():
             per_row = len(classes)
             images, titles = result["_images"], result["_titles"]
             rows = [list(images[i : i + per_row]) for i in range(0, len(images), per_row)]
             names = [titles[i : i + per_row] for i in range(0, len(titles), per_row)]
-            title = f"{name}: {result['iterations']} iterations, Lite2 top-1 {result['top1']:.2f}"
+            title = (f"{name}: {result['iterations']} iterations, top-1 Lite1 {result['lite1']['top1']:.2f}, "
+                     f"Lite2 {result['lite2']['top1']:.2f}")  # fmt: skip
             save_rows(rows, names, out / f"{args.tag}{name}.png", title=title)
-    clean = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in arms.items()}
-    return {
-        "methods": {name: clean[name] for name in methods},
-        "variants": {name: clean[name] for name in tables if name not in METHODS},
-        "equal_iterations": {  # without DeepInversion's when --equal-time-only skipped it
-            name: clean.get(f"{name}_equal_iterations", clean[name])
-            for name in methods
-            if not (name in skip and f"{name}_equal_iterations" not in clean)
-        },
-        "classes": classes,
-        "seeds": seeds,
-        "step_seconds_by_size": {name: {str(k): v for k, v in d.items()} for name, d in at.items()},
-        "threads": torch.get_num_threads(),
-    }
+    return shaped(False)
+
+
+def _row(label: str, name: str, r: dict) -> str:
+    figures = ""
+    for key in VERIFIERS:
+        v = r[key]
+        spread = f"±{v['top1_std']:.2f}" if len(v["top1_by_seed"]) > 1 else "     "
+        figures += f" {v['top1']:>5.2f}{spread} {v['top5']:>5.2f} {v['p_target']:>6.3f}"
+    n = r["natural"]
+    return (f"{label:<17} {name:<20} {r['iterations']:>6} {r['seconds']:>8.0f}{figures} "
+            f"{n['spectrum_slope']:>6.2f} {n['saturation']:>5.2f} {n['saturated_fraction']:>6.3f} "
+            f"{n['verifier_bn_distance']:>6.3f} {r['n']:>3}")  # fmt: skip
 
 
 def print_comparison(result: dict) -> None:
-    print(f"\n{'comparison':<17} {'method':<14} {'iters':>6} {'seconds':>8} {'step@224':>9} "
-          f"{'top1':>5} {'top5':>5} {'p_tgt':>6} {'n':>3}")  # fmt: skip
+    """One table: every arm, both verifiers (top-1 over seeds with its spread, top-5, p(target)),
+    the naturalness measures, and the photographs' measures as the last row."""
+    head = "".join(f" {k + ' top1':>10} {'top5':>5} {'p_tgt':>6}" for k in VERIFIERS)
+    print(f"\n{'section':<17} {'arm':<20} {'iters':>6} {'seconds':>8}{head} {'slope':>6} {'sat':>5} {'sat>.9':>6} "
+          f"{'bn_d':>6} {'n':>3}")  # fmt: skip
     for label, key in (
+        ("ablation", "ablation"),
         ("equal wall-clock", "methods"),
         ("equal iterations", "equal_iterations"),
         ("variants", "variants"),
     ):
         for name, r in result.get(key, {}).items():
-            print(
-                f"{label:<17} {name:<14} {r['iterations']:>6} {r['seconds']:>8.0f} {r['step_seconds']:>9.2f} "
-                f"{r['top1']:>5.2f} {r['top5']:>5.2f} {r['p_target']:>6.3f} {r['n']:>3}"
-            )
+            print(_row(label, name, r))
+    p = result["photos"]
+    blank = " " * (6 + 1 + 8 + len(head))
+    print(f"{'photographs':<17} {'scikit-image':<20} {blank} {p['spectrum_slope']:>6.2f} {p['saturation']:>5.2f} "
+          f"{p['saturated_fraction']:>6.3f} {p['verifier_bn_distance']:>6.3f}")  # fmt: skip
+    print("top1: over all seeds, ± the sample std of the per-seed top-1; slope: amplitude spectrum (log-log); "
+          "sat: mean HSV saturation; sat>.9: its fraction of saturated pixels; bn_d: BatchNorm-statistics "
+          "distance inside Lite1 (Gaussian KL, mean over channels and layers)")  # fmt: skip
 
 
 # ---- speed ---------------------------------------------------------------------------------------
@@ -261,6 +370,7 @@ def speed(args, generator, plugins) -> dict:
         "deepinversion": (di, [], {}),
         "dsv": (dsv, [], {}),
         "dsv without bn_stats": (dsv, _without_bn(dsv), {}),
+        "dsv_paper": (METHODS["dsv_paper"], [], {}),
         "dsv channels_last (model and candidates)": (dsv, [], {"channels_last": True}),
         "dsv channels_last (model only)": (dsv, ["synthesis.channels_last=true"], {}),
         "deepinversion channels_last (model only)": (di, ["synthesis.channels_last=true"], {}),
@@ -328,9 +438,26 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, help="dsv's iterations (default: its pipeline's, 300)")
     ap.add_argument("--set-dsv", action="append", default=[], metavar="KEY=VALUE", help="override for dsv's arm")
     ap.add_argument(
+        "--set-dsv-paper", action="append", default=[], metavar="KEY=VALUE", help="override for dsv_paper's"
+    )
+    ap.add_argument(
         "--set-deepinversion", action="append", default=[], metavar="KEY=VALUE", help="override for DeepInversion's"
     )
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="run only these (default: both)")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="run only these (default: all three)")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="the full profile and the profile without each of its terms, then the methods, all at equal wall-clock",
+    )
+    ap.add_argument(
+        "--arm",
+        dest="arms",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+        help="an extra arm of dsv's profile at its wall-clock: pipeline overrides, ENTRY.OPTION=VALUE for an entry "
+        "of the [synthesis] lists, -ENTRY to remove one; or a preset's NAME (benchmarks/imagenet_arms.py)",
+    )
     ap.add_argument(
         "--variant",
         dest="variants",
@@ -342,13 +469,17 @@ def main() -> None:
     ap.add_argument(
         "--equal-time-only",
         action="store_true",
-        help="DeepInversion at dsv's wall-clock only (skips its equal-iterations arm, saves time)",
+        help="the methods at dsv's wall-clock only (skips their equal-iterations arms, saves time)",
     )
+    ap.add_argument("--max-size", type=int, default=0, help="cap every resolution stage at this many px (smoke runs)")
+    ap.add_argument("--plan", action="store_true", help="calibrate, print each arm's iterations and time, stop")
     ap.add_argument("--calibration-steps", type=int, default=4, help="timed steps per method and size")
     ap.add_argument("--speed", action="store_true", help="step-time ratios at 224 px instead of the comparison")
     ap.add_argument("--compile", action="store_true", help="with --speed: also torch.compile variants")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.ablation:
+        args.equal_time_only = True  # the methods at the full profile's wall-clock only
     if args.threads:
         torch.set_num_threads(args.threads)
     plugins = get_plugin_manager()
@@ -358,9 +489,10 @@ def main() -> None:
     if args.speed:
         result = speed(args, generator, plugins)
     else:
-        verifier = plugins.registry("models").get(VERIFIER)(ModelRequest())
-        result = compare(args, generator, plugins, verifier)
-        print_comparison(result)
+        verifiers = {key: plugins.registry("models").get(name)(ModelRequest()) for key, name in VERIFIERS.items()}
+        result = compare(args, generator, plugins, verifiers)
+        if not args.plan:
+            print_comparison(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
