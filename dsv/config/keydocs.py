@@ -53,12 +53,12 @@ def _class_comments(cls: type) -> dict[str, str]:
     except (OSError, TypeError):  # built in a session, no source: no comments to read
         return {}
     tree = ast.parse(textwrap.dedent("".join(lines)))
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    body: list[ast.stmt] = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     out = {}
     for node in body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        above = []
+        above: list[str] = []
         row = node.lineno - 2  # the line above the field, 0-based
         while row >= 0 and (match := DOC_LINE.match(lines[row])):
             above.insert(0, match.group(1).strip())
@@ -88,7 +88,7 @@ def default_text(default: Any) -> str:
     if default is attrs.NOTHING or default is inspect.Parameter.empty:
         return "required"
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        default = default.factory()  # type: ignore[call-arg]
+        default = default.factory()
     if default is None:
         return "not set"
     try:
@@ -149,8 +149,8 @@ def _messages(node: ast.AST, names: dict[str, Any], raised: bool = False) -> Ite
         spaces = _bindings(node.target, node.iter, names)
         if spaces is not None:
             for space in spaces:
-                for child in node.body:
-                    yield from _messages(child, space, raised)
+                for statement in node.body:
+                    yield from _messages(statement, space, raised)
             return
     if isinstance(node, (ast.ListComp, ast.GeneratorExp)) and len(node.generators) == 1:
         spaces = _bindings(node.generators[0].target, node.generators[0].iter, names)
@@ -168,7 +168,7 @@ def _messages(node: ast.AST, names: dict[str, Any], raised: bool = False) -> Ite
             table = _render(node.args[0], names) if isinstance(node.args[0], ast.Constant) else "?"
             for key in node.args[1].keys:
                 if isinstance(key, ast.Constant):
-                    yield from file_name_problems(table, {key.value: "a/b"})
+                    yield from file_name_problems(table, {str(key.value): "a/b"})
         return
     for child in ast.iter_child_nodes(node):
         yield from _messages(child, names, raised)
