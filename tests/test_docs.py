@@ -155,7 +155,8 @@ CHECK = """<script>
 window.addEventListener("load", () => {
   const out = document.createElement("pre");
   out.id = "dsv-check";
-  const nav = [...document.querySelectorAll("nav.md-nav a.md-nav__link")].map(a => a.textContent.trim());
+  const links = document.querySelectorAll("nav.md-tabs a, nav.md-nav a.md-nav__link, nav.md-nav label.md-nav__link");
+  const nav = [...links].filter(a => a.getClientRects().length).map(a => a.textContent.trim());
   const tables = [...document.querySelectorAll("article table")].length;
   const h1 = (document.querySelector("h1") || {}).textContent;
   out.textContent = JSON.stringify({nav, tables, title: document.title, h1});
@@ -165,14 +166,15 @@ window.addEventListener("load", () => {
 
 
 def rendered(site: Path, page: str, tmp_path: Path) -> dict:
-    """What Chromium shows of a built page: its navigation links, tables, title."""
+    """What Chromium shows of a built page at a desktop's width: its visible navigation (tabs and
+    side bar), its tables, its title."""
     exe = browser()
     assert exe is not None
     source = site / page
     checked = source.with_name(f"checked-{source.name}")
     checked.write_text(source.read_text().replace("</body>", CHECK + "</body>"))
     try:
-        dumped = headless(exe, "--dump-dom", "--allow-file-access-from-files", checked.as_uri())
+        dumped = headless(exe, "--dump-dom", "--window-size=1400,1000", checked.as_uri())
     finally:
         checked.unlink()
     assert dumped.returncode == 0, dumped.stderr[-2000:]
