@@ -293,7 +293,7 @@ def compare(args, generator, plugins, verifiers) -> dict:
         results[name] = arm(name, s, seeds, generator, plugins, verifiers, at[name][final_size(s)])
         write(True)
     if "dsv" in results and not args.ablation:
-        equal_iterations["dsv"] = results["dsv"]
+        equal_iterations = {"dsv": results["dsv"], **equal_iterations}
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -371,35 +371,75 @@ def test_bn_stats_from_the_command_line(bn_plugin, bn_models, tmp_path, write_pi
     assert "unknown prior 'bn_stats'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_imagenet_benchmark_runs_a_tiny_comparison_and_writes_both_methods(bn_site, tmp_path):
-    """benchmarks/imagenet_gen.py end to end on one class, a few iterations: both methods, the
-    verifier's figures, both grids."""
+def run_imagenet_benchmark(bn_site, args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     paths = [str(REPO_ROOT)] + ([str(bn_site)] if bn_site is not None else [])
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
-    out = tmp_path / "out.json"
-    args = ["--classes", "1", "--seeds", "1", "--iterations", "4", "--calibration-steps", "1", "--threads", "1"]
-    args += ["--variant", "slow:synthesis.lr_x=1e-6"]  # an extra dsv arm, its own table
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "imagenet_gen.py"), *args, "--json", str(out)]
-        + ["--out", str(tmp_path)],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "imagenet_gen.py"), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         cwd=REPO_ROOT,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+ARM_KEYS = {"lite1", "lite2", "seconds", "step_seconds", "iterations", "n", "natural"}
+NATURAL_KEYS = {"spectrum_slope", "spectrum_slope_std", "saturation", "saturated_fraction", "verifier_bn_distance"}
+
+
+def check_arm(r: dict, n: int) -> None:
+    """An arm's figures: both verifiers named, in range, per seed; the naturalness measures."""
+    assert ARM_KEYS <= set(r) and set(r["natural"]) == NATURAL_KEYS
+    assert r["n"] == n and r["seconds"] > 0 and r["step_seconds"] > 0
+    for key, model in (("lite1", "efficientnet-lite1"), ("lite2", "efficientnet-lite2")):
+        v = r[key]
+        assert v["model"] == model and v["n"] == n and 0 <= v["top1"] <= v["top5"] <= 1
+        assert len(v["top1_by_seed"]) >= 1 and v["top1_std"] >= 0
+
+
+@pytest.mark.slow
+def test_the_imagenet_benchmark_runs_a_tiny_comparison_and_writes_all_methods(bn_site, tmp_path):
+    """benchmarks/imagenet_gen.py end to end on one class, a few iterations at 32 px: the three
+    methods, both verifiers' figures, the grids."""
+    out = tmp_path / "out.json"
+    args = ["--classes", "1", "--seeds", "1", "--iterations", "4", "--calibration-steps", "1", "--threads", "1"]
+    args += ["--max-size", "32", "--variant", "slow:synthesis.lr_x=1e-6"]  # an extra dsv arm, its own table
+    done = run_imagenet_benchmark(bn_site, [*args, "--json", str(out), "--out", str(tmp_path)])
     result = json.loads(out.read_text())
-    for name in ("dsv", "deepinversion"):
-        r = result["methods"][name]
-        assert {"top1", "top5", "p_target", "seconds", "step_seconds", "n", "verifier"} <= set(r)
-        assert r["n"] == 1 and r["verifier"] == "efficientnet-lite2" and 0 <= r["top1"] <= r["top5"] <= 1
-        assert r["seconds"] > 0 and r["step_seconds"] > 0
+    assert "partial" not in result
+    for name in ("dsv", "dsv_paper", "deepinversion"):
+        check_arm(result["methods"][name], 1)
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert result["methods"]["dsv"]["iterations"] == 4
     assert result["equal_iterations"]["deepinversion"]["iterations"] == 4
     variant = result["variants"]["dsv+slow"]
     assert variant["iterations"] == 4 and variant["n"] == 1 and (tmp_path / "dsv+slow.png").stat().st_size > 1000
     assert "dsv+slow" in done.stdout
-    assert "equal wall-clock" in done.stdout
+    assert "equal wall-clock" in done.stdout and "photographs" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn_site, tmp_path):
+    """--ablation on one class, two seeds, a few iterations at 32 px: the full profile, each
+    ablation, two extra arms (a preset and overrides), the methods, the photographs' measures."""
+    out = tmp_path / "ablation.json"
+    args = ["--ablation", "--classes", "1", "--seeds", "2", "--iterations", "3", "--max-size", "32"]
+    args += ["--calibration-steps", "1", "--threads", "1", "--arm", "stat_last_block"]
+    args += ["--arm", 'mine=stationarity.rows="all",-tv', "--json", str(out)]
+    done = run_imagenet_benchmark(bn_site, args)
+    result = json.loads(out.read_text())
+    assert "partial" not in result and result["reference"] == "full" and result["seeds"] == [0, 1]
+    ablations = ["full", "no_stationarity", "no_bn_stats", "no_tv", "no_norm", "no_augmented", "no_schedule"]
+    assert list(result["ablation"]) == [*ablations, "stat_last_block", "mine"]
+    assert list(result["methods"]) == ["dsv", "dsv_paper", "deepinversion"]
+    for r in [*result["ablation"].values(), *result["methods"].values()]:
+        check_arm(r, 2)
+        assert len(r["lite1"]["top1_by_seed"]) == 2
+    assert result["methods"]["dsv"] == result["ablation"]["full"] and result["ablation"]["full"]["iterations"] == 3
+    assert set(result["photos"]) == NATURAL_KEYS and result["photos"]["spectrum_slope"] < -0.8
+    for name in [*ablations, "dsv_paper", "deepinversion", "photographs"]:
+        assert name in done.stdout

@@ -116,7 +116,7 @@ def bn_layer_distances(model: nn.Module, inputs: Tensor, *, batch_size: int = 16
     def record(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             f = args[0].double().transpose(0, 1).flatten(1)  # (C, N * H * W)
-            got = sums.setdefault(name, [torch.zeros(()), 0, 0])
+            got = sums.setdefault(name, [torch.zeros(()), torch.zeros(()), torch.zeros(())])
             got[0] = got[0] + f.shape[1]
             got[1] = got[1] + f.sum(1)
             got[2] = got[2] + f.pow(2).sum(1)

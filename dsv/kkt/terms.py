@@ -342,7 +342,7 @@ def _head_parameters(model: nn.Module, named: list[tuple[str, Tensor]]) -> list[
 
 def _norm_affine_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
     """The affine weight and bias of every normalization layer (the scale and shift of BatchNorm)."""
-    out = []
+    out: list[tuple[str, Tensor]] = []
     for name, module in model.named_modules():
         if isinstance(module, NORMALIZATIONS):
             prefix = f"{name}." if name else ""
