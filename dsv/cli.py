@@ -1,4 +1,4 @@
-"""``dsv-pipeline``: run | resume | verify | show | export | plugins. A thin layer over :mod:`dsv.pipeline`
+"""``dsv-pipeline``: run | resume | verify | show | export | report | plugins. A thin layer over :mod:`dsv.pipeline`
 and :mod:`dsv.store` (imported on first use, so ``--help`` and errors stay fast)."""
 
 from __future__ import annotations
@@ -70,19 +70,19 @@ def parser() -> argparse.ArgumentParser:
     _add_process_flags(resume)
 
     verify = sub.add_parser("verify", help="check a run store: schema, commit record, every array")
-    verify.add_argument("store")
+    verify.add_argument("store", help="run store (a .zarr folder)")
 
     show = sub.add_parser("show", help="summarize a run store")
-    show.add_argument("store")
+    show.add_argument("store", help="run store (a .zarr folder)")
     show.add_argument("--json", action="store_true", help="machine-readable summary")
 
     export = sub.add_parser("export", help="export a run store's candidates")
-    export.add_argument("store")
+    export.add_argument("store", help="run store (a .zarr folder)")
     export.add_argument("--png", help="write a labelled image grid here")
     export.add_argument("--npz", help="write arrays x, lambda, labels, alive, targets here")
 
     report = sub.add_parser("report", help="write a run store's report: one self-contained HTML file")
-    report.add_argument("store")
+    report.add_argument("store", help="run store (a .zarr folder)")
     report.add_argument("-o", "--output", help="the HTML file to write (default: STORE/exports/report.html)")
 
     plugins = sub.add_parser("plugins", help="list plugins and every registered name by kind")
