@@ -69,7 +69,17 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
     lines += [f"| [`{name}`](#{name}) | {text} |" for name, text, _ in subcommands]
     for name, text, sub in subcommands:
         usage = " ".join(sub.format_usage().removeprefix("usage:").split())
-        lines += ["", f"## {name}", "", f"{text[0].upper()}{text[1:]}." if text else "", "", "```text", usage, "```", ""]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"{text[0].upper()}{text[1:]}." if text else "",
+            "",
+            "```text",
+            usage,
+            "```",
+            "",
+        ]
         actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
         if actions:
             lines += ["| argument | meaning |", "| --- | --- |", *(_argument_row(a) for a in actions)]
