@@ -197,7 +197,7 @@ def message_checks(check: Callable[..., Any], table: str) -> dict[str, tuple[str
             continue
         key, sub, rule = match.groups()
         rule = GOT.sub("", " ".join(rule.split()))
-        rule = re.sub(r"^… ", "the value ", rule)
+        rule = re.sub(r"^… ", "refused: the value ", rule)
         if sub and "." in sub:
             rule = f"{sub.rpartition('.')[2]}: {rule}"
         if rule not in out[key]:
