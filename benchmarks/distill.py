@@ -45,11 +45,11 @@ from dsv.builtin.retrainers import TeacherLabelled
 from dsv.evaluation.analysis import class_lambda_sums, pearson
 from dsv.evaluation.baselines import distribution_matching, herding, random_per_class, random_real, synthesize_images
 from dsv.evaluation.retraining import accuracy_on, build_augmentations, build_retrainer, mean_std, retrain_models
-from dsv.kkt.selection import fit_feasible, head_features, pool_indices, top_lambda_candidates, top_per_class
+from dsv.kkt.selection import head_features, pool_indices, top_lambda_candidates, top_per_class
 from dsv.pipeline import Pipeline, load_pipeline
 from dsv.plugins import normalize
 from dsv.stages.retrain import RetrainConfig
-from dsv.stages.select import SelectConfig
+from dsv.stages.select import SelectConfig, fit_lambdas
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "fashion_mnist_distill.toml"
 DISTILL_METHODS = (
@@ -96,6 +96,14 @@ def parse_args(argv=None):
         "(e.g. 'margin:synthesis.lr_x=0.1'; for dsv_defaults, the defaults with these keys changed); "
         "ablations side by side in one run",
     )
+    p.add_argument(
+        "--table2",
+        action="store_true",
+        help="the paper's Table 2 (img/cls x shots x dsv, dc, dsa, dm, random_real), coresets, ablations, threads",
+    )
+    p.add_argument("--gm-iterations", type=int, default=200, help="DC and DSA iterations (published: 1000)")
+    p.add_argument("--no-ablations", action="store_true", help="--table2 without the ablation rows")
+    p.add_argument("--no-base-ablation", action="store_true", help="--table2 without the second base model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
@@ -142,6 +150,7 @@ class Bench:
                 f"select.iterations={max((base.table('select') or SelectConfig()).iterations // 5, 1)}",
             ]
             args.dm_iterations = max(args.dm_iterations // 5, 1)
+            args.gm_iterations = max(args.gm_iterations // 5, 1)
         self.args = args
         self.pipeline = Pipeline.from_toml(args.pipeline, overrides=overrides, progress=args.progress)
         self.config = self.pipeline.config
@@ -184,12 +193,12 @@ class Bench:
                 table = load_pipeline(args.pipeline, overrides=[*overrides, *extra]).config.synthesis
             self.variants[label if plus else f"dsv_noise+{label}"] = table
 
-    def score(self, images, labels, protocol: str = "hard") -> dict:
+    def score(self, images, labels, protocol: str = "hard", retrainer=None) -> dict:
         models = retrain_models(
             self.loaded.module,
             images,
             labels,
-            self.retrainers[protocol],
+            retrainer or self.retrainers[protocol],
             augmentations=self.augmentations,
             seeds=self.seeds,
             teacher=self.loaded.module,
@@ -302,27 +311,20 @@ class Bench:
         pool = pool_indices(labels, sel.pool_per_class, gen)
         model = self.loaded.module.cpu().eval()
         start = time.perf_counter()
-        logits, features = head_features(model, normalize(images[pool], self.data.mean, self.data.std))
         lambdas = None
+        inputs = normalize(images[pool], self.data.mean, self.data.std)
         if "lambda_top" in methods:
-            lambdas, history = fit_feasible(
-                kkt.classifier_head(model)[1],
-                logits,
-                features,
-                labels[pool],
-                feasible_only=sel.feasible_only,
-                iterations=sel.iterations,
-                lr=sel.lr_lambda,
-                lambda_init=sel.lambda_init,
-                distance=sel.distance,
-                progress=self.args.progress,
-            )
+            lambdas, history, logits, features = fit_lambdas(model, inputs, labels[pool], sel, self.args.progress)
+        else:
+            logits, features = head_features(model, inputs)
             num_classes = self.loaded.spec.num_classes
             sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
             per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]
             self.notes["select"] = {
                 "seconds": time.perf_counter() - start,
+                "fit": sel.fit,
                 "relative_stationarity": history[-1],
+                "relative_stationarity_curve": history,
                 "positive_lambda": int((lambdas > 0).sum()),
                 "pool": int(len(pool)),
                 "pearson_lambda_accuracy": pearson(sums, per_class),
@@ -369,6 +371,59 @@ def print_row(r: dict) -> None:
     )
 
 
+def table2_main(args, bench: Bench, start: float) -> int:
+    """--table2: the paper's comparison, the coresets and rho with the pipeline's lambda fit, the
+    ablation rows, the thread check; one JSON."""
+    from paper_table2 import Table2, claims
+
+    table = Table2(bench, args)
+    table.run()
+    print("coreset selection")
+    bench.coresets([1, 10], list(CORESET_METHODS))
+    if not args.no_ablations:
+        base_bench = None
+        if not args.no_base_ablation:
+            other = argparse.Namespace(**vars(args))
+            other.overrides = [*args.overrides, "train.retrainer.weight_decay=5e-4"]
+            base_bench = Bench(other)
+        table.run_ablations(base_bench)
+    threads = table.thread_check()
+    verdict = claims(table.rows)
+    for key, c in verdict.items():
+        print(
+            f"claim {key.replace('_', ' img/cls, ')} shots: dsv {100 * c['dsv']:.2f} vs {c['best_baseline']} "
+            f"{100 * c['best_mean']:.2f} (margin {100 * c['margin']:+.2f}, larger std {100 * c['larger_std']:.2f}): "
+            f"{'met' if c['met'] else 'not met'}"
+        )
+    seconds = time.perf_counter() - start
+    print(f"total {seconds:.0f} s")
+    if args.json:
+        zero = table.notes.get("dsv_1_0", {})
+        out = {
+            "table2": table.rows,
+            "coreset": bench.coreset,
+            "rho": bench.notes.get("select", {}).get("pearson_lambda_accuracy"),
+            "entropy": {"after_50": zero.get("entropy_after_50"), "end": zero.get("entropy_end")},
+            "base_model": bench.pipeline.context.facts.get("base_model"),
+            "threads": threads,
+            "ablation": table.ablation,
+            "claims": verdict,
+            "curves": table.curves,
+            "notes": {**bench.notes, **table.notes},
+            "settings": {
+                "pipeline": args.pipeline,
+                "overrides": args.overrides,
+                "quick": args.quick,
+                "gm_iterations": args.gm_iterations,
+                "dm_iterations": args.dm_iterations,
+                "threads": args.threads,
+            },
+            "seconds": seconds,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -377,6 +432,9 @@ def main(argv=None) -> int:
     base = bench.base_test_accuracy
     print(f"base model test accuracy {100 * base:.2f}%" if base is not None else "base model: given weights", end="")
     print(f", {args.threads} thread(s)")
+    if args.table2:
+        args.protocols = ["hard"]
+        return table2_main(args, bench, start)
     print(f"{'method':<24}{'img/cls':>8}{'shot/cls':>8}  {'protocol':<8}test accuracy (%)")
     for ipc in args.ipc:
         for method in (m for m in DISTILL_METHODS if m in args.methods):

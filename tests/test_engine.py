@@ -342,3 +342,65 @@ def test_stationarity_on_target_rows_counts_only_those_rows(make_run):
     with torch.no_grad():  # by hand: relative L1 over rows 0..2 of weight and bias
         run.lambdas.zero_()
     assert term(run.batch(run.x)).item() == pytest.approx(1.0)
+
+
+def test_one_augmentation_per_step_is_drawn_from_the_seeded_generator(make_run):
+    """augmentation_sampling = "one": each step applies exactly one of the augmentations, drawn
+    from torch's global generator (so a seeded run repeats, and a resumed one continues, the draw);
+    "all" chains every one of them each step."""
+    calls: list[str] = []
+
+    def tagged(name: str):
+        def augment(t):
+            calls.append(name)
+            return t.flip(-1) if name == "flip" else t + 0.01
+
+        return augment
+
+    augs = [tagged("flip"), tagged("shift"), tagged("noise")]
+    drawn = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        calls.clear()
+        run = make_run(augmentations=augs, augmentation_sampling="one")
+        for i in range(1, 13):
+            run.step(i)
+        drawn.append(list(calls))
+    assert len(drawn[0]) == 12 and drawn[0] == drawn[1]
+    assert len(set(drawn[0])) > 1  # not always the same one
+    calls.clear()
+    make_run(augmentations=augs, augmentation_sampling="all").step(1)
+    assert calls == ["flip", "shift", "noise"]
+
+
+def test_sgd_takes_plain_gradient_steps_on_x_and_lambda(make_run):
+    """optimizer = "sgd" (Algorithm 1): x and lambda move by exactly lr times their gradient."""
+    run = make_run(optimizer_kind="sgd", lr_x=0.1, lr_lambda=0.5)
+    x0, lam0 = run.x.detach().clone(), run.lambdas.detach().clone()
+    run.step(1)
+    assert torch.allclose(run.x.detach(), x0 - 0.1 * run.x.grad, atol=1e-7)
+    assert torch.allclose(run.lambdas.detach(), lam0 - 0.5 * run.lambdas.grad, atol=1e-7)
+    assert not run.optimizer.state.get(run.x)  # no moments: nothing to checkpoint
+
+
+def test_the_papers_options_resume_to_the_uninterrupted_result(make_run):
+    """One augmentation drawn per step and plain gradient steps: a run stopped after 5 steps and
+    restored from its checkpoint state takes the same remaining steps as an uninterrupted run."""
+    augs = [lambda t: t.flip(-1), lambda t: t + 0.05 * torch.randn_like(t), lambda t: t.roll(1, dims=-1)]
+    options = dict(augmentations=augs, augmentation_sampling="one", optimizer_kind="sgd", lr_x=0.05, lr_lambda=0.1)
+    torch.manual_seed(11)
+    whole = make_run(**options)
+    for i in range(1, 11):
+        whole.step(i)
+    torch.manual_seed(11)
+    first = make_run(**options)
+    for i in range(1, 6):
+        first.step(i)
+    arrays, scalars = first.state()
+    torch.manual_seed(999)  # another RNG state: the checkpoint must bring back the draw
+    resumed = make_run(**options)
+    resumed.restore(arrays, scalars, 5)
+    for i in range(6, 11):
+        resumed.step(i)
+    assert torch.equal(resumed.x.detach(), whole.x.detach())
+    assert torch.equal(resumed.lambdas.detach(), whole.lambdas.detach())

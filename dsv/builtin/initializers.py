@@ -73,6 +73,9 @@ class RealInit:
 
     #: the split of [data] the images are drawn from
     split: str = attrs.field(default="train", validator=attrs.validators.in_(("train", "test")))
+    #: real images seen per class (few-shot): the candidates of a class start from these, in turn;
+    #: 0: a different image for every candidate
+    shots: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
     def __call__(self, shape, labels: Tensor, context: InitContext) -> Tensor:
         if context.data is None:
@@ -82,9 +85,11 @@ class RealInit:
         for cls in labels.unique().tolist():
             pool = (targets == cls).nonzero().flatten()
             slots = (labels == cls).nonzero().flatten()
-            if len(pool) < len(slots):
-                raise DsvError(f"init 'real': class {cls} has {len(pool)} images, {len(slots)} needed")
-            pick = pool[torch.randperm(len(pool), generator=context.generator)[: len(slots)]]
+            drawn = min(self.shots, len(slots)) if self.shots else len(slots)
+            if len(pool) < drawn:
+                raise DsvError(f"init 'real': class {cls} has {len(pool)} images, {drawn} needed")
+            seen = pool[torch.randperm(len(pool), generator=context.generator)[:drawn]]
+            pick = seen[torch.arange(len(slots)) % drawn]
             chosen = images[pick]
             if chosen.shape[-2:] != tuple(shape[-2:]):
                 chosen = torch.nn.functional.interpolate(chosen, size=shape[-2:], mode="bilinear", antialias=True)

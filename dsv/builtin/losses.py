@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import attrs
 import torch
@@ -11,6 +12,8 @@ from torch import Tensor, nn
 from dsv import kkt
 from dsv.kkt import modes as kkt_modes
 from dsv.plugins import hookimpl
+
+log = logging.getLogger("dsv")
 
 
 @attrs.define(kw_only=True)
@@ -81,8 +84,10 @@ class Stationarity:
     ``finite_difference`` (input gradients at theta + h s against theta's, step ``fd_eps``
     relative to the parameters' RMS, activation gates kept); ``auto``: ``exact`` while the covered
     parameters sit in the last fifth of the forward's work (the head, the last block: the double
-    backward stays short, about one forward+backward), ``finite_difference`` otherwise
-    (benchmarks/kkt_step.py).
+    backward stays short, about one forward+backward), ``jvp`` otherwise (benchmarks/kkt_step.py;
+    benchmarks/stationarity_modes.py: ``finite_difference`` in float32 carries rounding noise of a
+    few percent that changes with the thread count, jvp none), or ``finite_difference`` with float64
+    passes for a model whose operations forward-mode AD does not cover.
     ``finite_difference`` keeps the gates of ReLU, ReLU6, Hardtanh and LeakyReLU *modules*; a
     model with other kinks (functional relu, max pooling, hardswish) gets a rougher estimate there:
     prefer ``jvp`` for it.
@@ -117,6 +122,9 @@ class Stationarity:
     mode: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *kkt.STATIONARITY_MODES)))
     #: the step of ``finite_difference``, relative to the parameters' RMS
     fd_eps: float = attrs.field(default=kkt_modes.FD_EPS, validator=attrs.validators.gt(0.0))
+    #: precision of finite_difference's passes: "model" (the model's own, one-sided) or "float64"
+    #: (central differences in double: no rounding noise that changes with the thread count)
+    fd_precision: str = attrs.field(default="model", validator=attrs.validators.in_(("model", "float64")))
     #: candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
     micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
@@ -157,7 +165,7 @@ class Stationarity:
                 sample = batch.inputs[:1].detach()
                 with self._gates.paused() if self._gates is not None else contextlib.nullcontext():
                     behind = kkt_modes.work_behind(self._model, sample, self.tensors)
-                self._auto = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "finite_difference"
+                self._auto = "exact" if behind <= kkt_modes.AUTO_EXACT_BELOW else "jvp"
         return self._auto
 
     def _only_head(self, model: nn.Module) -> bool:
@@ -196,17 +204,31 @@ class Stationarity:
             rows, covered, reference = None, params, self._reference
         scale = 1.0 / reference if self.relative and reference > 0 else 1.0
         mode = self.resolved_mode(batch)
-        loss = kkt.stationarity_term(
-            batch,
-            self._selected,
-            distance=self.distance,
-            mode=mode,
-            rows=rows,
-            scale=scale,
-            fd_eps=self.fd_eps,
-            gates=self._gate_tracker(mode),
-            micro_batch=self.micro_batch,
-        )
+        wide = self.fd_precision == "float64" or (self.mode == "auto" and mode == "finite_difference")
+
+        def term(mode: str) -> Tensor:
+            return kkt.stationarity_term(
+                batch,
+                self._selected,
+                distance=self.distance,
+                mode=mode,
+                rows=rows,
+                scale=scale,
+                fd_eps=self.fd_eps,
+                fd_dtype=torch.float64 if wide else None,
+                gates=self._gate_tracker(mode),
+                micro_batch=self.micro_batch,
+            )
+
+        try:
+            loss = term(mode)
+        except NotImplementedError as exc:  # an operation without a forward-mode derivative
+            if not (self.mode == "auto" and mode == "jvp"):
+                raise
+            log.warning("stationarity: jvp is not available for this model (%s); finite differences in float64", exc)
+            self._auto = mode = "finite_difference"
+            wide = True
+            loss = term(mode)
         return loss, reference, int(sum(p.numel() for p in covered))
 
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:

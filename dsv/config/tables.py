@@ -22,6 +22,12 @@ from dsv.config.plugin_spec import PluginSpec
 # how candidates are kept inside the model's input domain, when it is known (see dsv.synthesis.build)
 DOMAIN_MODES = ("clamp", "penalty", "none")
 
+# how the augmentations of a step are applied (dsv.synthesis.engine): all chained, or one drawn
+AUGMENTATION_SAMPLING = ("all", "one")
+
+# how x and lambda are stepped: Adam, or plain gradient steps (Algorithm 1)
+SYNTHESIS_OPTIMIZERS = ("adam", "sgd")
+
 # how the learning rate of x changes over each resolution stage (dsv.synthesis.engine)
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -117,6 +123,12 @@ class SynthesisConfig:
     lambda_warmup: int = 100
     #: eta of Algorithm 1: the weight of the KKT terms on the augmented copies A(x)
     augmented_weight: float = 1.0
+    #: the augmentations of a step: ``"all"`` chained (each one every step), or ``"one"`` drawn at
+    #: random per step (Algorithm 1's "sample f_A in A"; seeded, and resumed where it stopped)
+    augmentation_sampling: str = "all"
+    #: how x and lambda are stepped: ``"adam"`` (lr_x, betas_x, lr_lambda), or ``"sgd"``: plain
+    #: gradient steps of size lr_x and lr_lambda, as in Algorithm 1 (the arXiv version: 1e-3 and 0.1)
+    optimizer: str = "adam"
     #: the loss terms (``primal``, ``stationarity``, ``cross_entropy``, ``boundary``, or a
     #: plugin's), each ``{ name = ..., <options> }``
     losses: list[PluginSpec] = attrs.field(factory=_default_losses)
@@ -245,6 +257,15 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
         problems.append(f"synthesis.lambda_init: must be positive (dual feasibility), got {s.lambda_init}")
     if s.augmented_weight < 0:
         problems.append(f"synthesis.augmented_weight: must be at least 0, got {s.augmented_weight}")
+    if s.augmentation_sampling not in AUGMENTATION_SAMPLING:
+        problems.append(
+            f"synthesis.augmentation_sampling: expected one of {', '.join(map(repr, AUGMENTATION_SAMPLING))}, "
+            f"got {s.augmentation_sampling!r}"
+        )
+    if s.optimizer not in SYNTHESIS_OPTIMIZERS:
+        problems.append(
+            f"synthesis.optimizer: expected one of {', '.join(map(repr, SYNTHESIS_OPTIMIZERS))}, got {s.optimizer!r}"
+        )
     if s.domain not in DOMAIN_MODES:
         problems.append(f"synthesis.domain: expected one of {', '.join(map(repr, DOMAIN_MODES))}, got {s.domain!r}")
     if s.domain_weight <= 0:

@@ -65,11 +65,13 @@ def distribution_matching(
     augmentations: Sequence[Callable[[Tensor], Tensor]] = (),
     seed: int = 0,
     progress: bool = False,
+    history: list[float] | None = None,
 ) -> Tensor:
     """DM: move ``init`` (model input space, one row per entry of ``labels``) so that, for a new
     randomly initialized copy of ``template`` at each step, the mean embedding of each class's
     synthetic images matches that of its real images (SGD as in the paper: lr 1, momentum 0.5).
-    Real and synthetic batches are augmented independently (the expectation matched is the same)."""
+    Real and synthetic batches are augmented independently (the expectation matched is the same).
+    ``history``, when given, receives each step's loss (the convergence curve)."""
     syn = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     classes = labels.unique().tolist()
@@ -97,6 +99,8 @@ def distribution_matching(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if history is not None:
+            history.append(float(loss.detach()))
     return syn.detach()
 
 

@@ -262,6 +262,7 @@ def finite_difference_directional(
     gates: GateTracker | None = None,
     base: tuple[Tensor | None, Tensor] | None = None,
     micro_batch: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """The directional derivative along ``s`` by differences: (``grad_inputs sum_i w_i dCE_i`` or
     None, per-candidate ``dCE_i``).
@@ -269,13 +270,33 @@ def finite_difference_directional(
     With ``base`` = (input gradient, CE values) at theta and ``gates`` holding the pattern of that
     forward: one-sided, one pass at ``theta + step * s`` replaying theta's gates. Otherwise central:
     passes at ``theta +/- step * s``, the second replaying the gates of the first.
+
+    ``dtype`` (e.g. float64, for a float32 model): the passes run in that precision (every
+    parameter and buffer cast, the inputs too), always central (the base came from the model's own
+    precision); the results come back in the inputs' dtype. The difference of two float32 passes
+    carries rounding noise of about 1e-7 / step relative: run to run (thread count, summation
+    order) that noise differs, and it decides which way the candidates move.
     """
     n = inputs.shape[0]
     if step == 0.0:  # s = 0: D is flat in G here
         return (torch.zeros_like(inputs) if need_x else None), torch.zeros(n, dtype=inputs.dtype, device=inputs.device)
+    out_dtype = inputs.dtype
+    wide = dtype is not None and dtype != out_dtype
+    if wide:
+        base = None  # central differences in the wide precision
+        assert dtype is not None
+        fixed = {
+            k: t.detach().to(dtype) if t.is_floating_point() else t
+            for k, t in (*model.named_parameters(), *model.named_buffers())
+        }
+        inputs, targets, weights = inputs.detach().to(dtype), targets.to(dtype), weights.to(dtype)
+        params = [p.detach().to(dtype) for p in params]
+        direction = [s.to(dtype) for s in direction]
+    else:
+        fixed = {}
 
     def moved(sign: float) -> dict[str, Tensor]:
-        return {k: p.detach() + (sign * step) * s for k, p, s in zip(names, params, direction)}
+        return {**fixed, **{k: p.detach() + (sign * step) * s for k, p, s in zip(names, params, direction)}}
 
     def one_pass(sign: float, rows: slice, mode: str) -> tuple[Tensor | None, Tensor]:
         tracker.mode, tracker.cursor = mode, 0
@@ -311,6 +332,11 @@ def finite_difference_directional(
             tracker.remove()
     diff_x = torch.cat([g for g, _ in parts if g is not None]) if need_x else None
     diff_ce = torch.cat([c for _, c in parts])
+    if wide:
+        return (
+            (diff_x / (2 * step)).to(out_dtype) if diff_x is not None else None,
+            (diff_ce / (2 * step)).to(out_dtype),
+        )
     if one_sided:
         assert base is not None  # one_sided says so
         g_base, ce_base = base

@@ -114,3 +114,106 @@ def pool_indices(labels: Tensor, per_class: int, generator: torch.Generator) -> 
 
 def mean_entropy(logits: Tensor) -> float:
     return float(prediction_entropy(logits).mean()) if len(logits) else float("nan")
+
+
+def fit_multipliers_stationarity(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    params: str | list[str] = "all",
+    iterations: int = 100,
+    lr: float = 1.0,
+    lambda_init: float = 0.0,
+    distance: str = "l1",
+    mode: str = "jvp",
+    optimizer: str = "sgd",
+    batch_size: int = 500,
+    progress: bool = False,
+) -> tuple[Tensor, list[float]]:
+    """The paper's fit (Sec. 5.1): multipliers (N,) >= 0 of fixed samples ``images`` (model input
+    space) that minimize the stationarity distance ``D(theta, -sum_i lambda_i grad_theta CE_i)``
+    over ``params`` (a selection as the stationarity loss takes it: ``"all"``, ``"head"``, globs),
+    averaged per parameter and divided by its value at lambda = 0; the distance after each step.
+
+    Each step: ``G`` by one backward over the samples (``batch_size`` at a time), then
+    ``dD/dlambda_i = <s, grad_theta CE_i>`` (``s = dD/dG``) for every sample at once as a
+    directional derivative along ``s`` (``mode``: ``jvp``, exact; or ``finite_difference``,
+    central differences in float64), then a step on lambda: plain gradient (``optimizer = "sgd"``,
+    as the paper's Algorithm 1) or Adam; negative multipliers are projected to 0."""
+    from dsv.kkt import modes
+    from dsv.kkt.terms import select_parameters, soft_cross_entropy
+
+    named = select_parameters(model, params)
+    names = [n for n, _ in named]
+    thetas = [p for _, p in named]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in thetas:
+        p.requires_grad_(True)
+    with torch.no_grad():
+        num_classes = model(images[:1]).shape[1]
+    targets = F.one_hot(labels, num_classes).to(images.dtype)
+    reference = float(zero_multiplier_distance(thetas, distance))
+    count = sum(p.numel() for p in thetas)
+    lambdas = torch.full((len(labels),), float(lambda_init), requires_grad=True)
+    step_opt = torch.optim.Adam([lambdas], lr=lr) if optimizer == "adam" else torch.optim.SGD([lambdas], lr=lr)
+    rows = [slice(i, min(i + batch_size, len(labels))) for i in range(0, len(labels), batch_size)]
+    history: list[float] = []
+    steps = range(iterations)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="select")
+    try:
+        for _ in steps:
+            grads = [torch.zeros_like(p) for p in thetas]
+            for r in rows:
+                weights = lambdas.detach()[r]
+                if not bool((weights != 0).any()):
+                    continue
+                with torch.enable_grad():
+                    ce = soft_cross_entropy(model(images[r]), targets[r])
+                    parts = torch.autograd.grad((weights * ce).sum(), thetas, allow_unused=True)
+                for g, part in zip(grads, parts):
+                    if part is not None:
+                        g.add_(part)
+            residuals = [p.detach() + g for p, g in zip(thetas, grads)]
+            if distance == "l1":
+                value = sum(float(r.abs().sum()) for r in residuals) / count
+                direction = [r.sign() / (count * reference) for r in residuals]
+            else:
+                value = sum(float(r.pow(2).sum()) for r in residuals) / count
+                direction = [2 * r / (count * reference) for r in residuals]
+            history.append(value / reference)
+            tangent = torch.zeros(len(labels))
+            ones = torch.ones(len(labels))
+            for r in rows:
+                if mode == "jvp":
+                    _, t = modes.jvp_directional(
+                        model, images[r], targets[r], ones[r], names, thetas, direction, need_x=False
+                    )
+                else:
+                    step = modes.fd_step(thetas, direction, 1e-4)
+                    _, t = modes.finite_difference_directional(
+                        model,
+                        images[r],
+                        targets[r],
+                        ones[r],
+                        names,
+                        thetas,
+                        direction,
+                        step,
+                        need_x=False,
+                        dtype=torch.float64,
+                    )
+                tangent[r] = t
+            step_opt.zero_grad()
+            lambdas.grad = tangent
+            step_opt.step()
+            with torch.no_grad():
+                lambdas.clamp_(min=0.0)
+    finally:
+        for p in thetas:
+            p.requires_grad_(False)
+    return lambdas.detach(), history

@@ -157,6 +157,7 @@ def stationarity_term(
     fd_eps: float | None = None,
     gates: GateTracker | None = None,
     micro_batch: int = 0,
+    fd_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
     ``rows`` only where class-shaped), dead candidates counting lambda = 0.
@@ -167,7 +168,8 @@ def stationarity_term(
     a :class:`dsv.kkt.modes.GateTracker` on the model, kept the gates of the forward that made
     ``batch.logits``, central otherwise). The fast modes return a surrogate whose value is the
     distance and whose gradient is the mode's; their extra passes take ``micro_batch`` candidates
-    at a time (0: all), which bounds the memory they add. Under ``no_grad``
+    at a time (0: all), which bounds the memory they add. ``fd_dtype``: the precision of the
+    finite-difference passes (None: the model's; float64: central differences in double). Under ``no_grad``
     or with neither inputs nor lambdas requiring grad, only the value is computed.
     """
 
@@ -251,6 +253,7 @@ def stationarity_term(
             gates=gates,
             base=base,
             micro_batch=micro_batch,
+            dtype=fd_dtype,
         )
     with torch.enable_grad():  # d/dx through what the model saw, d/dlambda_i = alive_i dCE_i
         surrogate = (lam * tangent).sum()

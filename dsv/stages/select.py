@@ -19,10 +19,19 @@ from torch import Tensor
 from dsv import config as cfg
 from dsv import kkt
 from dsv.errors import DsvError
-from dsv.kkt.selection import fit_feasible, head_features, mean_entropy, pool_indices, top_per_class
+from dsv.kkt.selection import (
+    fit_feasible,
+    fit_multipliers_stationarity,
+    head_features,
+    mean_entropy,
+    pool_indices,
+    top_per_class,
+)
 from dsv.pipeline import Stage, StageContext
 from dsv.plugins import normalize
 from dsv.store import RunStore
+
+SELECT_FITS = ("head", "stationarity")
 
 
 @attrs.define(kw_only=True)
@@ -41,6 +50,19 @@ class SelectConfig:
     lambda_init: float = 0.0
     #: the stationarity distance over the classifier head: ``l1`` or ``l2``
     distance: str = "l2"
+    #: how lambda is fitted: ``"head"`` (closed form over the classifier head's gradient, Adam on
+    #: lambda) or ``"stationarity"`` (the paper's: the distance over ``params``, every sample's
+    #: lambda gradient as a directional derivative by ``mode``, steps by ``optimizer``)
+    fit: str = "head"
+    #: the parameters of the ``"stationarity"`` fit: ``"all"``, ``"head"``, or globs over names
+    params: str | list[str] = "all"
+    #: the directional derivative of the ``"stationarity"`` fit: ``"jvp"`` (forward-mode AD,
+    #: exact) or ``"finite_difference"`` (central differences in float64)
+    mode: str = "jvp"
+    #: the steps of the ``"stationarity"`` fit: ``"sgd"`` (plain gradient steps, the paper's) or ``"adam"``
+    optimizer: str = "sgd"
+    #: samples per forward pass of the ``"stationarity"`` fit (memory, not results)
+    batch_size: int = 500
     # On all of Fashion-MNIST the fit with the misclassified ones diverged (relative stationarity
     # 2.28 after 300 steps, worse than lambda = 0), without them it reached 0.63 (measured with
     # benchmarks/distill.py)
@@ -67,6 +89,45 @@ def read_coreset(store: RunStore, name: str, top_k: int = 0) -> tuple[Tensor, Te
         return torch.from_numpy(z[f"top{k}_images"]), torch.from_numpy(z[f"top{k}_labels"]).long()
 
 
+def fit_lambdas(model, images: Tensor, labels: Tensor, s: SelectConfig, progress: bool = False):
+    """(lambda of each sample, relative stationarity after each step, logits, head features) for
+    ``images`` (model input space) under the table's ``fit``: the closed-form head fit, or the
+    paper's (L1 stationarity over ``params``, directional derivatives, plain gradient steps)."""
+    logits, features = head_features(model, images)
+    if s.fit == "head":
+        lambdas, history = fit_feasible(
+            kkt.classifier_head(model)[1],
+            logits,
+            features,
+            labels,
+            feasible_only=s.feasible_only,
+            iterations=s.iterations,
+            lr=s.lr_lambda,
+            lambda_init=s.lambda_init,
+            distance=s.distance,
+            progress=progress,
+        )
+        return lambdas, history, logits, features
+    keep = (logits.argmax(1) == labels) if s.feasible_only else torch.ones_like(labels, dtype=torch.bool)
+    lambdas = torch.zeros(len(labels))
+    fitted, history = fit_multipliers_stationarity(
+        model,
+        images[keep],
+        labels[keep],
+        params=s.params,
+        iterations=s.iterations,
+        lr=s.lr_lambda,
+        lambda_init=s.lambda_init,
+        distance=s.distance,
+        mode=s.mode,
+        optimizer=s.optimizer,
+        batch_size=s.batch_size,
+        progress=progress,
+    )
+    lambdas[keep] = fitted
+    return lambdas, history, logits, features
+
+
 def run(context: StageContext, store: RunStore | None) -> list[Path]:
     """The select stage: fit lambda over a pool of real samples, export the top-k per class."""
     assert store is not None
@@ -76,19 +137,8 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     gen = torch.Generator().manual_seed(context.seed)
     pool = pool_indices(labels, s.pool_per_class, gen)
     model = context.model.module.cpu().eval()
-    logits, features = head_features(model, normalize(images[pool], data.mean, data.std))
-    _, head = kkt.classifier_head(model)
-    lambdas, history = fit_feasible(
-        head,
-        logits,
-        features,
-        labels[pool],
-        feasible_only=s.feasible_only,
-        iterations=s.iterations,
-        lr=s.lr_lambda,
-        lambda_init=s.lambda_init,
-        distance=s.distance,
-        progress=context.progress,
+    lambdas, history, logits, _ = fit_lambdas(
+        model, normalize(images[pool], data.mean, data.std), labels[pool], s, context.progress
     )
     arrays = {
         "top_k": np.asarray(s.top_k),
@@ -132,6 +182,14 @@ def check(select: SelectConfig, config: cfg.PipelineConfig) -> list[str]:
         problems.append(f"select.lr_lambda: must be positive, got {select.lr_lambda}")
     if select.lambda_init < 0:
         problems.append(f"select.lambda_init: must be at least 0 (dual feasibility), got {select.lambda_init}")
+    if select.fit not in SELECT_FITS:
+        problems.append(f"select.fit: expected one of {', '.join(map(repr, SELECT_FITS))}, got {select.fit!r}")
+    if select.mode not in ("jvp", "finite_difference"):
+        problems.append(f"select.mode: expected 'jvp' or 'finite_difference', got {select.mode!r}")
+    if select.optimizer not in ("sgd", "adam"):
+        problems.append(f"select.optimizer: expected 'sgd' or 'adam', got {select.optimizer!r}")
+    if select.batch_size < 1:
+        problems.append(f"select.batch_size: must be at least 1, got {select.batch_size}")
     if select.distance not in ("l1", "l2"):
         problems.append(f"select.distance: expected 'l1' or 'l2', got {select.distance!r}")
     if select.split not in ("train", "test"):

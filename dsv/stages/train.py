@@ -16,6 +16,7 @@ from dsv import config as cfg
 from dsv.builtin.models import load_state_dict
 from dsv.builtin.retrainers import SupervisedRetrainer, normalized
 from dsv.errors import ConfigError
+from dsv.evaluation.retraining import Augmented, build_augmentations
 from dsv.pipeline import Stage, StageContext
 from dsv.store import RunStore
 
@@ -46,6 +47,9 @@ class TrainConfig:
     #: train until every criterion holds on the whole training split, checked after each epoch
     #: (``{ train_accuracy = 0.999 }``, ``{ train_loss = 0.01 }``); empty: the retrainer's epochs
     until: dict[str, float] = attrs.field(factory=dict, validator=_check_until)
+    #: augmentations of the training batches (e.g. the paper's flip and crop for its base ConvNet),
+    #: each ``{ name = ..., <options> }``; applied in training mode only
+    augmentations: list[cfg.PluginSpec] = attrs.field(factory=list)
     #: with ``until``: at most this many epochs (0: the retrainer's ``epochs``)
     max_epochs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: where trained weights are cached, by model, training table, data and seed (never overwritten)
@@ -61,6 +65,11 @@ def cache_path(context: StageContext, table: TrainConfig) -> Path:
         "train": cfg.CONVERTER.unstructure(table.retrainer),
         # (only when set: the weights cached for a plain table keep their name)
         **({"until": table.until, "max_epochs": table.max_epochs} if table.until else {}),
+        **(
+            {"augmentations": [cfg.CONVERTER.unstructure(a) for a in table.augmentations]}
+            if table.augmentations
+            else {}
+        ),
         "data": data.fingerprint,
         "seed": context.seed,
         "torch": torch.__version__.split("+")[0],
@@ -109,8 +118,9 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
 
             stop = until
 
+        augmentations = build_augmentations(table.augmentations, context.plugins, context.source, "train")
         retrainer.fit(
-            loaded.module,
+            Augmented(loaded.module, augmentations) if augmentations else loaded.module,
             train_set,
             device=context.device,
             seed=context.seed,

@@ -169,6 +169,8 @@ def build_run(
         priors=priors,
         augmentations=augs,
         augmented_weight=s.augmented_weight,
+        augmentation_sampling=s.augmentation_sampling,
+        optimizer_kind=s.optimizer,
         lr_x=s.lr_x,
         lr_schedule=s.lr_schedule,
         lr_warmup=s.lr_warmup,

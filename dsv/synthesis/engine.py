@@ -39,6 +39,11 @@ class SynthesisRun:
     priors: list[tuple[str, Any]] = attrs.field(factory=list)
     augmentations: list[Callable[[Tensor], Tensor]] = attrs.field(factory=list)
     augmented_weight: float = 1.0
+    # "all": every augmentation, chained, each step; "one": one of them per step, drawn uniformly
+    # from torch's global generator (Algorithm 1's "sample f_A in A"; the RNG is checkpointed)
+    augmentation_sampling: str = "all"
+    # "adam" or "sgd": plain gradient steps for x and lambda (Algorithm 1), no momentum, no state
+    optimizer_kind: str = "adam"
     lr_x: float = 0.05
     lr_schedule: str = "constant"  # or "cosine": lr_x decays to 0 over each resolution stage
     lr_warmup: int = 0  # iterations of linear warm-up at the start of each resolution stage
@@ -72,6 +77,10 @@ class SynthesisRun:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer_kind == "sgd":
+            return torch.optim.SGD(
+                [{"params": [self.x], "lr": self.lr_x}, {"params": [self.lambdas], "lr": self.lr_lambda}]
+            )
         return torch.optim.Adam(
             [
                 {"params": [self.x], "lr": self.lr_x, "betas": self.betas_x},
@@ -135,6 +144,12 @@ class SynthesisRun:
         logits = self.model(inputs)
         return kkt.KKTBatch(self.model, inputs, logits, self.targets, self.lambdas, self.alive)
 
+    def augmented_by(self) -> list[Callable[[Tensor], Tensor]]:
+        """The augmentations of this step: all of them in order, or one drawn at random."""
+        if self.augmentation_sampling == "one" and len(self.augmentations) > 1:
+            return [self.augmentations[int(torch.randint(len(self.augmentations), ()))]]
+        return self.augmentations
+
     def _call_hook(self, name: str, **kwargs) -> list:
         return self.hooks.call_lifecycle(name, run=self, **kwargs) if self.hooks is not None else []
 
@@ -159,7 +174,7 @@ class SynthesisRun:
             total = total + term.weight * values[name]
         augmented = shown
         if self.augmentations:
-            for aug in self.augmentations:
+            for aug in self.augmented_by():
                 augmented = aug(augmented)
             aug_batch = self.batch(augmented)
             for name, term in self.losses:
