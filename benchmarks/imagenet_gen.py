@@ -124,21 +124,21 @@ def step_times(runs: dict[str, object], steps: int) -> dict[str, list[float]]:
 
 
 def calibrate(tables: dict[str, object], generator, plugins, steps: int) -> dict[str, dict[int, float]]:
-    """Median step seconds of each arm at each size of its schedule, one size at a time (the runs
-    of one size only, interleaved, so that the memory of all arms at 224 px is never held at once)."""
+    """Median step seconds of each arm at each size of its schedule, the steps of every arm and
+    size interleaved (one step of each in turn), so that all of them share the machine's state."""
+    runs, keys = {}, []
+    for name, s in tables.items():
+        for size in sorted({sz for _, sz in s.resolutions} | {final_size(s)}):
+            one = copy.deepcopy(s)
+            one.resolutions = [[1, size]]
+            runs[f"{name}@{size}"] = (make_run(one, generator, plugins, 0, name), contextlib.nullcontext)
+            keys.append((name, size))
+    times = step_times(runs, steps)
+    for run, _ in runs.values():
+        detach_terms(run.losses + run.priors)
     out: dict[str, dict[int, float]] = {name: {} for name in tables}
-    sizes = sorted({sz for s in tables.values() for _, sz in s.resolutions} | {final_size(s) for s in tables.values()})
-    for size in sizes:
-        runs = {}
-        for name, s in tables.items():
-            if size in {sz for _, sz in s.resolutions} or size == final_size(s):
-                one = copy.deepcopy(s)
-                one.resolutions = [[1, size]]
-                runs[name] = (make_run(one, generator, plugins, 0, name), contextlib.nullcontext)
-        times = step_times(runs, steps)
-        for name, (run, _) in runs.items():
-            detach_terms(run.losses + run.priors)
-            out[name][size] = statistics.median(times[name])
+    for name, size in keys:
+        out[name][size] = statistics.median(times[f"{name}@{size}"])
     return out
 
 
@@ -254,12 +254,19 @@ def compare(args, generator, plugins, verifiers) -> dict:
         extra_runs = [n for n in tables if section[n] == "methods" and n != "dsv" and not args.equal_time_only]
         planned_extra = sum(iterations * cost[n] * len(seeds) for n in extra_runs)
         for n in tables:
-            print(f"  {n:<24} {budget[n]:>6} iterations x {len(seeds)} seeds: {planned[n]:>7.0f} s")
+            steps = ", ".join(f"{at[n][size]:.2f} s @{size}" for size in sorted(at[n]))
+            print(f"  {n:<20} {budget[n]:>5} iterations x {len(seeds)} seeds: {planned[n]:>7.0f} s  (steps {steps})")
         if extra_runs:
             print(f"  equal-iterations runs of {', '.join(extra_runs)}: {planned_extra:.0f} s")
         total = sum(planned.values()) + planned_extra
         print(f"synthesis in all: {total:.0f} s ({total / 3600:.2f} h), calibration not counted")
-        return {"plan_seconds": planned, "plan_total_seconds": total, "iterations": budget}
+        sizes = {n: {str(k): v for k, v in d.items()} for n, d in at.items()}
+        return {
+            "plan_seconds": planned,
+            "plan_total_seconds": total,
+            "iterations": budget,
+            "step_seconds_by_size": sizes,
+        }
     photo_measures = natural_measures(photos(final_size(tables[reference])), verifiers["lite1"])
     results: dict[str, dict] = {}
     equal_iterations: dict[str, dict] = {}
