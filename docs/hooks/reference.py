@@ -8,8 +8,7 @@ the pages do not depend on what else is installed where the docs are built."""
 from __future__ import annotations
 
 import argparse
-
-from mkdocs.structure.files import File, Files
+from typing import Any
 
 #: the generated pages, by their path under docs/
 PAGES = ("reference/config.md", "reference/cli.md")
@@ -92,7 +91,10 @@ def cli_page() -> str:
     return cli_markdown(parser())
 
 
-def on_files(files: Files, config) -> Files:
+def on_files(files: Any, config: Any) -> Any:
+    # imported here: the tests read the pages without MkDocs installed
+    from mkdocs.structure.files import File
+
     for path, content in zip(PAGES, (config_page(), cli_page())):
         files.append(File.generated(config, path, content=content))
     return files
