@@ -147,10 +147,10 @@ def fit_multipliers_stationarity(
     named = select_parameters(model, params)
     names = [n for n, _ in named]
     thetas = [p for _, p in named]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in thetas:
-        p.requires_grad_(True)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for theta in thetas:
+        theta.requires_grad_(True)
     with torch.no_grad():
         num_classes = model(images[:1]).shape[1]
     targets = F.one_hot(labels, num_classes).to(images.dtype)
@@ -214,6 +214,6 @@ def fit_multipliers_stationarity(
             with torch.no_grad():
                 lambdas.clamp_(min=0.0)
     finally:
-        for p in thetas:
-            p.requires_grad_(False)
+        for theta in thetas:
+            theta.requires_grad_(False)
     return lambdas.detach(), history
