@@ -322,7 +322,7 @@ def _row(label: str, name: str, r: dict) -> str:
         spread = f"±{v['top1_std']:.2f}" if len(v["top1_by_seed"]) > 1 else "     "
         figures += f" {v['top1']:>5.2f}{spread} {v['top5']:>5.2f} {v['p_target']:>6.3f}"
     n = r["natural"]
-    return (f"{label:<17} {name:<20} {r['iterations']:>6} {r['seconds']:>8.0f}{figures} "
+    return (f"{label:<17} {name:<20} {r['iterations']:>6} {r['seconds']:>8.1f}{figures} "
             f"{n['spectrum_slope']:>6.2f} {n['saturation']:>5.2f} {n['saturated_fraction']:>6.3f} "
             f"{n['verifier_bn_distance']:>6.3f} {r['n']:>3}")  # fmt: skip
 
