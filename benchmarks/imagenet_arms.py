@@ -124,3 +124,19 @@ def resolve(raw: dict[str, Any], items: list[str]) -> list[str]:
         synthesis[kind][i][keys[1]] = value
         touched.add(kind)
     return [f"synthesis.{kind}={cfg.toml_inline(synthesis[kind])}" for kind in ENTRY_LISTS if kind in touched] + passed
+
+
+def main() -> None:
+    """Print the ablation arms and the presets with their overrides (the helper is run by
+    benchmarks/imagenet_gen.py; on its own it lists what --ablation and --arm NAME run)."""
+    import argparse
+
+    argparse.ArgumentParser(description="the arms of benchmarks/imagenet_gen.py --ablation and --arm").parse_args()
+    for title, arms in (("ablation (--ablation)", ABLATIONS), ("presets (--arm NAME)", PRESETS)):
+        print(title)
+        for name, items in arms.items():
+            print(f"  {name:<18} {' '.join(items) or '(the profile as it is)'}")
+
+
+if __name__ == "__main__":
+    main()
