@@ -22,6 +22,7 @@ and the thread check (that row rerun with 1 and with 2 torch threads).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import attrs
 import numpy as np
@@ -55,6 +56,7 @@ class Table2:
         self.ablation: list[dict] = []
         self.curves: dict[str, list[float]] = {}
         self.notes: dict[str, dict] = {}
+        self.written: Callable[[], None] = lambda: None  # called after every row (partial JSON)
 
     # ---- the images of each method ------------------------------------------------------------
 
@@ -122,7 +124,7 @@ class Table2:
             real_labels,
             noise,
             labels,
-            iterations=self.args.gm_iterations,
+            iterations=self.args.gm_iterations if ipc == 1 else self.args.gm_iterations_10,
             siamese=method == "dsa",
             seed=seed,
             history=curve,
@@ -156,6 +158,7 @@ class Table2:
                         continue
                     self.rows.append(self.row(method, ipc, shots))
                     print_row(self.rows[-1])
+                    self.written()
 
     def run_ablations(self, base_bench=None) -> None:
         b = self.bench
@@ -166,6 +169,7 @@ class Table2:
             images = self.dsv(1, 1, synthesis=s)
             self.ablation.append({**self.row("dsv", 1, 1, retrainer=retrainer, images=images), "label": label})
             print_row(self.ablation[-1], label)
+            self.written()
         if base_bench is not None:
             other = Table2(base_bench, self.args)
             row = other.row("dsv", 1, 1)
