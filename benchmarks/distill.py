@@ -144,6 +144,21 @@ def quick_schedule(resolutions: list[list[int]]) -> list[list[int]]:
     return out
 
 
+def entropy_notes(history: dict) -> dict:
+    """The DSVs' mean prediction entropy over a synthesis (Fig. 2a): at the start, after 50
+    iterations, its minimum and at the end; and the iterations run."""
+    entropy = history.get("entropy", np.array([np.nan]))
+    iterations = history.get("iteration", np.arange(1, len(entropy) + 1))
+    after = np.nonzero(iterations >= 50)[0]
+    return {
+        "iterations": int(iterations[-1]),
+        "entropy_start": float(entropy[0]),
+        "entropy_after_50": float(entropy[after[0]]) if len(after) else float("nan"),
+        "entropy_min": float(entropy.min()),
+        "entropy_end": float(entropy[-1]),
+    }
+
+
 class Bench:
     def __init__(self, args):
         overrides = [f"data.name={json.dumps(args.dataset)}", *args.overrides]
@@ -250,17 +265,10 @@ class Bench:
         if self.args.pool > 1:  # the DSVs of each class: its ipc candidates with the largest lambda
             keep = top_lambda_candidates(torch.from_numpy(history["final_lambda"]), alive, labels, ipc)
             x, labels, alive = x[keep], labels[keep], alive[keep]
-        entropy = history.get("entropy", np.array([np.nan]))
-        iterations = history.get("iteration", np.arange(1, len(entropy) + 1))
-        after = np.nonzero(iterations >= 50)[0]
         self.notes[f"{method}/{ipc}"] = {
             "pool": self.args.pool,
-            "iterations": int(iterations[-1]),
-            "entropy_after_50": float(entropy[after[0]]) if len(after) else float("nan"),
             "alive": int(alive.sum()),
-            "entropy_start": float(entropy[0]),
-            "entropy_min": float(entropy.min()),
-            "entropy_end": float(entropy[-1]),
+            **entropy_notes(history),
         }
         return x, labels  # dead candidates are kept: every method hands over ipc images per class
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 
 import attrs
-import numpy as np
 import torch
 
 from dsv import config as cfg
@@ -77,13 +76,11 @@ class Table2:
         if pool > ipc:  # the img/cls candidates of each class with the largest lambda
             keep = top_lambda_candidates(torch.from_numpy(history["final_lambda"]), alive, labels, ipc)
             x, labels, alive = x[keep], labels[keep], alive[keep]
-        entropy = history.get("entropy", np.array([np.nan]))
-        iterations = history.get("iteration", np.arange(1, len(entropy) + 1))
-        after = np.nonzero(iterations >= 50)[0]
+        from distill import entropy_notes  # the script beside this module, which imports it
+
         self.notes[f"dsv_{ipc}_{shots}"] = {
             "alive": int(alive.sum()),
-            "entropy_after_50": float(entropy[after[0]]) if len(after) else float("nan"),
-            "entropy_end": float(entropy[-1]),
+            **entropy_notes(history),
             "relative_stationarity_end": float(history["relative_stationarity"][-1])
             if "relative_stationarity" in history
             else None,
