@@ -219,3 +219,21 @@ def print_row(r: dict, label: str = "") -> None:
         f"  ({r['seeds']} seeds, {r['seconds_total']:.0f} s){'  ' + label if label else ''}",
         flush=True,
     )
+
+
+def main() -> None:
+    """On its own: list the rows and the ablations that ``benchmarks/distill.py --table2`` runs."""
+    import argparse
+
+    argparse.ArgumentParser(
+        description="the paper's Table 2; run it as: python benchmarks/distill.py --pipeline "
+        "pipelines/paper_fashion_mnist.toml --table2 --json out.json"
+    ).parse_args()
+    print(f"img/cls {list(IMG_PER_CLASS)} x shots {list(SHOTS)} x {', '.join(METHODS)} (0 shots: dsv only)")
+    print("ablations of the 1-img 1-shot DSV row:")
+    for label in [*ABLATIONS, BASE_ABLATION]:
+        print(f"  {label}")
+
+
+if __name__ == "__main__":
+    main()
