@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsv.kkt.terms import classifier_head, prediction_entropy, stationarity_distance, zero_multiplier_distance
+from dsv.kkt import modes
+from dsv.kkt.terms import (
+    classifier_head,
+    prediction_entropy,
+    select_parameters,
+    soft_cross_entropy,
+    stationarity_distance,
+    zero_multiplier_distance,
+)
 
 
 def head_features(model: nn.Module, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
@@ -141,9 +149,6 @@ def fit_multipliers_stationarity(
     directional derivative along ``s`` (``mode``: ``jvp``, exact; or ``finite_difference``,
     central differences in float64), then a step on lambda: plain gradient (``optimizer = "sgd"``,
     as the paper's Algorithm 1) or Adam; negative multipliers are projected to 0."""
-    from dsv.kkt import modes
-    from dsv.kkt.terms import select_parameters, soft_cross_entropy
-
     named = select_parameters(model, params)
     names = [n for n, _ in named]
     thetas = [p for _, p in named]
