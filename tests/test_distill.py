@@ -406,3 +406,34 @@ def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert bad.returncode != 0 and "expected [METHOD+]LABEL:synthesis.KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.slow
+def test_table2_runs_in_two_workers_and_merges_one_table(tmp_path):
+    """benchmarks/distill.py --table2 on digits, tiny: the rows of 10 img/cls come from the second
+    worker, the rest (coresets, thread check) from the first; one JSON in the table's order."""
+    script = REPO_ROOT / "benchmarks" / "distill.py"
+    args = ["--dataset", "digits", "--pipeline", str(REPO_ROOT / "pipelines" / "paper_fashion_mnist.toml")]
+    args += ["--table2", "--no-ablations", "--gm-iterations", "1", "--gm-iterations-10", "1", "--dm-iterations", "2"]
+    for item in ("train.max_epochs=1", "train.retrainer.epochs=1", "synthesis.iterations=2", "retrain.seeds=2",
+                 'retrain.retrainer={name="adam",epochs=2,batch_size=256,lr=1e-4}', "select.iterations=2",
+                 "select.pool_per_class=20"):  # fmt: skip
+        args += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--json", "out.json"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    cells = [(r["img_per_class"], r["shots"], r["method"]) for r in result["table2"]]
+    baselines = ["dsv", "dc", "dsa", "dm", "random_real"]
+    expected = [(ipc, s, m) for ipc in (1, 10) for s in (0, 1, 10) for m in (["dsv"] if s == 0 else baselines)]
+    assert cells == expected
+    assert all(r["seeds"] == 2 and 0.0 <= r["mean"] <= 1.0 for r in result["table2"])
+    assert set(result["claims"]) == {"1_1", "10_10"} and set(result["threads"]) == {"1", "2"}
+    assert {"dc_10_10", "dsa_10_1", "dm_10_10", "dc_1_1"} <= set(result["curves"])  # both workers' curves
+    assert "dsv_10_0" in result["notes"] and "dsv_1_1" in result["notes"]
+    assert not result["partial"] and result["settings"]["workers"] == 2
+    assert {r["method"] for r in result["coreset"]} >= {"random", "lambda_top"}
+    assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.json"]  # the second worker's JSON merged
