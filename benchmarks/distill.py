@@ -110,7 +110,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--gm-iterations-10",
         type=int,
-        default=3,
+        default=2,
         help="DC and DSA iterations at 10 img/cls (published: 1000; each costs about 300 of the 1-img/cls ones)",
     )
     p.add_argument(

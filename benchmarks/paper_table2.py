@@ -236,14 +236,68 @@ def print_row(r: dict, label: str = "") -> None:
     )
 
 
-def main() -> None:
-    """On its own: list the rows and the ablations that ``benchmarks/distill.py --table2`` runs."""
-    import argparse
+def pct(r: dict) -> str:
+    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
 
-    argparse.ArgumentParser(
+
+def markdown(result: dict) -> str:
+    """The Table 2 JSON as Markdown: the table (methods as columns), the claims, the coresets and
+    rho, the ablations and the thread check."""
+    out = ["| img/cls | shots | " + " | ".join(METHODS) + " |", "| --- | --- |" + " --- |" * len(METHODS)]
+    cells = {(r["img_per_class"], r["shots"], r["method"]): r for r in result["table2"]}
+    for ipc in IMG_PER_CLASS:
+        for shots in SHOTS:
+            row = [pct(cells[ipc, shots, m]) if (ipc, shots, m) in cells else "-" for m in METHODS]
+            if any(v != "-" for v in row):
+                out.append(f"| {ipc} | {shots} | " + " | ".join(row) + " |")
+    out += [
+        "",
+        "| claim | dsv | best of DC/DSA/DM | margin | larger std | met? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, c in result.get("claims", {}).items():
+        ipc, shots = key.split("_")
+        out.append(
+            f"| {ipc} img/cls, {shots} shots | {100 * c['dsv']:.2f} | {c['best_baseline']} {100 * c['best_mean']:.2f} "
+            f"| {100 * c['margin']:+.2f} | {100 * c['larger_std']:.2f} | {'yes' if c['met'] else 'no'} |"
+        )
+    if result.get("coreset"):
+        out += ["", "| coreset | 1/cls | 10/cls |", "| --- | --- | --- |"]
+        core = {(r["method"], r["img_per_class"]): r for r in result["coreset"]}
+        for method in dict.fromkeys(r["method"] for r in result["coreset"]):
+            out.append(
+                f"| {method} | "
+                + " | ".join(pct(core[method, k]) if (method, k) in core else "-" for k in (1, 10))
+                + " |"
+            )
+        if result.get("rho") is not None:
+            out.append(f"\nrho (class lambda sum vs class test accuracy): {result['rho']:+.3f}")
+    if result.get("ablation"):
+        out += ["", "| ablation (1 img/cls, 1 shot) | dsv |", "| --- | --- |"]
+        out += [f"| {r['label']} | {pct(r)} |" for r in result["ablation"]]
+    if result.get("threads"):
+        t = result["threads"]
+        out += ["", "| threads | dsv, 1 img/cls, 1 shot |", "| --- | --- |"]
+        out += [f"| {k} | {100 * v['dsv_1_1']:.2f} ± {100 * v['std']:.2f} |" for k, v in sorted(t.items())]
+    return "\n".join(out)
+
+
+def main() -> None:
+    """With a JSON of ``--table2``: print it as Markdown. On its own: list the rows and the
+    ablations that ``benchmarks/distill.py --table2`` runs."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
         description="the paper's Table 2; run it as: python benchmarks/distill.py --pipeline "
         "pipelines/paper_fashion_mnist.toml --table2 --json out.json"
-    ).parse_args()
+    )
+    parser.add_argument("json", nargs="?", help="a --table2 JSON: print it as Markdown tables")
+    args = parser.parse_args()
+    if args.json:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return
     print(f"img/cls {list(IMG_PER_CLASS)} x shots {list(SHOTS)} x {', '.join(METHODS)} (0 shots: dsv only)")
     print("ablations of the 1-img 1-shot DSV row:")
     for label in [*ABLATIONS, BASE_ABLATION]:

@@ -437,3 +437,11 @@ def test_table2_runs_in_two_workers_and_merges_one_table(tmp_path):
     assert not result["partial"] and result["settings"]["workers"] == 2
     assert {r["method"] for r in result["coreset"]} >= {"random", "lambda_top"}
     assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.json"]  # the second worker's JSON merged
+    shown = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "paper_table2.py"), "out.json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    ten = next(r for r in result["table2"] if (r["img_per_class"], r["shots"], r["method"]) == (10, 10, "dm"))
+    assert "| 10 | 10 |" in shown.stdout and f"{100 * ten['mean']:.2f} ± {100 * ten['std']:.2f}" in shown.stdout
+    assert "| 10 img/cls, 10 shots |" in shown.stdout and "| threads |" in shown.stdout
