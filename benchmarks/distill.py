@@ -346,6 +346,7 @@ class Bench:
             lambdas, history, logits, features = fit_lambdas(model, inputs, labels[pool], sel, self.args.progress)
         else:
             logits, features = head_features(model, inputs)
+        if lambdas is not None:  # the lambda fit's notes and rho
             num_classes = self.loaded.spec.num_classes
             sums = class_lambda_sums(lambdas.numpy(), labels[pool].numpy(), num_classes)
             per_class = accuracy_on(model, self.test_x, self.test_y, num_classes)[1]

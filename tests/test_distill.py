@@ -436,6 +436,7 @@ def test_table2_runs_in_two_workers_and_merges_one_table(tmp_path):
     assert "dsv_10_0" in result["notes"] and "dsv_1_1" in result["notes"]
     assert not result["partial"] and result["settings"]["workers"] == 2
     assert {r["method"] for r in result["coreset"]} >= {"random", "lambda_top"}
+    assert -1.0 <= result["rho"] <= 1.0 and result["notes"]["select"]["fit"] == "stationarity"  # the paper's fit
     assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.json"]  # the second worker's JSON merged
     shown = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "paper_table2.py"), "out.json"],
