@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,19 +382,23 @@ def test_teacher_mixup_shows_the_teacher_mixtures_of_the_images():
     assert ((values > 0.01) & (values < 0.99)).sum() >= len(values) // 4  # many lie strictly between
 
 
+def run_benchmark(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python benchmarks/<script> ARGS`` in ``cwd`` with the repository importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
     """benchmarks/distill.py on digits, tiny: a --variant row next to its reference row, each with
     its own [synthesis] table, in one run and one JSON."""
-    script = REPO_ROOT / "benchmarks" / "distill.py"
     args = ["--dataset", "digits", "--quick", "--ipc", "1", "--methods", "noise_gaussian", "dsv_defaults"]
     args += ["--protocols", "hard", "--variant", "dsv_defaults+short:synthesis.iterations=3"]
     args += ["--set", "retrain.seeds=1", "--set", 'retrain.retrainer={name="adam",epochs=3,batch_size=256,lr=1e-3}']
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, str(script), *args, "--json", "out.json"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
-    )  # fmt: skip
+    done = run_benchmark("distill.py", [*args, "--json", "out.json"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["noise_gaussian", "dsv_defaults", "dsv_defaults+short"]
@@ -401,10 +406,7 @@ def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
     assert result["notes"]["dsv_defaults/1"]["iterations"] == 300
     assert result["notes"]["dsv_defaults+short/1"]["iterations"] == 3
     assert "noise_floor" in result["rows"][2] and "dsv_defaults+short" in done.stdout
-    bad = subprocess.run(
-        [sys.executable, str(script), "--dataset", "digits", "--variant", "noop:model.source=1"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
-    )  # fmt: skip
+    bad = run_benchmark("distill.py", ["--dataset", "digits", "--variant", "noop:model.source=1"], tmp_path)
     assert bad.returncode != 0 and "expected [METHOD+]LABEL:synthesis.KEY=VALUE" in bad.stderr
 
 
@@ -412,18 +414,13 @@ def test_the_distill_benchmark_runs_variants_side_by_side(tmp_path):
 def test_table2_runs_in_two_workers_and_merges_one_table(tmp_path):
     """benchmarks/distill.py --table2 on digits, tiny: the rows of 10 img/cls come from the second
     worker, the rest (coresets, thread check) from the first; one JSON in the table's order."""
-    script = REPO_ROOT / "benchmarks" / "distill.py"
     args = ["--dataset", "digits", "--pipeline", str(REPO_ROOT / "pipelines" / "paper_fashion_mnist.toml")]
     args += ["--table2", "--no-ablations", "--gm-iterations", "1", "--gm-iterations-10", "1", "--dm-iterations", "2"]
     for item in ("train.max_epochs=1", "train.retrainer.epochs=1", "synthesis.iterations=2", "retrain.seeds=2",
                  'retrain.retrainer={name="adam",epochs=2,batch_size=256,lr=1e-4}', "select.iterations=2",
                  "select.pool_per_class=20"):  # fmt: skip
         args += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, str(script), *args, "--json", "out.json"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
-    )  # fmt: skip
+    done = run_benchmark("distill.py", [*args, "--json", "out.json"], tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
     cells = [(r["img_per_class"], r["shots"], r["method"]) for r in result["table2"]]
@@ -438,10 +435,7 @@ def test_table2_runs_in_two_workers_and_merges_one_table(tmp_path):
     assert {r["method"] for r in result["coreset"]} >= {"random", "lambda_top"}
     assert -1.0 <= result["rho"] <= 1.0 and result["notes"]["select"]["fit"] == "stationarity"  # the paper's fit
     assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.json"]  # the second worker's JSON merged
-    shown = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "paper_table2.py"), "out.json"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
-    )  # fmt: skip
+    shown = run_benchmark("paper_table2.py", ["out.json"], tmp_path, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     ten = next(r for r in result["table2"] if (r["img_per_class"], r["shots"], r["method"]) == (10, 10, "dm"))
     assert "| 10 | 10 |" in shown.stdout and f"{100 * ten['mean']:.2f} ± {100 * ten['std']:.2f}" in shown.stdout
