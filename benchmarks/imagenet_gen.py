@@ -28,11 +28,13 @@ statistics inside Lite1 to Lite1's running statistics; the same for scikit-image
 dsv, DeepInversion and variants (bn_stats, one forward, channels_last, bf16 autocast,
 torch.compile), steps of all variants interleaved so that they share the machine's state, and
 prints their ratios. ``--plan`` calibrates the step times and prints how long the run would take.
+``--markdown out.json`` prints a finished run's tables as Markdown (the README's), loading no model.
 
     pip install plugins/dsv-bn-prior
     python benchmarks/imagenet_gen.py --json out.json [--quick] [--out DIR] [--threads 2]
     python benchmarks/imagenet_gen.py --ablation --json out.json [--arm stat_norm_affine] [--threads 2]
     python benchmarks/imagenet_gen.py --speed [--threads 2]
+    python benchmarks/imagenet_gen.py --markdown out.json
 """
 
 from __future__ import annotations
@@ -350,6 +352,39 @@ def print_comparison(result: dict) -> None:
           "distance inside Lite1 (Gaussian KL, mean over channels and layers)")  # fmt: skip
 
 
+def markdown(result: dict) -> str:
+    """The README's tables from a result JSON: every arm with both verifiers (top-1 ± its spread over
+    seeds, top-5, p(target)) and the change of the mean p(target) from the reference; the
+    naturalness measures with the photographs' beside them; the step seconds at the last size."""
+    ref_name = result["reference"]
+    sections = [(k, result.get(k, {})) for k in ("ablation", "methods", "variants", "equal_iterations")]
+    arms = [(key, name, r) for key, rows in sections for name, r in rows.items()]
+    arms = [(k, n, r) for k, n, r in arms if not (k == "methods" and n == "dsv" and "ablation" in result)]
+    ref = next(r for _, n, r in arms if n in (ref_name, "full", "dsv"))
+    mean_p = lambda r: (r["lite1"]["p_target"] + r["lite2"]["p_target"]) / 2  # noqa: E731
+    head = "| section | arm | iterations | seconds | Lite1 top-1 | top-5 | p_target | Lite2 top-1 | top-5 | p_target "
+    lines = [head + "| mean p_target vs reference |", "|" + " --- |" * 11]
+    for key, name, r in arms:
+        cells = [key, name, str(r["iterations"]), f"{r['seconds']:.0f}"]
+        for v in (r["lite1"], r["lite2"]):
+            spread = f" ± {v['top1_std']:.2f}" if len(v["top1_by_seed"]) > 1 else ""
+            cells += [f"{v['top1']:.3f}{spread}", f"{v['top5']:.3f}", f"{v['p_target']:.3f}"]
+        cells.append("" if r is ref else f"{mean_p(r) - mean_p(ref):+.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| arm | spectrum slope | saturation | saturated > 0.9 | BN distance in Lite1 |", "|" + " --- |" * 5]
+    rows = [(n, r["natural"]) for _, n, r in arms] + [("photographs (scikit-image)", result["photos"])]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['spectrum_slope']:.2f} | {m['saturation']:.2f} | {m['saturated_fraction']:.3f} "
+                     f"| {m['verifier_bn_distance']:.3f} |")  # fmt: skip
+    steps = {n: max(d.items(), key=lambda kv: int(kv[0])) for n, d in result["step_seconds_by_size"].items()}
+    if "deepinversion" in steps:
+        base = steps["deepinversion"][1]
+        lines += ["", "| arm | px | s / step | vs DeepInversion |", "|" + " --- |" * 4]
+        for name, (size, sec) in steps.items():
+            lines.append(f"| {name} | {size} | {sec:.2f} | {sec / base:.2f} |")
+    return "\n".join(lines)
+
+
 # ---- speed ---------------------------------------------------------------------------------------
 
 
@@ -484,7 +519,11 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="step-time ratios at 224 px instead of the comparison")
     ap.add_argument("--compile", action="store_true", help="with --speed: also torch.compile variants")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--markdown", metavar="JSON", help="print a result JSON's tables as Markdown and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     if args.ablation:
         args.equal_time_only = True  # the methods at the full profile's wall-clock only
     if args.threads:

@@ -443,3 +443,8 @@ def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn
     assert set(result["photos"]) == NATURAL_KEYS and result["photos"]["spectrum_slope"] < -0.8
     for name in [*ablations, "dsv_paper", "deepinversion", "photographs"]:
         assert name in done.stdout
+    shown = run_imagenet_benchmark(None, ["--markdown", str(out)]).stdout  # the README's tables
+    rows = [line for line in shown.splitlines() if line.startswith("| ablation |")]
+    assert [row.split(" | ")[1] for row in rows] == [*ablations, "stat_last_block", "mine"]
+    assert rows[0].endswith("|  |") and all(row.rstrip(" |")[-6:-5] in "+-" for row in rows[1:])
+    assert "| photographs (scikit-image) |" in shown and "| deepinversion | 32 |" in shown
