@@ -16,7 +16,9 @@ stationarity, bn_stats, tv, norm, the augmented copy and the resolution schedule
 full profile's wall-clock, then ``dsv_paper`` and ``deepinversion`` likewise (``dsv`` is the full
 arm). ``--arm NAME=KEY=VALUE[,KEY=VALUE...]`` adds an arm of overrides to either mode (an entry of
 the [synthesis] lists by its name: ``stationarity.params="all"``, ``-bn_stats``), ``--arm NAME`` a
-named stationarity variant (benchmarks/imagenet_arms.py).
+named stationarity variant (benchmarks/imagenet_arms.py). ``--ablation NAME ...`` runs only those
+ablations beside the full arm; with ``--methods dsv`` no other method, so that ``--ablation full
+--methods dsv --arm stat_all_rows`` measures a variant against the full profile alone.
 
 Two independent classifiers, EfficientNet-Lite1 and Lite2 (neither is the generator), name the
 final images: top-1 (over all seeds, and per seed with its spread), top-5 and the mean probability
@@ -212,6 +214,8 @@ def planned_arms(args) -> tuple[dict[str, tuple[Path, list[str]]], dict[str, str
     try:
         if args.ablation:
             for name, items in ABLATIONS.items():
+                if args.ablation_arms and name != "full" and name not in args.ablation_arms:
+                    continue  # the full arm is the reference, always run
                 arms[name] = (METHODS["dsv"], [*extra["dsv"], *resolve(raw, items)])
                 section[name] = "ablation"
         methods = args.methods or list(METHODS)
@@ -488,8 +492,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="run only these (default: all three)")
     ap.add_argument(
         "--ablation",
-        action="store_true",
-        help="the full profile and the profile without each of its terms, then the methods, all at equal wall-clock",
+        nargs="*",
+        metavar="ARM",
+        help="the full profile and the profile without each of its terms, then the methods, all at equal wall-clock; "
+        "names restrict it to those ablations (with --methods dsv and --arm: the full profile and variants only)",
     )
     ap.add_argument(
         "--arm",
@@ -521,6 +527,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--markdown", metavar="JSON", help="print a result JSON's tables as Markdown and stop")
     args = ap.parse_args()
+    args.ablation_arms, args.ablation = args.ablation or [], args.ablation is not None
+    unknown = sorted(set(args.ablation_arms) - set(ABLATIONS))
+    if unknown:
+        raise SystemExit(f"--ablation: no ablation {', '.join(unknown)} (known: {', '.join(ABLATIONS)})")
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
         return

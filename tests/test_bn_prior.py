@@ -448,3 +448,19 @@ def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn
     assert [row.split(" | ")[1] for row in rows] == [*ablations, "stat_last_block", "mine"]
     assert rows[0].endswith("|  |") and all(row.rstrip(" |")[-6:-5] in "+-" for row in rows[1:])
     assert "| photographs (scikit-image) |" in shown and "| deepinversion | 32 |" in shown
+
+
+@pytest.mark.slow
+def test_the_ablation_can_be_restricted_to_the_full_profile_and_named_arms(bn_site, tmp_path):
+    """--ablation NAMES --methods dsv --arm PRESET: the full arm (the reference), the named
+    ablations and the presets only; an unknown ablation is named in the error."""
+    args = ["--classes", "1", "--seeds", "1", "--iterations", "3", "--max-size", "32", "--calibration-steps", "1"]
+    args += ["--threads", "1", "--plan", "--ablation", "no_tv", "--methods", "dsv", "--arm", "lambda_data"]
+    done = run_imagenet_benchmark(bn_site, args)
+    planned = next(line for line in done.stdout.splitlines() if line.startswith("iterations at"))
+    assert [arm.split()[0] for arm in planned.split(": ")[1].split(", ")] == ["full", "no_tv", "lambda_data"]
+    bad = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "imagenet_gen.py"), "--ablation", "no_tvv", "--plan"],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--ablation: no ablation no_tvv" in bad.stderr
