@@ -333,6 +333,14 @@ def _row(label: str, name: str, r: dict) -> str:
             f"{n['verifier_bn_distance']:>6.3f} {r['n']:>3}")  # fmt: skip
 
 
+def binomial_note(n: int) -> str:
+    """How far a top-1 over ``n`` images moves by chance: its binomial standard error. The seeds'
+    spread of two seeds understates it (the same arm on another CPU's kernels moved by two of it)."""
+    se = lambda p: (p * (1 - p) / n) ** 0.5  # noqa: E731
+    return (f"{n} images per arm: a top-1 of p has a binomial standard error of sqrt(p (1 - p) / {n}), "
+            f"{se(0.5):.3f} at 0.5 and {se(0.85):.3f} at 0.85; ± is the spread of the seeds' top-1.")  # fmt: skip
+
+
 def print_comparison(result: dict) -> None:
     """One table: every arm, both verifiers (top-1 over seeds with its spread, top-5, p(target)),
     the naturalness measures, and the photographs' measures as the last row."""
@@ -354,6 +362,9 @@ def print_comparison(result: dict) -> None:
     print("top1: over all seeds, ± the sample std of the per-seed top-1; slope: amplitude spectrum (log-log); "
           "sat: mean HSV saturation; sat>.9: its fraction of saturated pixels; bn_d: BatchNorm-statistics "
           "distance inside Lite1 (Gaussian KL, mean over channels and layers)")  # fmt: skip
+    arms = [r for key in ("ablation", "methods") for r in result.get(key, {}).values()]
+    if arms:
+        print(binomial_note(arms[0]["n"]))
 
 
 def markdown(result: dict) -> str:
@@ -375,6 +386,7 @@ def markdown(result: dict) -> str:
             cells += [f"{v['top1']:.3f}{spread}", f"{v['top5']:.3f}", f"{v['p_target']:.3f}"]
         cells.append("" if r is ref else f"{mean_p(r) - mean_p(ref):+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", binomial_note(ref["n"])]
     lines += ["", "| arm | spectrum slope | saturation | saturated > 0.9 | BN distance in Lite1 |", "|" + " --- |" * 5]
     rows = [(n, r["natural"]) for _, n, r in arms] + [("photographs (scikit-image)", result["photos"])]
     for name, m in rows:

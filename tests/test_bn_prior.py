@@ -448,6 +448,9 @@ def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn
     assert [row.split(" | ")[1] for row in rows] == [*ablations, "stat_last_block", "mine"]
     assert rows[0].endswith("|  |") and all(row.rstrip(" |")[-6:-5] in "+-" for row in rows[1:])
     assert "| photographs (scikit-image) |" in shown and "| deepinversion | 32 |" in shown
+    n = result["ablation"]["full"]["n"]
+    assert f"{n} images per arm: a top-1 of p has a binomial standard error" in shown
+    assert f"{(0.85 * 0.15 / n) ** 0.5:.3f} at 0.85" in shown and "binomial standard error" in done.stdout
 
 
 @pytest.mark.slow
