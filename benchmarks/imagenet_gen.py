@@ -149,14 +149,17 @@ def calibrate(tables: dict[str, object], generator, plugins, steps: int) -> dict
 # ---- one arm: synthesize over the seeds, score with both verifiers, measure naturalness ----------
 
 
-def synthesize(s, generator, plugins, seed: int, source: str) -> tuple[np.ndarray, np.ndarray, float]:
+def synthesize(s, generator, plugins, seed: int, source: str) -> tuple[np.ndarray, np.ndarray, float, float | None]:
+    """(candidates, targets, seconds, the run's final relative stationarity: None without the term)."""
     run = make_run(s, generator, plugins, seed, source)
     start = time.perf_counter()
     try:
         build_engine(run).run(data=None, max_epochs=1, epoch_length=run.iterations)
+        seconds = time.perf_counter() - start
+        relative = run.summary().get("relative_stationarity")
     finally:
         detach_terms(run.losses + run.priors)
-    return run.x.detach().numpy(), run.targets.numpy(), time.perf_counter() - start
+    return run.x.detach().numpy(), run.targets.numpy(), seconds, relative
 
 
 def verified(probs: torch.Tensor, targets: np.ndarray, seed_of: np.ndarray, classes: list[str], model: str) -> dict:
@@ -176,9 +179,11 @@ def verified(probs: torch.Tensor, targets: np.ndarray, seed_of: np.ndarray, clas
 
 
 def arm(name: str, s, seeds: list[int], generator, plugins, verifiers, step_seconds: float) -> dict:
-    xs, targets, seed_of, seconds = [], [], [], 0.0
+    xs, targets, seed_of, seconds, relative = [], [], [], 0.0, []
     for seed in seeds:
-        x, t, sec = synthesize(s, generator, plugins, seed, name)
+        x, t, sec, rel = synthesize(s, generator, plugins, seed, name)
+        if rel is not None:
+            relative.append(rel)
         xs.append(x)
         targets.append(t)
         seed_of += [seed] * len(x)
@@ -187,6 +192,8 @@ def arm(name: str, s, seeds: list[int], generator, plugins, verifiers, step_seco
     x, t = np.concatenate(xs), np.concatenate(targets)
     spec = generator.spec
     result: dict = {"seconds": seconds, "step_seconds": step_seconds, "iterations": s.iterations}
+    if relative:  # how much of the covered parameters the candidates explain (1.0: nothing), mean over seeds
+        result["relative_stationarity"] = statistics.mean(relative)
     top = None
     for key, verifier in verifiers.items():
         probs = verifier_probabilities(x, spec.mean, spec.std, verifier)
@@ -387,6 +394,10 @@ def markdown(result: dict) -> str:
         cells.append("" if r is ref else f"{mean_p(r) - mean_p(ref):+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", binomial_note(ref["n"])]
+    relative = [(n, r["relative_stationarity"]) for _, n, r in arms if "relative_stationarity" in r]
+    if relative:  # result JSONs before 2026-12-06's last runs do not have it
+        lines += ["", "| arm | relative stationarity (1.0: the candidates explain nothing) |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in relative]
     lines += ["", "| arm | spectrum slope | saturation | saturated > 0.9 | BN distance in Lite1 |", "|" + " --- |" * 5]
     rows = [(n, r["natural"]) for _, n, r in arms] + [("photographs (scikit-image)", result["photos"])]
     for name, m in rows:

@@ -440,6 +440,10 @@ def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn
         check_arm(r, 2)
         assert len(r["lite1"]["top1_by_seed"]) == 2
     assert result["methods"]["dsv"] == result["ablation"]["full"] and result["ablation"]["full"]["iterations"] == 3
+    # the run's relative stationarity, where the arm has the term: a fraction, and none without it
+    with_term = [name for name, r in result["ablation"].items() if "relative_stationarity" in r]
+    assert with_term == [name for name in result["ablation"] if name != "no_stationarity"]
+    assert all(0.0 < result["ablation"][name]["relative_stationarity"] < 1.5 for name in with_term)
     assert set(result["photos"]) == NATURAL_KEYS and result["photos"]["spectrum_slope"] < -0.8
     for name in [*ablations, "dsv_paper", "deepinversion", "photographs"]:
         assert name in done.stdout
@@ -448,6 +452,7 @@ def test_the_imagenet_ablation_runs_every_arm_at_the_full_profiles_wall_clock(bn
     assert [row.split(" | ")[1] for row in rows] == [*ablations, "stat_last_block", "mine"]
     assert rows[0].endswith("|  |") and all(row.rstrip(" |")[-6:-5] in "+-" for row in rows[1:])
     assert "| photographs (scikit-image) |" in shown and "| deepinversion | 32 |" in shown
+    assert f"| full | {result['ablation']['full']['relative_stationarity']:.4f} |" in shown
     n = result["ablation"]["full"]["n"]
     assert f"{n} images per arm: a top-1 of p has a binomial standard error" in shown
     assert f"{(0.85 * 0.15 / n) ** 0.5:.3f} at 0.85" in shown and "binomial standard error" in done.stdout
