@@ -165,6 +165,9 @@ def synthesize(
         ``lambda_warmup``, ``resolutions``, ...).
     """
     plugins = plugins or get_plugin_manager()
+    problems = cfg.check_run(cfg.RunConfig(seed=seed))
+    if problems:
+        raise ConfigError(f"{API_SOURCE}: {problems[0].removeprefix('run.')}")
     module, loaded_spec = unwrap(model)
     target_device = resolve_device(device, f"{API_SOURCE}: device")
     saved = ModelState.capture(module)

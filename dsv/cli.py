@@ -8,6 +8,8 @@ import errno
 import json
 import logging
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from dsv.errors import DsvError, Interrupted
@@ -39,6 +41,20 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="end with the whole result as JSON (store, files written, seconds, summary) instead of a short summary",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' log lines and warnings too (ignite's engine messages, dependency warnings)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dsv-pipeline", description="Deep Support Vectors of a trained classifier.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -59,13 +75,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing run store (only a dsv store); without it a store of the same config is resumed",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_flags(run)
     _add_plugin_flags(run)
     _add_process_flags(run)
 
     resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     resume.add_argument("store", help="run store (its own stored config is used)")
-    resume.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_flags(resume)
     _add_plugin_flags(resume)
     _add_process_flags(resume)
 
@@ -79,6 +95,19 @@ def parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a run store's candidates")
     export.add_argument("store", help="run store (a .zarr folder)")
     export.add_argument("--png", help="write a labelled image grid here")
+    export.add_argument(
+        "--dpi",
+        type=int,
+        default=100,
+        help="the grid's resolution in dots per inch (default 100: 260 px per ImageNet cell)",
+    )
+    export.add_argument(
+        "--colors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store the grid as a palette PNG of N colours (2 to 256), a fraction of the bytes; default: full colour",
+    )
     export.add_argument("--npz", help="write arrays x, lambda, labels, alive, targets here")
 
     report = sub.add_parser("report", help="write a run store's report: one self-contained HTML file")
@@ -130,7 +159,8 @@ def _on_every_rank(work, args) -> int:
     from dsv.synthesis import distributed
 
     if args.nproc == 1 and not distributed.started_by_torchrun():
-        return _report(work(args))
+        started = time.perf_counter()
+        return _report(work(args), args, time.perf_counter() - started)
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
     try:
@@ -146,14 +176,15 @@ def _on_every_rank(work, args) -> int:
 
 def _rank_main(local_rank: int, work, args) -> None:
     """One rank: rank 0 reports the result; a failure leaves the process with its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    code = _guarded(lambda: _report_if_any(work(args)))
+    quiet_logs(args.verbose)
+    started = time.perf_counter()
+    code = _guarded(lambda: _report_if_any(work(args), args, time.perf_counter() - started))
     if code:
         raise SystemExit(code)
 
 
-def _report_if_any(result) -> int:
-    return _report(result) if result is not None else 0
+def _report_if_any(result, args, seconds: float) -> int:
+    return _report(result, args, seconds) if result is not None else 0
 
 
 def cmd_verify(args) -> int:
@@ -164,11 +195,30 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
-def _report(result) -> int:
-    print(f"store: {result.store}")
-    for path in result.exports:
-        print(f"wrote {path}")
-    print(json.dumps(result.summary, indent=2))
+def _report(result, args, seconds: float) -> int:
+    """The end of ``run`` and ``resume``: a few lines for a person, or with ``--json`` the whole
+    result as one JSON document."""
+    from dsv.pipeline.ending import ending_lines
+
+    if args.json:
+        whole = {
+            "store": str(result.store),
+            "exports": [str(p) for p in result.exports],
+            "seconds": round(seconds, 3),
+            "summary": result.summary,
+        }
+        print(json.dumps(whole, indent=2))
+        return 0
+    lines = ending_lines(
+        result.summary,
+        store=result.store,
+        exports=result.exports,
+        seconds=seconds,
+        name=result.name,
+        stages=result.stages,
+        source=result.source,
+    )
+    print("\n".join(lines))
     return 0
 
 
@@ -211,10 +261,14 @@ def cmd_export(args) -> int:
 
     if not (args.png or args.npz):
         raise DsvError("export: give --png PATH and/or --npz PATH")
+    if not 10 <= args.dpi <= 600:
+        raise DsvError(f"export: --dpi: expected 10 to 600, got {args.dpi}")
+    if args.colors and not 2 <= args.colors <= 256:
+        raise DsvError(f"export: --colors: expected 2 to 256 (or 0 for full colour), got {args.colors}")
     store = _open(args.store)
     store.check()
     if args.png:
-        print(f"wrote {save_grid(store, args.png)}")
+        print(f"wrote {save_grid(store, args.png, dpi=args.dpi, colors=args.colors)}")
     if args.npz:
         print(f"wrote {save_npz(store, args.npz)}")
     return 0
@@ -267,8 +321,41 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_logs(getattr(args, "verbose", False))
     return _guarded(lambda: COMMANDS[args.command](args))
+
+
+#: loggers whose INFO lines are dsv's own news for the user; every other library's reach the
+#: console only from WARNING up, and not at all below ERROR for ignite (its engine start, epoch
+#: and termination lines), unless --verbose
+OWN_LOGGERS = ("dsv",)
+QUIETED_LOGGERS = {"ignite": logging.ERROR}
+
+
+def quiet_logs(verbose: bool) -> None:
+    """The console's log lines: dsv's own at INFO; with ``verbose`` every library's at INFO and
+    every warning. Without it, Python warnings raised outside dsv and its plugins (deprecations in
+    a dependency a user cannot act on) are not shown."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for name, level in QUIETED_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.INFO if verbose else level)
+    if not verbose:
+        warnings.showwarning = _show_own_warnings
+
+
+_print_warning = warnings.showwarning
+
+
+def _show_own_warnings(message, category, filename, lineno, file=None, line=None):
+    """Show a warning raised by dsv's code or the user's (a plugin, a pipeline's module source);
+    drop one raised inside an installed dependency (under site-packages, but not dsv)."""
+    path = str(filename).replace("\\", "/")
+    if "/site-packages/" in path and "/site-packages/dsv" not in path:
+        logging.getLogger("dsv.dependencies").debug("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+        return
+    _print_warning(message, category, filename, lineno, file, line)
 
 
 def _guarded(command) -> int:

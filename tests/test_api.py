@@ -149,6 +149,8 @@ def test_bad_arguments_name_the_key(classifier):
         dsv.synthesize(classifier, [[0.5, 0.5]], **FAST)
     with pytest.raises(ConfigError, match="targets: empty"):
         dsv.synthesize(classifier, [], **FAST)
+    with pytest.raises(ConfigError, match="dsv.synthesize: seed: must be at least 0, got -1"):
+        dsv.synthesize(classifier, [0, 1], **{**FAST, "seed": -1})
 
 
 def test_ready_made_terms_next_to_named_ones(classifier):

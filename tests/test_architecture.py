@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: no import cycle among dsv's modules (imports inside
-functions and under ``if TYPE_CHECKING`` count), and dependencies pointing one way down the layers
-(plugins, config, kkt, store <- builtin <- synthesis <- evaluation <- pipeline <- stages <- cli, api).
+functions and under ``if TYPE_CHECKING`` count), dependencies pointing one way down the layers
+(plugins, config, kkt, store <- models, training <- synthesis <- evaluation <- pipeline <- stages
+<- builtin <- api, cli <- bench), and no benchmark script importing another.
 
 An import of ``a.b.c`` is an edge to ``a.b.c`` only; the implicit import of its parent packages
 is not counted (as import-linter and pydeps count)."""
@@ -21,13 +22,19 @@ PACKAGE = ROOT / "dsv"
 LAYERS = [
     ("dsv", "dsv.errors"),
     ("dsv.plugins", "dsv.config", "dsv.kkt", "dsv.store"),
-    ("dsv.builtin",),
+    # what the built-in plugins register and the core uses directly: the model loader, the trainers
+    ("dsv.models", "dsv.training"),
     ("dsv.synthesis",),
     ("dsv.evaluation",),
     ("dsv.pipeline",),
-    ("dsv.stages", "dsv.builtin.stages"),
+    ("dsv.stages",),
+    # hook implementations registering factories of the layers below, as a third party's would
+    ("dsv.builtin",),
     ("dsv.api", "dsv.cli"),
+    # the benchmarks' library: above everything, imported by nothing in dsv
+    ("dsv.bench",),
 ]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def module_name(path: Path) -> str:
@@ -116,12 +123,63 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
 
 
-def test_dependencies_point_down_the_layers():
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
     upward = []
-    for name, targets in graph().items():
+    for name, targets in sorted(edges.items()):
         assert layer_of(name) >= 0, f"{name} is in no layer of this test"
         upward += [f"{name} -> {t}" for t in sorted(targets) if layer_of(t) > layer_of(name)]
-    assert upward == []
+    return upward
+
+
+def test_dependencies_point_down_the_layers():
+    assert upward_imports(graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    # the train stage loading weights through the built-in models plugin (as it once did)
+    edges = {"dsv.stages.train": {"dsv.builtin.models"}, "dsv.builtin.models": {"dsv.models"}, "dsv.models": set()}
+    assert upward_imports(edges) == ["dsv.stages.train -> dsv.builtin.models"]
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (``a`` of ``import a.b``), wherever the
+    statement stands; a relative import counts as ``.``."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.add("." if node.level else (node.module or "").partition(".")[0])
+    return out
+
+
+def sibling_imports(scripts: dict[str, set[str]]) -> list[str]:
+    """``script -> other`` for each script whose imports name another script (by module name, as
+    ``sys.path`` puts a script's folder first), or that imports relatively."""
+    names = set(scripts)
+    return [f"{name} -> {t}" for name, imported in sorted(scripts.items()) for t in sorted(imported & (names | {"."}))]
+
+
+def benchmark_imports() -> dict[str, set[str]]:
+    return {p.stem: top_level_imports(p) for p in sorted(BENCHMARKS.glob("*.py"))}
+
+
+def test_no_benchmark_script_imports_another():
+    assert len(benchmark_imports()) >= 5  # the folder was found
+    assert sibling_imports(benchmark_imports()) == []
+
+
+def test_the_benchmark_check_finds_a_script_importing_another(tmp_path):
+    (tmp_path / "gen.py").write_text("import json\n\ndef main():\n    from arms import PRESETS\n")
+    (tmp_path / "arms.py").write_text("from dsv import config\n")
+    (tmp_path / "table.py").write_text("import dsv.bench\n")
+    scripts = {p.stem: top_level_imports(p) for p in tmp_path.glob("*.py")}
+    assert sibling_imports(scripts) == ["gen -> arms"]
+
+
+def test_no_benchmark_script_is_over_200_lines():
+    long = {p.name: n for p in BENCHMARKS.glob("*.py") if (n := len(p.read_text().splitlines())) > 200}
+    assert long == {}
 
 
 def test_stages_are_found_only_through_the_registry():

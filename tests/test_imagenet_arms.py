@@ -1,19 +1,16 @@
-"""The arms of benchmarks/imagenet_gen.py --ablation (benchmarks/imagenet_arms.py): every ablation
-and preset is a valid pipeline, and the override syntax of --arm."""
+"""The arms of benchmarks/imagenet_gen.py --ablation (dsv/bench/imagenet_arms.py): every ablation
+and preset is a valid pipeline, the override syntax of --arm, and the arms a command line plans."""
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 from conftest import REPO_ROOT
 
+from dsv.bench import imagenet_arms as arms
 from dsv.pipeline import load_pipeline
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import imagenet_arms as arms  # noqa: E402
-
 GEN = REPO_ROOT / "pipelines" / "imagenet_gen.toml"
+METHODS = arms.method_paths(REPO_ROOT / "pipelines")
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +83,56 @@ def test_bad_arms_are_refused_with_the_syntax(text, message):
 def test_removing_an_entry_the_pipeline_lacks_names_it(raw):
     with pytest.raises(ValueError, match="no entry 'boundary'"):
         arms.resolve(raw, ["-boundary"])
+
+
+def test_every_method_names_a_pipeline_file_of_the_repository():
+    assert list(METHODS) == ["dsv", "dsv_paper", "deepinversion"] and METHODS["dsv"] == GEN
+    assert all(path.is_file() for path in METHODS.values())
+
+
+def test_a_comparison_plans_the_methods_then_the_extra_arms():
+    choice = arms.ArmChoice(arms=("lambda_data",), variants=("slow:synthesis.lr_x=1e-6",))
+    planned = arms.plan_arms(choice, METHODS)
+    assert list(planned) == ["dsv", "dsv_paper", "deepinversion", "lambda_data", "dsv+slow"]
+    assert {n: a.section for n, a in planned.items()} == {
+        "dsv": "methods",
+        "dsv_paper": "methods",
+        "deepinversion": "methods",
+        "lambda_data": "variants",
+        "dsv+slow": "variants",
+    }
+    assert planned["deepinversion"].path == METHODS["deepinversion"] and planned["dsv"].overrides == []
+    assert planned["dsv+slow"].overrides == ["synthesis.lr_x=1e-6"]
+    assert load_pipeline(GEN, overrides=planned["lambda_data"].overrides).config.synthesis.lambda_init == 100.0
+
+
+def test_an_ablation_plans_the_full_arm_first_and_only_the_ablations_named(raw):
+    overrides = {"dsv": ["synthesis.lr_x=0.05"], "deepinversion": ["synthesis.iterations=7"]}
+    choice = arms.ArmChoice(ablation=True, ablation_arms=("no_tv",), arms=("mine=-norm",), overrides=overrides)
+    planned = arms.plan_arms(choice, METHODS)
+    assert list(planned) == ["full", "no_tv", "dsv_paper", "deepinversion", "mine"]  # dsv is the full arm
+    assert [planned[n].section for n in planned] == ["ablation", "ablation", "methods", "methods", "ablation"]
+    assert planned["full"].overrides == ["synthesis.lr_x=0.05"]  # the method's overrides go to its arms
+    assert planned["no_tv"].overrides == ["synthesis.lr_x=0.05", *arms.resolve(raw, ["-tv"])]
+    assert planned["deepinversion"].overrides == ["synthesis.iterations=7"]
+
+
+@pytest.mark.parametrize(
+    "choice, message",
+    [
+        (arms.ArmChoice(methods=("deepinversion",)), "dsv is the reference"),
+        (arms.ArmChoice(ablation=True, ablation_arms=("no_tvv",)), "no ablation no_tvv .known: full, no_stationarity"),
+        (arms.ArmChoice(arms=("nosuchpreset",)), "or a preset"),
+    ],
+)
+def test_a_plan_refuses_what_it_cannot_run(choice, message):
+    with pytest.raises(ValueError, match=message):
+        arms.plan_arms(choice, METHODS)
+
+
+def test_the_listing_shows_every_ablation_and_preset_with_its_overrides():
+    listing = arms.arms_listing().splitlines()
+    assert listing[0] == "ablation (--ablation)" and "presets (--arm NAME)" in listing
+    assert "  full               (the profile as it is)" in listing
+    assert any(line.split() == ["no_tv", "-tv"] for line in listing)
+    assert len(listing) == 2 + len(arms.ABLATIONS) + len(arms.PRESETS)

@@ -102,7 +102,7 @@ def test_the_report_stage_writes_one_self_contained_page_with_every_part(full_ru
     assert len(re.findall(r'class="card(?: dead)?"', text)) == 20
     top3 = full_run.results["verifier"]["top3"]
     assert len(top3) == 10 and all(len(row) == 3 for row in top3)
-    assert f"verifier: {top3[4][0][0]} {top3[4][0][1]:.2f}" in text
+    assert f"convnet: {top3[4][0][0]} {top3[4][0][1]:.2f}" in text  # each verifier by its model name
     assert card_order(text, "<h2>Candidates") == list(range(10))
     lambdas = full_run.candidates()["lambda"]
     alive = full_run.candidates()["alive"]

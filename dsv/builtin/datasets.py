@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dsv.errors import DsvError
+from dsv.models import IMAGENET_MEAN, IMAGENET_STD
 from dsv.plugins import DatasetBundle, hookimpl
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -32,8 +33,6 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetError(DsvError):

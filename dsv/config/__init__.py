@@ -34,7 +34,9 @@ from dsv.config.tables import (
     SynthesisConfig,
     Target,
     check_logging,
+    check_run,
     check_synthesis,
+    check_targets,
 )
 
 __all__ = [
@@ -59,7 +61,9 @@ __all__ = [
     "build",
     "changed_keys",
     "check_logging",
+    "check_run",
     "check_synthesis",
+    "check_targets",
     "config_hash",
     "default_plugin_options",
     "describe_value",

@@ -18,7 +18,7 @@ import tomllib
 from dsv.config.converter import describe_value, structure
 from dsv.config.plugin_options import PLUGINS_TABLE, structure_plugin_options
 from dsv.config.raw import apply_overrides, config_hash
-from dsv.config.tables import CORE_TABLES, PipelineConfig, check_logging, check_synthesis
+from dsv.config.tables import CORE_TABLES, PipelineConfig, check_logging, check_run, check_synthesis, check_targets
 from dsv.errors import ConfigError
 
 #: ``check(config, unreadable) -> problems``: the checks across tables; ``unreadable`` names the
@@ -117,6 +117,7 @@ def from_dict(
         config.plugin_options = options
         # every check that can run does, so that a file's problems are all reported at once
         config.tables = structured
+        problems += check_run(config.run) + check_targets(raw.get("synthesis"))
         problems += check_synthesis(config.synthesis) + check_logging(config.logging)
         if check is not None:
             problems += check(config, frozenset(stage_tables) & set(raw) - set(structured))

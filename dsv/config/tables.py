@@ -273,6 +273,26 @@ def check_synthesis(s: SynthesisConfig) -> list[str]:
     return problems
 
 
+def check_run(r: RunConfig) -> list[str]:
+    """Range checks of a [run] table."""
+    if r.seed < 0:
+        return [f"run.seed: must be at least 0, got {r.seed}"]
+    return []
+
+
+def check_targets(raw_synthesis: Any) -> list[str]:
+    """A [synthesis] table that lists both ``targets`` and ``classes`` as empty lists asks for a run
+    without a candidate (leaving both keys out means every class of the model)."""
+    if not isinstance(raw_synthesis, dict):
+        return []
+    if raw_synthesis.get("targets") == [] and raw_synthesis.get("classes") == []:
+        return [
+            "synthesis.targets: empty, and synthesis.classes is empty too: no candidate to synthesize; "
+            "name the target classes (or leave both keys out for every class of the model)"
+        ]
+    return []
+
+
 def check_logging(c: LoggingConfig) -> list[str]:
     return [
         f"logging.{key}: must be at least {low}, got {getattr(c, key)}"

@@ -12,18 +12,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from dsv import kkt
-from dsv.builtin.initializers import RealInit
 from dsv.evaluation.retraining import fresh_model
 from dsv.kkt.selection import pool_indices
 from dsv.plugins import InitContext
+from dsv.plugins.output import progress_iter
 from dsv.synthesis.build import build_run
 from dsv.synthesis.execution import execute, memory_history
+from dsv.synthesis.initializers import RealInit
 
 
 def class_labels(num_classes: int, per_class: int) -> Tensor:
@@ -75,11 +76,9 @@ def distribution_matching(
     syn = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     classes = labels.unique().tolist()
-    steps = range(iterations)
+    steps: Iterable[int] = range(iterations)
     if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="dm")
+        steps = progress_iter(steps, total=iterations, desc="dm")
 
     def augment(x: Tensor) -> Tensor:
         for a in augmentations:

@@ -15,7 +15,7 @@ iterations, ``lr_img`` 0.1, ``lr_net`` 0.01, real batch 256, loops (1, 1) at 1 i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsv.evaluation.retraining import fresh_model
+from dsv.plugins.output import progress_iter
 
 # (outer_loop, inner_loop) by images per class, as the DC authors published them
 PUBLISHED_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -145,11 +146,9 @@ def gradient_matching(
     gen = torch.Generator().manual_seed(seed)
     augment = SiameseAugment(generator=torch.Generator().manual_seed(seed + 1)) if siamese else None
     classes = labels.unique().tolist()
-    steps = range(iterations)
+    steps: Iterable[int] = range(iterations)
     if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="dsa" if siamese else "dc")
+        steps = progress_iter(steps, total=iterations, desc="dsa" if siamese else "dc")
     for step in steps:
         net = fresh_model(template, seed * 100_003 + step).train()
         params = [p for p in net.parameters() if p.requires_grad]

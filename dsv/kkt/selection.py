@@ -9,6 +9,8 @@ Samples are ranked by lambda within each class; the top-k of each class is the c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ from dsv.kkt.terms import (
     stationarity_distance,
     zero_multiplier_distance,
 )
+from dsv.plugins.output import progress_iter
 
 
 def head_features(model: nn.Module, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
@@ -60,11 +63,9 @@ def fit_multipliers(
     lambdas = torch.full((len(labels),), float(lambda_init), requires_grad=True)
     optimizer = torch.optim.Adam([lambdas], lr=lr)
     history = []
-    steps = range(iterations)
+    steps: Iterable[int] = range(iterations)
     if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="select")
+        steps = progress_iter(steps, total=iterations, desc="select")
     for _ in steps:
         weighted = residual_pt * lambdas[:, None]
         grads = [weighted.T @ features] + ([weighted.sum(0)] if bias is not None else [])
@@ -165,11 +166,9 @@ def fit_multipliers_stationarity(
     step_opt = torch.optim.Adam([lambdas], lr=lr) if optimizer == "adam" else torch.optim.SGD([lambdas], lr=lr)
     rows = [slice(i, min(i + batch_size, len(labels))) for i in range(0, len(labels), batch_size)]
     history: list[float] = []
-    steps = range(iterations)
+    steps: Iterable[int] = range(iterations)
     if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="select")
+        steps = progress_iter(steps, total=iterations, desc="select")
     try:
         for _ in steps:
             grads = [torch.zeros_like(p) for p in thetas]

@@ -25,6 +25,10 @@ class PipelineResult:
     store: Path
     summary: dict[str, Any]
     exports: list[Path]
+    #: the run's name, the stages it ran and the file it came from (what the CLI's ending says)
+    name: str = ""
+    stages: list[str] = attrs.field(factory=list)
+    source: str = ""
 
 
 def registered_stages(plugins: DsvPluginManager) -> list[Stage]:
@@ -243,7 +247,14 @@ class Pipeline:
             files: list[Path] = []
             for stage in (s for s in self.stages() if s.phase == "after"):
                 files += stage.run(self.context, store)
-            return PipelineResult(store.path, summary(store), files)
+            return PipelineResult(
+                store.path,
+                summary(store),
+                files,
+                name=self.config.run.name,
+                stages=[s.name for s in self.stages()],
+                source=self.source,
+            )
 
     def model(self) -> LoadedModel:
         """The ``[model]`` once the ``model`` phase ran (the train stage fits it, or reuses the

@@ -13,12 +13,12 @@ import attrs
 import torch
 
 from dsv import config as cfg
-from dsv.builtin.models import load_state_dict
-from dsv.builtin.retrainers import SupervisedRetrainer, normalized
 from dsv.errors import ConfigError
 from dsv.evaluation.retraining import Augmented, build_augmentations
+from dsv.models import load_state_dict
 from dsv.pipeline import Stage, StageContext
 from dsv.store import RunStore
+from dsv.training import SupervisedRetrainer, normalized
 
 log = logging.getLogger("dsv")
 

@@ -69,8 +69,42 @@ def _show(ax, img: np.ndarray) -> None:
     )
 
 
-def save_grid(store: ExportSource, path: str | Path, columns: int | None = None) -> Path:
-    """A grid of the candidates, each titled with its target class and its lambda."""
+#: characters of a class name shown in a grid title (ImageNet's longest run to 30)
+NAME_CHARS = 20
+#: one line of a title at :data:`TITLE_POINTS`, in inches (matplotlib's 1.2 line spacing, rounded up)
+TITLE_POINTS = 7
+LINE_INCHES = TITLE_POINTS * 1.35 / 72
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+
+
+def verifier_lines(source: ExportSource, index: int) -> list[str]:
+    """What each independent classifier of the evaluate stage said of candidate ``index``: its
+    top-1 class and probability, ticked when that is the target (single-class targets only)."""
+    results = getattr(source, "results", None) or {}
+    verifiers = results.get("verifiers") or {}
+    target = source.candidates()["targets"][index] if verifiers else None
+    lines = []
+    for name, v in verifiers.items():
+        top3 = v.get("top3") or []
+        if index >= len(top3) or not top3[index]:
+            continue
+        label, p = top3[index][0]
+        mark = ""
+        if target is not None and (target > 1e-6).sum() == 1:
+            classes = source.meta.get("classes", [])
+            wanted = int(target.argmax())
+            wanted_name = classes[wanted] if wanted < len(classes) else str(wanted)
+            mark = "✓ " if label == wanted_name else "✗ "
+        lines.append(f"{mark}{name}: {_short(str(label))} {float(p):.2f}")
+    return lines
+
+
+def grid_figure(store: ExportSource, columns: int | None = None) -> Any:
+    """The matplotlib figure of :func:`save_grid` (the caller closes it). Each row is as tall as
+    its cells plus the lines of their titles, so no title reaches the row above."""
     plt = pyplot()
 
     meta = store.meta
@@ -79,20 +113,48 @@ def save_grid(store: ExportSource, path: str | Path, columns: int | None = None)
     classes = meta.get("classes", [])
     n = len(images)
     large = images.shape[1] >= 100  # e.g. ImageNet: fewer, larger cells keep the detail at 100 dpi
-    cols = columns or min(n, 5 if large else 10)
-    rows = math.ceil(n / cols)
+    cols = columns or max(1, min(n, 5 if large else 10))
+    rows = max(1, math.ceil(n / cols))
     cell = 2.6 if large else 1.6  # inches
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.4) * rows), squeeze=False)
+    titles = []
+    for i in range(n):
+        status = f"λ={c['lambda'][i]:.2g}" if c["alive"][i] else "dead"
+        titles.append("\n".join([f"{_short(_title(classes, c['targets'][i]))}  {status}", *verifier_lines(store, i)]))
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    title_inches = lines * LINE_INCHES + 0.08
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cell * cols, (cell + title_inches) * rows + 0.35), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         _show(ax, images[i])
-        status = f"λ={c['lambda'][i]:.2g}" if c["alive"][i] else "dead"
-        ax.set_title(f"{_title(classes, c['targets'][i])}\n{status}", fontsize=7)
+        ax.set_title(titles[i], fontsize=TITLE_POINTS)
     fig.suptitle(f"{meta.get('name', 'run')}: {int(c['alive'].sum())}/{n} alive", fontsize=9)
-    fig.tight_layout()
+    return fig
+
+
+def save_grid(
+    store: ExportSource, path: str | Path, columns: int | None = None, *, dpi: int = 100, colors: int = 0
+) -> Path:
+    """A grid of the candidates, each titled with its target class, its lambda and, after the
+    evaluate stage, what each independent classifier named it (✓ when that is the target).
+    ``dpi`` sets its size (a cell of an ImageNet grid is 2.6 inches); ``colors`` > 0 stores it as
+    a palette PNG of that many colours (256: about a quarter of the bytes, for a page or a README)."""
+    plt = pyplot()
+    fig = grid_figure(store, columns)
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    if colors:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        with Image.open(buffer) as image:
+            image.convert("RGB").quantize(colors).save(path, format="PNG", optimize=True)
+    else:
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

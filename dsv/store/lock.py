@@ -95,6 +95,10 @@ def release(path: str | Path) -> None:
     fd = _held.pop(_key(path), None)
     if fd is not None:
         try:
+            # a lock left by a clean end names nobody: the next writer's "taking over" line is
+            # kept for a holder that died (kill -9, a crash), where it tells what happened
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

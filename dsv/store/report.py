@@ -30,6 +30,7 @@ td,th{padding:3px 10px;border-bottom:1px solid #e6e6ee;text-align:left;vertical-
 .warn{background:#fff4d6;border:1px solid #e8c766}.ok{background:#e7f6ea;border:1px solid #8fca9a}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #dde;border-radius:6px;
 padding:6px;width:124px;font-size:11px}.card img{width:112px;height:112px;image-rendering:pixelated;display:block}
+.card.large{width:236px;font-size:12px}.card.large img{width:224px;height:224px;image-rendering:auto}
 .card.dead{opacity:.55;border-style:dashed}.plot{max-width:100%;background:#fff;border:1px solid #dde;border-radius:6px}
 pre{background:#f4f5f9;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
 .rank{font-weight:700;color:#335}.row{display:flex;flex-wrap:wrap;gap:0 40px}
@@ -115,23 +116,39 @@ def _provenance(store: RunStore, meta: dict[str, Any]) -> str:
     return _table(rows)
 
 
-def _cards(images: np.ndarray, c: dict[str, np.ndarray], classes: list[str], top3: list | None, order) -> str:
+def _cards(images: np.ndarray, c: dict[str, np.ndarray], classes: list[str], top3: dict[str, list], order) -> str:
+    """One card per candidate: the image, its target, lambda, and each verifier's top-3
+    (``top3``: verifier name -> one list per candidate)."""
     out = []
+    # photographs (ImageNet: 224 px) at their own size, to judge them; small images (8 to 32 px)
+    # enlarged to 112 px with their pixels kept sharp
+    size_class = " large" if images.shape[1] >= 100 else ""
     for i in order:
         alive = bool(c["alive"][i])
         lines = [
             f'<span class="rank">#{i}</span> target {html.escape(_title(classes, c["targets"][i]))}',
             f"λ = {float(c['lambda'][i]):.3g} · {'alive' if alive else 'dead'}",
         ]
-        if top3 is not None and i < len(top3):
-            lines.append("verifier: " + ", ".join(f"{html.escape(str(n))} {p:.2f}" for n, p in top3[i]))
+        for verifier, guesses in top3.items():
+            if i < len(guesses):
+                named = ", ".join(f"{html.escape(str(n))} {p:.2f}" for n, p in guesses[i])
+                lines.append(f"{html.escape(verifier)}: {named}")
         alt = f"candidate {i}"
         out.append(
-            f'<div class="card{"" if alive else " dead"}">{_img(_image_png(images[i]), alt=alt)}'
+            f'<div class="card{size_class}{"" if alive else " dead"}">{_img(_image_png(images[i]), alt=alt)}'
             + "<br>".join(lines)
             + "</div>"
         )
     return '<div class="cards">' + "".join(out) + "</div>"
+
+
+def _verifier_top3(results: dict[str, Any]) -> dict[str, list]:
+    """Each verifier's top-3 per candidate: every one of ``verifiers``, else the one ``verifier``."""
+    many = results.get("verifiers") or {}
+    if many:
+        return {name: v["top3"] for name, v in many.items() if v.get("top3") is not None}
+    one = results.get("verifier") or {}
+    return {"verifier": one["top3"]} if one.get("top3") is not None else {}
 
 
 def _history_plot(history: dict[str, np.ndarray]) -> str:
@@ -256,7 +273,7 @@ def render(store: RunStore) -> str:
     if store.has_candidates:
         c = store.candidates()
         images = to_images(c["x"], meta["mean"], meta["std"])
-        top3 = (store.results.get("verifier") or {}).get("top3")
+        top3 = _verifier_top3(store.results)
         n = len(images)
         body.append(f"<h2>Candidates ({int(c['alive'].sum())} of {n} alive)</h2>")
         body.append(_cards(images, c, classes, top3, range(n)))

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dsv import kkt
 from dsv.errors import NonFiniteLossError
+from dsv.plugins.output import attach_progress
 from dsv.store import checkpoint
 
 SHOWN_IN_PROGRESS = ("total", "primal", "stationarity", "entropy", "alive")
@@ -346,9 +347,5 @@ def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
         raise exc
 
     if run.progress:
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=True, desc="synthesize").attach(
-            engine, output_transform=lambda out: {k: out[k] for k in SHOWN_IN_PROGRESS if k in out}
-        )
+        attach_progress(engine, "synthesize", lambda out: {k: out[k] for k in SHOWN_IN_PROGRESS if k in out})
     return engine

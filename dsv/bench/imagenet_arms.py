@@ -1,5 +1,6 @@
-"""The arms of ``benchmarks/imagenet_gen.py --ablation``: dsv's ImageNet profile without each of its
-terms, named variants of its stationarity term, and ``--arm`` overrides.
+"""The arms of ``benchmarks/imagenet_gen.py``: the methods compared (pipeline files), dsv's ImageNet
+profile without each of its terms (``--ablation``), named variants of its stationarity term and
+``--arm`` overrides, and :func:`plan_arms`, which turns a command line's choice into the arms of one run.
 
 An arm is a list of ``--set`` overrides of a pipeline file. Besides dotted pipeline keys
 (``synthesis.lambda_init=100``), an override may name an entry of the [synthesis] table's
@@ -10,9 +11,29 @@ sets that option of the entry, ``-bn_stats`` removes the entry.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import attrs
+
 from dsv import config as cfg
+from dsv.pipeline import load_pipeline
+
+#: the methods compared, each a pipeline file of the repository's ``pipelines/``: ``dsv`` (DeepKKT
+#: terms with DeepInversion's BatchNorm prior), ``dsv_paper`` (the paper's DeepKKT-only recipe) and
+#: ``deepinversion`` (DeepInversion's recipe rebuilt from dsv's plugins)
+METHOD_FILES = {
+    "dsv": "imagenet_gen.toml",
+    "dsv_paper": "imagenet_paper.toml",
+    "deepinversion": "imagenet_deepinversion.toml",
+}
+GENERATOR = "efficientnet-lite0"
+#: the two independent classifiers that name the images (neither is the generator)
+VERIFIERS = {"lite1": "efficientnet-lite1", "lite2": "efficientnet-lite2"}
+# 20 classes spread over ImageNet (those of pipelines/imagenet_gen_gpu.toml): fish, birds, dogs,
+# cats, insects, objects, animals, fruit, landscapes, vehicles, flowers
+CLASSES = [1, 130, 207, 285, 323, 417, 340, 949, 980, 779, 11, 31, 301, 292, 145, 951, 953, 607, 437, 985]
+QUICK_CLASSES = [1, 207, 323, 417, 340, 949]
 
 ENTRY_LISTS = ("losses", "priors", "augmentations")
 
@@ -57,7 +78,9 @@ PRESETS: dict[str, list[str]] = {
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
     """``text`` split at each ``sep`` outside brackets, braces and quotes (TOML values keep theirs)."""
-    parts, depth, quote, current = [], 0, "", []
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote
@@ -126,17 +149,80 @@ def resolve(raw: dict[str, Any], items: list[str]) -> list[str]:
     return [f"synthesis.{kind}={cfg.toml_inline(synthesis[kind])}" for kind in ENTRY_LISTS if kind in touched] + passed
 
 
-def main() -> None:
-    """Print the ablation arms and the presets with their overrides (the helper is run by
-    benchmarks/imagenet_gen.py; on its own it lists what --ablation and --arm NAME run)."""
-    import argparse
+def method_paths(pipelines: Path) -> dict[str, Path]:
+    """Each method's pipeline file in the folder ``pipelines``."""
+    return {name: pipelines / file for name, file in METHOD_FILES.items()}
 
-    argparse.ArgumentParser(description="the arms of benchmarks/imagenet_gen.py --ablation and --arm").parse_args()
+
+def check_ablations(names: list[str]) -> None:
+    """ValueError naming the ablations of ``names`` that do not exist, with the known ones."""
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"--ablation: no ablation {', '.join(unknown)} (known: {', '.join(ABLATIONS)})")
+
+
+@attrs.frozen(kw_only=True)
+class ArmChoice:
+    """Which arms a run has: the command line's ``--ablation [NAME ...]``, ``--methods``, ``--arm``,
+    ``--variant`` and each method's ``--set-*`` overrides."""
+
+    #: the ablation of dsv's profile instead of the comparison of methods
+    ablation: bool = False
+    #: the ablations run beside the full arm (empty: all of them)
+    ablation_arms: tuple[str, ...] = ()
+    #: the methods run (empty: all of them)
+    methods: tuple[str, ...] = ()
+    #: ``NAME=KEY=VALUE[,KEY=VALUE...]`` or a preset's name: arms of dsv's profile
+    arms: tuple[str, ...] = ()
+    #: ``LABEL:KEY=VALUE[;KEY=VALUE...]``: arms ``dsv+LABEL`` at dsv's iteration count
+    variants: tuple[str, ...] = ()
+    #: each method's pipeline overrides
+    overrides: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Arm:
+    """One arm: a pipeline file, its overrides, and the section of the table it is shown in
+    (``ablation``, ``methods`` or ``variants``)."""
+
+    path: Path
+    overrides: list[str]
+    section: str
+
+
+def plan_arms(choice: ArmChoice, methods: dict[str, Path]) -> dict[str, Arm]:
+    """The arms of a run, by name. The reference (``full`` in an ablation, else ``dsv``)
+    runs the run's iterations, the others at its wall-clock (``variants``: its iteration count).
+    ValueError on an unknown preset, entry or ablation, or a comparison without ``dsv``."""
+    extra = {name: list(choice.overrides.get(name, [])) for name in methods}
+    raw = load_pipeline(methods["dsv"], overrides=extra["dsv"]).raw
+    check_ablations(list(choice.ablation_arms))
+    arms: dict[str, Arm] = {}
+    if choice.ablation:
+        for name, items in ABLATIONS.items():
+            if choice.ablation_arms and name != "full" and name not in choice.ablation_arms:
+                continue  # the full arm is the reference, always run
+            arms[name] = Arm(methods["dsv"], [*extra["dsv"], *resolve(raw, items)], "ablation")
+    for name in choice.methods or list(methods):
+        if not (choice.ablation and name == "dsv"):  # in an ablation, dsv is the full arm
+            arms[name] = Arm(methods[name], extra[name], "methods")
+    for text in choice.arms:
+        name, items = parse_arm(text)
+        arms[name] = Arm(
+            methods["dsv"], [*extra["dsv"], *resolve(raw, items)], "ablation" if choice.ablation else "variants"
+        )
+    for variant in choice.variants:
+        label, more = cfg.split_variant(variant)
+        arms[f"dsv+{label}"] = Arm(methods["dsv"], [*extra["dsv"], *more], "variants")
+    if not choice.ablation and "dsv" not in arms:
+        raise ValueError("--methods: dsv is the reference of the comparison; name it too")
+    return arms
+
+
+def arms_listing() -> str:
+    """The ablation arms and the presets with their overrides (what --ablation and --arm NAME run)."""
+    lines = []
     for title, arms in (("ablation (--ablation)", ABLATIONS), ("presets (--arm NAME)", PRESETS)):
-        print(title)
-        for name, items in arms.items():
-            print(f"  {name:<18} {' '.join(items) or '(the profile as it is)'}")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(title)
+        lines += [f"  {name:<18} {' '.join(items) or '(the profile as it is)'}" for name, items in arms.items()]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The architectures dsv trains itself: the DC-style ConvNet and a normalization-free MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dsv.errors import DsvError
+
+
+class ModelError(DsvError):
+    pass
+
+
+NORMS = ("instance", "batch", "none")
+
+
+def norm_layer(norm: str, width: int) -> nn.Module:
+    if norm == "instance":  # instance norm with affine, as in DC
+        return nn.GroupNorm(width, width, affine=True)
+    return nn.BatchNorm2d(width) if norm == "batch" else nn.Identity()
+
+
+class ConvNet(nn.Module):
+    """The DC-style ConvNet: ``depth`` x [conv3x3 -> instance norm -> ReLU -> avgpool2] -> linear.
+    ``norm = "none"`` puts an identity where the instance norm was (same parameter names otherwise):
+    no weight is then scale-invariant, so stationarity over every parameter can be met.
+    ``norm = "batch"`` puts a BatchNorm there: its running statistics are what the ``bn_stats``
+    prior (plugins/dsv-bn-prior) matches, as for ImageNet classifiers."""
+
+    def __init__(
+        self, channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance"
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
+        layers: list[nn.Module] = []
+        c, s = channels, size
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(c, width, 3, padding=1),
+                norm_layer(norm, width),
+                nn.ReLU(inplace=False),
+                nn.AvgPool2d(2),
+            ]
+            c, s = width, s // 2
+        if s < 1:
+            raise ModelError(f"convnet: depth {depth} is too deep for {size}x{size} inputs")
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((s, s))  # identity at the trained size; other sizes fit too
+        self.classifier = nn.Linear(width * s * s, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron on the flattened image: ``depth`` hidden layers of ``width``
+    units, then a linear classifier. No normalization layer: no weight is scale-invariant, so
+    stationarity over every parameter can be met (the reading DeepKKT rests on)."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, width: int = 256, depth: int = 2):
+        super().__init__()
+        if width < 1 or depth < 0:
+            raise ModelError(f"mlp: width must be >= 1 and depth >= 0, got width {width}, depth {depth}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = channels * size * size
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(fan_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
