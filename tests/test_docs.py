@@ -189,3 +189,35 @@ def test_the_built_pages_render_with_their_navigation(site, tmp_path):
     assert keys["h1"].strip().startswith("Pipeline keys")
     assert "Pipeline keys" in keys["nav"] and "Command line" in keys["nav"]
     assert keys["tables"] >= len(CORE_TABLES)
+
+
+# ---- the front pages -----------------------------------------------------------------------------
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_front_pages_open_with_the_imagenet_grid(page):
+    text = (REPO_ROOT / page).read_text()
+    pictures = IMAGE.findall(text)
+    assert pictures, f"{page} shows no picture"
+    first = (REPO_ROOT / page).parent / pictures[0]
+    assert first.resolve() == (DOCS / "imagenet_grid.png").resolve(), pictures[0]
+    assert first.is_file() and first.stat().st_size < 600_000  # a small PNG
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_is_short_and_starts_with_its_two_commands():
+    text = (REPO_ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    first_block = BLOCK.search(text)
+    assert first_block is not None and first_block.group(1) == "bash"
+    commands = [line for line in first_block.group(3).splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert commands[0].endswith("dsv-pipeline run pipelines/imagenet_gen.toml") and commands[1].endswith("tox")
+
+
+def test_the_report_how_to_shows_a_screenshot_of_the_imagenet_report():
+    text = (DOCS / "how-to" / "report.md").read_text()
+    shots = [p for p in IMAGE.findall(text) if "report-imagenet" in p]
+    assert shots and (DOCS / "how-to" / shots[0]).resolve().is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import sys
 import textwrap
 import types
@@ -655,12 +656,13 @@ def test_the_stage_of_the_guide_runs_from_a_pipeline_file(
     path = write_pipeline(
         tmp_path / "tiny.toml", **tiny, stages=stages, tables={"predictions_csv": {"top": 2, "file": "guesses.csv"}}
     )
-    assert cli.main(["run", str(path), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    assert cli.main(["run", str(path), "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     rows = (tmp_path / "tiny.zarr" / "exports" / "guesses.csv").read_text().splitlines()
     assert rows[0] == "candidate,target,lambda,alive,top1,top2"
     assert len(rows) == 11  # 10 digits classes, one candidate each
-    assert '"predictions_csv": {' in out and '"rows": 10' in out
+    assert out["summary"]["predictions_csv"]["rows"] == 10  # its result, as show --json lists it
+    assert out["exports"] == [str(tmp_path / "tiny.zarr" / "exports" / "guesses.csv")]
     # its table is checked like any other, before any stage runs
     write_pipeline(path, **tiny, stages=stages, tables={"predictions_csv": {"top": 0}})
     assert cli.main(["run", str(path), "--no-progress", "--fresh"]) == 2
