@@ -1,7 +1,7 @@
 """dsv: Deep Support Vectors of a trained classifier (DeepKKT, Lee et al., NeurIPS 2024).
 
-The Python API (``dsv.synthesize``, ``dsv.open_store``, ``dsv.export_grid``, ``dsv.Pipeline``) is
-imported on first use, so ``import dsv`` and the CLI's error types stay cheap to import.
+The Python API (``dsv.synthesize``, ``dsv.open_store``, ``dsv.export_grid``, ``dsv.measure_premise``,
+``dsv.Pipeline``) is imported on first use, so ``import dsv`` and the CLI's error types stay cheap to import.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +18,8 @@ _LAZY = {
     "open_store": "dsv.api",
     "export_grid": "dsv.api",
     "SynthesisResult": "dsv.api",
+    "measure_premise": "dsv.api",
+    "PremiseResult": "dsv.api",
     "Pipeline": "dsv.pipeline",
     "PipelineResult": "dsv.pipeline",
 }

@@ -1,6 +1,7 @@
 """The Python API: :func:`synthesize` DSVs of any ``nn.Module`` classifier, :func:`open_store`,
-:func:`export_grid`. The same machinery as ``dsv-pipeline``: the options are the keys of a
-pipeline's ``[synthesis]`` table, checked the same way, and the run is built and executed by
+:func:`export_grid`, and :func:`measure_premise` (is the model a KKT point at all?). The same
+machinery as ``dsv-pipeline``: the options are the keys of a pipeline's ``[synthesis]`` table,
+checked the same way, and the run is built and executed by
 :func:`dsv.synthesis.build.build_run` and :func:`dsv.synthesis.execution.execute`.
 
     >>> result = dsv.synthesize(my_model, targets=range(10), input_shape=(1, 28, 28))
@@ -21,6 +22,8 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError
+from dsv.kkt.premise import LAMBDA_TOL, ON_MARGIN_TOL, PremiseResult
+from dsv.kkt.premise import measure_premise as _measure_premise
 from dsv.pipeline import table_plugin_problems
 from dsv.plugins import (
     DsvPluginManager,
@@ -271,6 +274,46 @@ def export_grid(source: SynthesisResult | RunStore | str | Path, path: str | Pat
     if isinstance(source, (str, Path)):
         source = RunStore.open(source)
     return save_grid(source, path, columns)
+
+
+def measure_premise(
+    model: nn.Module | LoadedModel,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor | Iterable[int],
+    *,
+    params: str | Iterable[str] = "all",
+    margin: str = "auto",
+    tol: float = ON_MARGIN_TOL,
+    lambda_tol: float = LAMBDA_TOL,
+) -> PremiseResult:
+    """DeepKKT's premise, measured: how close ``model`` is to a KKT point of the max-margin
+    problem on its training samples ``x`` (model input space, (N, ...)) with labels ``y``.
+
+        >>> r = dsv.measure_premise(model, x_train, y_train, params="all", margin="multiclass")
+        >>> r.residual, r.on_margin, r.nonzero_lambda
+
+    ``residual`` is ``min_{lambda >= 0} ||theta - sum_c lambda_c grad_theta m_c|| / ||theta||``
+    (0: a KKT point; 1: the multipliers explain nothing), solved exactly (non-negative least
+    squares); see :mod:`dsv.kkt.premise` for the margin forms and normalisation.
+
+    :param params: the parameters: ``"all"``, ``"head"``, ``"auto"``, ``"norm_affine"``,
+        ``"last_block"`` or globs over ``named_parameters`` names (as the stationarity loss takes them).
+    :param margin: ``"binary"`` (Haim et al.: ``y Phi(x)`` with y in +-1, one or two outputs),
+        ``"multiclass"`` (Buzaglo et al.: ``Phi_y - Phi_j`` for every ``j != y``),
+        ``"cross_entropy"`` (the per-sample loss gradient, the weight-decay form) or ``"auto"``
+        (binary for one or two outputs, else multiclass).
+    :param tol: a sample is on the margin when its margin is at most ``1 + tol`` times the smallest.
+    :param lambda_tol: a multiplier counts as non-zero above this fraction of the largest one.
+    """
+    module, _ = unwrap(model)
+    inputs = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    labels = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(list(y)))
+    try:
+        return _measure_premise(
+            module, inputs, labels.long(), params=params, margin=margin, tol=tol, lambda_tol=lambda_tol
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{API_SOURCE}: measure_premise: {exc}") from None
 
 
 # ---- targets and the [synthesis] table ---------------------------------------------------------

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -47,8 +48,13 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, std) -> DatasetBundle:
-    """uint8 (N, H, W[, C]) arrays -> float tensors (N, C, H, W) in [0, 1]."""
+def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, std, subset=None) -> DatasetBundle:
+    """uint8 (N, H, W[, C]) arrays -> float tensors (N, C, H, W) in [0, 1]; ``subset`` (a
+    :class:`Subset`) keeps some images of some classes first."""
+    if subset is not None and subset.active:
+        train_x, train_y, test_x, test_y, classes, mean, std = subset.apply(
+            name, train_x, train_y, test_x, test_y, classes, mean, std
+        )
 
     def to_tensor(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(a, copy=True))
@@ -56,6 +62,8 @@ def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, s
         return t.float().div_(255.0)
 
     fp = _fingerprint(train_x, train_y, test_x, test_y)
+    if subset is not None and subset.center:  # the normalization is part of what the models see
+        fp = _fingerprint(np.frombuffer(fp.encode(), np.uint8), np.asarray(mean), np.asarray(std))
     tx, vx = to_tensor(train_x), to_tensor(test_x)
     return DatasetBundle(
         name=name,
@@ -68,6 +76,58 @@ def _bundle_from_arrays(name, train_x, train_y, test_x, test_y, classes, mean, s
         std=tuple(std),
         fingerprint=fp,
     )
+
+
+@attrs.frozen
+class Subset:
+    """Some images of some classes of a data set: the first ``per_class`` training images (in the
+    data set's order) of each of ``classes`` (labels renumbered 0, 1, ... in that order), and every
+    test image of those classes; ``center``: the models see the images minus the chosen training
+    images' mean (per channel, std 1), as the max-margin reconstructions of Haim et al. do."""
+
+    classes: tuple[int, ...] = ()
+    per_class: int = 0
+    center: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.classes or self.per_class or self.center)
+
+    def apply(self, name, train_x, train_y, test_x, test_y, class_names, mean, std):
+        train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+        chosen = list(self.classes) or list(range(len(class_names)))
+        bad = [c for c in chosen if not 0 <= c < len(class_names)]
+        if bad or len(set(chosen)) != len(chosen):
+            raise DatasetError(
+                f"{name}: classes: distinct class indices in 0..{len(class_names) - 1} expected, got {list(chosen)}"
+            )
+        keep_train, keep_test = [], []
+        for c in chosen:
+            members = np.flatnonzero(train_y == c)
+            if self.per_class > len(members):
+                raise DatasetError(f"{name}: per_class = {self.per_class}, but class {c} has {len(members)} images")
+            keep_train.append(members[: self.per_class] if self.per_class else members)
+            keep_test.append(np.flatnonzero(test_y == c))
+        remap = np.zeros(len(class_names), dtype=np.int64)
+        remap[chosen] = np.arange(len(chosen))
+        tr, te = np.concatenate(keep_train), np.concatenate(keep_test)
+        train_x, train_y, test_x, test_y = train_x[tr], remap[train_y[tr]], test_x[te], remap[test_y[te]]
+        if self.center:
+            pixels = train_x.reshape(len(train_x), -1, 1 if train_x.ndim == 3 else train_x.shape[-1])
+            mean, std = tuple(float(m) for m in pixels.mean(axis=(0, 1)) / 255.0), (1.0,) * pixels.shape[-1]
+        return train_x, train_y, test_x, test_y, [class_names[c] for c in chosen], mean, std
+
+
+def _subset(classes, per_class, center) -> Subset:
+    if isinstance(classes, (str, bytes)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in (classes or [])
+    ):
+        raise ValueError(f"classes: a list of class indices expected, got {classes!r}")
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 0:
+        raise ValueError(f"per_class: an integer of at least 0 expected (0: every image), got {per_class!r}")
+    if not isinstance(center, bool):
+        raise ValueError(f"center: true or false expected, got {center!r}")
+    return Subset(tuple(classes or ()), per_class, center)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -92,7 +152,18 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
+def fashion_mnist(
+    root: str = "", download: bool = False, classes: list[int] | None = None, per_class: int = 0, center: bool = False
+) -> DatasetBundle:
+    """Fashion-MNIST (28x28 grey images, 10 classes), from its IDX files.
+
+    :param classes: keep only these classes (indices, renumbered 0, 1, ... in this order); empty: all.
+    :param per_class: keep the first this many training images of each class (0: all of them);
+        the test split keeps every image of the kept classes.
+    :param center: subtract the kept training images' mean pixel (the models' normalization
+        becomes mean = that mean, std = 1): mean-subtracted inputs, as for the max-margin theory.
+    """
+    subset = _subset(classes, per_class, center)
     roots = [Path(root)] if root else [FASHION_MNIST_DEBIAN]
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     for r in roots:
@@ -100,7 +171,7 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
         if len(paths) == len(stems):
             train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
             return _bundle_from_arrays(
-                "fashion-mnist", train_x, train_y, test_x, test_y, FASHION_MNIST_CLASSES, (0.2860,), (0.3530,)
+                "fashion-mnist", train_x, train_y, test_x, test_y, FASHION_MNIST_CLASSES, (0.2860,), (0.3530,), subset
             )
     if download:
         import torchvision
@@ -117,6 +188,7 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
             FASHION_MNIST_CLASSES,
             (0.2860,),
             (0.3530,),
+            subset,
         )
     raise DatasetError(
         f"fashion-mnist: IDX files not found in {', '.join(map(str, roots))}; install them with "
@@ -124,11 +196,22 @@ def fashion_mnist(root: str = "", download: bool = False) -> DatasetBundle:
     )
 
 
-def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -> DatasetBundle:
+def digits(
+    root: str = "",
+    download: bool = False,
+    test_fraction: float = 0.2,
+    classes: list[int] | None = None,
+    per_class: int = 0,
+    center: bool = False,
+) -> DatasetBundle:
     """scikit-learn's 8x8 digits (ships with scikit-learn), split by a fixed permutation.
 
     :param test_fraction: the fraction of the images held out as the test split.
+    :param classes: keep only these classes (indices, renumbered 0, 1, ... in this order); empty: all.
+    :param per_class: keep the first this many training images of each class (0: all of them).
+    :param center: subtract the kept training images' mean pixel (mean = that mean, std = 1).
     """
+    subset = _subset(classes, per_class, center)
     if root:
         raise ValueError(f"root: digits ships with scikit-learn and reads no folder; remove data.root ({root!r})")
     from sklearn.datasets import load_digits
@@ -147,6 +230,7 @@ def digits(root: str = "", download: bool = False, test_fraction: float = 0.2) -
         [str(i) for i in range(10)],
         (0.3,),
         (0.4,),
+        subset,
     )
 
 

@@ -57,19 +57,47 @@ class ConvNet(nn.Module):
 class MLP(nn.Module):
     """A ReLU multilayer perceptron on the flattened image: ``depth`` hidden layers of ``width``
     units, then a linear classifier. No normalization layer: no weight is scale-invariant, so
-    stationarity over every parameter can be met (the reading DeepKKT rests on)."""
+    stationarity over every parameter can be met (the reading DeepKKT rests on).
 
-    def __init__(self, channels: int, size: int, num_classes: int, width: int = 256, depth: int = 2):
+    ``bias = False`` makes it positively homogeneous in its parameters (of degree ``depth + 1``),
+    the networks for which gradient descent is proven to converge in direction to a KKT point of
+    the max-margin problem (Lyu & Li 2020); ``init_scale`` multiplies PyTorch's default initial
+    weights (small: the regime of that theory, Haim et al. 2022). ``center_head`` starts the
+    classifier's rows with a zero sum: the gradient of the cross entropy (and of every margin
+    ``Phi_y - Phi_j``) has rows summing to zero, so gradient descent never changes that sum, and a
+    KKT point of the max-margin problem has none."""
+
+    def __init__(
+        self,
+        channels: int,
+        size: int,
+        num_classes: int,
+        width: int = 256,
+        depth: int = 2,
+        bias: bool = True,
+        init_scale: float = 1.0,
+        center_head: bool = False,
+    ):
         super().__init__()
         if width < 1 or depth < 0:
             raise ModelError(f"mlp: width must be >= 1 and depth >= 0, got width {width}, depth {depth}")
+        if not init_scale > 0:
+            raise ModelError(f"mlp: init_scale must be positive, got {init_scale}")
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = channels * size * size
         for _ in range(depth):
-            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            layers += [nn.Linear(fan_in, width, bias=bias), nn.ReLU()]
             fan_in = width
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(fan_in, num_classes)
+        self.classifier = nn.Linear(fan_in, num_classes, bias=bias)
+        with torch.no_grad():
+            if init_scale != 1.0:
+                for p in self.parameters():
+                    p.mul_(init_scale)
+            if center_head:
+                self.classifier.weight.sub_(self.classifier.weight.mean(0, keepdim=True))
+                if self.classifier.bias is not None:
+                    self.classifier.bias.sub_(self.classifier.bias.mean())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

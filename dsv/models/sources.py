@@ -64,14 +64,41 @@ def convnet(request: ModelRequest, width: int = 128, depth: int = 3, norm: str =
     return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
 
 
-def mlp(request: ModelRequest, width: int = 256, depth: int = 2) -> LoadedModel:
+def mlp(
+    request: ModelRequest,
+    width: int = 256,
+    depth: int = 2,
+    bias: bool = True,
+    init_scale: float = 1.0,
+    center_head: bool = False,
+) -> LoadedModel:
     """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes.
 
     :param width: units of every hidden layer.
     :param depth: hidden layers.
+    :param bias: whether its layers have biases (``false``: positively homogeneous in its
+        weights, the networks the max-margin theory DeepKKT rests on is proven for).
+    :param init_scale: multiplies PyTorch's default initial weights (e.g. ``0.01``: the small
+        initialization under which gradient descent converges to a KKT point).
+    :param center_head: start the classifier's rows with a zero sum (cross entropy never changes
+        that sum, and a KKT point of the max-margin problem has none).
     """
     spec = spec_from_data(request.data, "mlp")
-    module = MLP(spec.channels, spec.size, spec.num_classes, width=width, depth=depth)
+    for key, flag in (("bias", bias), ("center_head", center_head)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{key}: expected true or false, got {flag!r}")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
+        raise ValueError(f"init_scale: must be a positive number, got {init_scale!r}")
+    module = MLP(
+        spec.channels,
+        spec.size,
+        spec.num_classes,
+        width=width,
+        depth=depth,
+        bias=bias,
+        init_scale=float(init_scale),
+        center_head=center_head,
+    )
     if request.weights_path:
         apply_weights(module, request.weights_path)
     return LoadedModel(module.eval(), spec, trainable=not request.weights_path)

@@ -189,6 +189,40 @@ def _lambda_accuracy_plot(result: dict[str, Any], classes: list[str], rho: Any) 
     return _png(fig)
 
 
+def _premise_section(store: RunStore, result: dict[str, Any]) -> str:
+    """The premise measured by the select stage: its residual and facts, and each constraint's
+    multiplier against its normalised margin (on the margin at 1)."""
+    rows: list[tuple[Any, ...]] = [
+        ("relative stationarity residual (0: a KKT point)", result.get("residual")),
+        ("samples measured", result.get("n")),
+        ("on the margin", f"{result.get('on_margin')} (normalised margin <= 1 + {result.get('tol')})"),
+        ("non-zero λ", f"{result.get('nonzero_lambda')} of {result.get('constraints')} constraints"),
+        ("samples with a non-zero λ", result.get("support")),
+        ("λ off the margin", result.get("lambda_off_margin")),
+        ("margin form", result.get("margin")),
+        ("parameters", f"{result.get('params')} ({result.get('parameters')} scalars)"),
+        ("misclassified", result.get("misclassified")),
+        ("normalisation", result.get("normalisation")),
+    ]
+    parts = ["<h3>DeepKKT premise: is the model a KKT point?</h3>", _table(rows)]
+    path = store.export_path(str(result.get("npz", ""))) if result.get("npz") else None
+    if path is None or not path.is_file():
+        return "".join(parts) + '<p class="muted">its per-sample arrays are not in the store</p>'
+    with np.load(path, allow_pickle=False) as z:
+        lambdas, margins = z["lambdas"].ravel(), z["margins"].ravel()
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    top = float(lambdas.max()) if lambdas.size and lambdas.max() > 0 else 1.0
+    ax.scatter(margins, lambdas / top, s=10, alpha=0.7)
+    ax.axvline(1 + float(result.get("tol", 0.0)), color="#999", ls="--", lw=0.8)
+    ax.set_xlabel("normalised margin (1: on the margin)")
+    ax.set_ylabel("λ / max λ")
+    ax.set_title(f"residual {float(result.get('residual', float('nan'))):.3g}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return "".join(parts) + _png(fig)
+
+
 def _export_image(store: RunStore, name: str | None) -> str:
     path = store.path / "exports" / name if name else None
     if path is None or not path.is_file():
@@ -237,6 +271,9 @@ def _stage_results(store: RunStore, meta: dict[str, Any]) -> str:
         parts.append("<h3>Coreset selection</h3>")
         rows = [(k, v if not isinstance(v, dict) else json.dumps(v)) for k, v in s.items()]
         parts.append(_table(rows))
+    if "premise" in results:
+        shown.add("premise")
+        parts.append(_premise_section(store, results["premise"]))
     if "class_lambda_accuracy" in results:
         shown.update({"class_lambda_accuracy", "pearson_lambda_accuracy"})
         parts.append("<h3>Per-class λ against class accuracy</h3>")
