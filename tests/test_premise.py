@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -225,22 +226,68 @@ def test_log_mean_cross_entropy_is_exact_and_finite_far_past_underflow():
     assert float(log_mean_cross_entropy(huge, labels)) == pytest.approx(-1500 - np.log(2), rel=1e-6)
 
 
-def test_full_batch_gd_stops_once_the_measured_premise_holds():
+def test_full_batch_gd_stops_on_a_kkt_point_not_on_the_early_dip_of_the_residual():
+    """The stop rule: every sample right, residual <= stop_residual, and at most stop_off_margin of
+    the multipliers' sum off the margin. Honest about this tiny setting (40 digits, 32 units):
+    within seconds it does not reach a genuine KKT point; plain descent reaches the early dip (a
+    residual below 0.1 with one sample on the margin and most of the multipliers off it), which
+    stops training only when the margin condition is switched off (stop_off_margin = 1). The
+    Fashion-MNIST pipeline is where a genuine stop is measured (docs/explanation/premise.md)."""
     from dsv.builtin.datasets import digits
     from dsv.training import FullBatchGD, normalized
 
     data = digits(classes=[3, 5], per_class=20, center=True)
-    torch.manual_seed(0)
-    model = MLP(1, 8, 2, width=32, depth=1, bias=False, init_scale=0.01, center_head=True)
-    retrainer = FullBatchGD(lr=0.5, epochs=1000, check_every=50, stop_residual=0.1, premise_margin="binary")
-    retrainer.fit(model, normalized(data.train, data.mean, data.std), progress=False)
-    assert next(model.parameters()).dtype == torch.float32  # trained in float64, returned as it came
-    history = retrainer.history
-    assert history and history[-1]["epoch"] < 1000 and history[-1]["residual"] <= 0.1
-    assert all(h["residual"] > 0.1 or h["misclassified"] for h in history[:-1])
+    train = normalized(data.train, data.mean, data.std)
     images, labels = data.tensors("train")
+    runs = {}
+    for off in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = MLP(1, 8, 2, width=32, depth=1, bias=False, init_scale=0.01, center_head=True)
+        retrainer = FullBatchGD(
+            lr=0.5, epochs=1000, check_every=50, stop_residual=0.1, stop_off_margin=off, premise_margin="binary"
+        )
+        retrainer.fit(model, train, progress=False)
+        runs[off] = (model, retrainer)
+    model, loose = runs[1.0]
+    assert next(model.parameters()).dtype == torch.float32  # trained in float64, returned as it came
+    dip = loose.history[-1]
+    assert dip["epoch"] < 1000 and dip["residual"] <= 0.1 and dip["misclassified"] == 0
+    assert dip["lambda_off_margin"] > 0.5 and dip["on_margin"] <= 2  # a small residual, not a KKT point
+    assert all(h["residual"] > 0.1 or h["misclassified"] for h in loose.history[:-1])
     again = measure_premise(model, normalize(images, data.mean, data.std), labels, margin="binary")
-    assert again.misclassified == 0 and again.residual == pytest.approx(history[-1]["residual"], abs=1e-3)
+    assert again.misclassified == 0 and again.residual == pytest.approx(dip["residual"], abs=1e-3)
+    assert loose.holds(again) and not runs[0.1][1].holds(again)
+    strict = runs[0.1][1]  # the same trajectory, not stopped by the dip
+    assert strict.history[-1]["epoch"] == 1000
+    assert all(h["lambda_off_margin"] > 0.1 for h in strict.history if h["residual"] <= 0.1)
+    kkt = attrs.evolve(again, lambda_off_margin=0.05)
+    assert strict.holds(kkt) and not strict.holds(attrs.evolve(kkt, misclassified=1))
+    assert not strict.holds(attrs.evolve(kkt, residual=0.2))
+
+
+def test_the_step_decays_and_the_stop_rule_is_checked():
+    from dsv.training import FullBatchGD
+
+    decaying = FullBatchGD(lr=0.01, decay_epochs=100)
+    assert decaying.step_size(1) == 0.01 and decaying.step_size(101) == pytest.approx(0.005)
+    assert FullBatchGD(lr=0.01).step_size(10**6) == 0.01
+    with pytest.raises(ValueError):
+        FullBatchGD(stop_off_margin=1.5)
+
+
+def test_the_mlp_can_subtract_the_per_pixel_mean_and_stays_homogeneous(digits_bundle):
+    from dsv.models.sources import mlp, pixel_mean
+    from dsv.plugins import ModelRequest
+
+    loaded = mlp(ModelRequest(data=digits_bundle), width=8, depth=1, bias=False, center_pixels=True)
+    images, _ = digits_bundle.tensors("train")
+    x = normalize(images, digits_bundle.mean, digits_bundle.std)
+    assert torch.allclose(loaded.module.input_mean[0], x.mean(0)) and torch.equal(
+        loaded.module.input_mean[0], pixel_mean(digits_bundle)
+    )
+    assert "input_mean" in loaded.module.state_dict()  # saved and restored with the weights
+    assert [n for n, _ in loaded.module.named_parameters()] == ["features.1.weight", "classifier.weight"]
+    assert homogeneity_degree(loaded.module.double(), x[:8].double()) == 2
 
 
 def test_a_pipeline_trains_until_the_premise_holds_and_select_measures_it(tmp_path, write_pipeline):
@@ -253,8 +300,9 @@ def test_a_pipeline_trains_until_the_premise_holds_and_select_measures_it(tmp_pa
         tables={
             "data": {"options": {"classes": [3, 5], "per_class": 20, "center": True}},
             "train": {
+                # stop_off_margin = 1: the early dip (see the test above) stops it within seconds
                 "retrainer": {"name": "full_batch_gd", "lr": 0.5, "epochs": 1000, "check_every": 50,
-                              "stop_residual": 0.1, "premise_margin": "binary"},
+                              "stop_residual": 0.1, "stop_off_margin": 1.0, "premise_margin": "binary"},
                 "cache_dir": tmp_path / "models",
             },
             "select": {"iterations": 5, "top_k": [1], "premise": True, "premise_samples": 0,

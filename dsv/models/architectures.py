@@ -65,7 +65,10 @@ class MLP(nn.Module):
     weights (small: the regime of that theory, Haim et al. 2022). ``center_head`` starts the
     classifier's rows with a zero sum: the gradient of the cross entropy (and of every margin
     ``Phi_y - Phi_j``) has rows summing to zero, so gradient descent never changes that sum, and a
-    KKT point of the max-margin problem has none."""
+    KKT point of the max-margin problem has none. ``input_mean`` (a buffer, e.g. the training
+    images' per-pixel mean) is subtracted from every input first: a fixed shift, so the network
+    stays homogeneous in its parameters (the per-pixel centring of Haim et al. 2022, which the data
+    contract's one mean per channel cannot express)."""
 
     def __init__(
         self,
@@ -77,8 +80,14 @@ class MLP(nn.Module):
         bias: bool = True,
         init_scale: float = 1.0,
         center_head: bool = False,
+        input_mean: torch.Tensor | None = None,
     ):
         super().__init__()
+        self.input_mean: torch.Tensor | None
+        if input_mean is not None:
+            self.register_buffer("input_mean", input_mean.detach().reshape(1, channels, size, size).clone())
+        else:
+            self.input_mean = None
         if width < 1 or depth < 0:
             raise ModelError(f"mlp: width must be >= 1 and depth >= 0, got width {width}, depth {depth}")
         if not init_scale > 0:
@@ -100,4 +109,6 @@ class MLP(nn.Module):
                     self.classifier.bias.sub_(self.classifier.bias.mean())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_mean is not None:
+            x = x - self.input_mean
         return self.classifier(self.features(x))

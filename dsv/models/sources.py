@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
 from dsv.models.architectures import MLP, NORMS, ConvNet, ModelError
 from dsv.models.weights import apply_weights
-from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, pixel_domain
+from dsv.plugins import DatasetBundle, InputSpec, LoadedModel, ModelRequest, normalize, pixel_domain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,6 +72,7 @@ def mlp(
     bias: bool = True,
     init_scale: float = 1.0,
     center_head: bool = False,
+    center_pixels: bool = False,
 ) -> LoadedModel:
     """``mlp``: a normalization-free ReLU MLP sized to the [data] table's images and classes.
 
@@ -82,9 +84,12 @@ def mlp(
         initialization under which gradient descent converges to a KKT point).
     :param center_head: start the classifier's rows with a zero sum (cross entropy never changes
         that sum, and a KKT point of the max-margin problem has none).
+    :param center_pixels: subtract the [data] table's training images' per-pixel mean (after its
+        normalization) inside the model, as a fixed buffer: the per-pixel centring of Haim et al.
+        (2022), which the data contract's one mean per channel cannot express.
     """
     spec = spec_from_data(request.data, "mlp")
-    for key, flag in (("bias", bias), ("center_head", center_head)):
+    for key, flag in (("bias", bias), ("center_head", center_head), ("center_pixels", center_pixels)):
         if not isinstance(flag, bool):
             raise ValueError(f"{key}: expected true or false, got {flag!r}")
     if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
@@ -98,10 +103,17 @@ def mlp(
         bias=bias,
         init_scale=float(init_scale),
         center_head=center_head,
+        input_mean=pixel_mean(request.data) if center_pixels and request.data is not None else None,
     )
     if request.weights_path:
         apply_weights(module, request.weights_path)
     return LoadedModel(module.eval(), spec, trainable=not request.weights_path)
+
+
+def pixel_mean(data: DatasetBundle) -> torch.Tensor:
+    """The per-pixel mean (C, H, W) of ``data``'s training images, normalized as the models see them."""
+    images, _ = data.tensors("train")
+    return normalize(images, data.mean, data.std).mean(0)
 
 
 def efficientnet_lite(variant: str, size: int):

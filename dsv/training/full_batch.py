@@ -7,8 +7,17 @@ the mean loss, ``grad log L = grad L / L``: gradient descent with the step ``lr 
 loss-based learning rate, Nacson et al. 2019's normalized GD), computed without underflow however
 small the loss gets (float64 underflows at ``L ~ 1e-308``, which plain GD reaches long before it
 converges). Every ``check_every`` epochs the premise (:func:`dsv.kkt.premise.measure_premise`) is
-measured on the whole training set, and training stops once its residual is at most
-``stop_residual``: the criterion is what the theory promises, not an epoch count.
+measured on the whole training set, and training stops once it describes a KKT point: every sample
+classified right, the residual at most ``stop_residual`` and at most ``stop_off_margin`` of the
+multipliers' sum on samples off the margin (complementary slackness). The residual alone is not
+enough: early in training from a small initialization ``theta`` is nearly a sum of recent
+gradients, so the residual dips while the margins are far from equal. The criterion is what the
+theory promises, not an epoch count.
+
+At a fixed step the normalized descent of a two-layer network turns ``theta``'s direction by about
+the same angle every step (``grad log L`` scales like ``||theta||``), so the direction oscillates
+around the max-margin one instead of settling; ``decay_epochs`` shrinks the step as
+``lr / (1 + epoch / decay_epochs)`` (its sum still diverges, so the margin keeps growing).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from ignite.engine import Engine, Events
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from dsv.kkt.premise import MARGIN_FORMS, measure_premise
+from dsv.kkt.premise import MARGIN_FORMS, PremiseResult, measure_premise
 from dsv.plugins.output import attach_progress
 from dsv.training.supervised import SupervisedRetrainer
 
@@ -55,8 +64,9 @@ def _check_margin(_instance: Any, _attribute: Any, value: str) -> None:
 @attrs.define(kw_only=True)
 class FullBatchGD(SupervisedRetrainer):
     """Full-batch gradient descent on the cross entropy (every step sees the whole training set),
-    optionally normalized and in float64, stopping once DeepKKT's premise holds to
-    ``stop_residual`` (measured every ``check_every`` epochs). ``history`` holds each measurement."""
+    optionally normalized and in float64, with a decaying step, stopping once DeepKKT's premise
+    holds: residual at most ``stop_residual`` and multipliers' share off the margin at most
+    ``stop_off_margin`` (measured every ``check_every`` epochs). ``history`` holds each measurement."""
 
     #: the most epochs (steps) trained
     epochs: int = attrs.field(default=10000, validator=attrs.validators.ge(1))
@@ -70,8 +80,13 @@ class FullBatchGD(SupervisedRetrainer):
     float64: bool = True
     #: measure the premise every this many epochs (0: never; then ``stop_residual`` is unused)
     check_every: int = attrs.field(default=500, validator=attrs.validators.ge(0))
+    #: the step decays as ``lr / (1 + epoch / decay_epochs)`` (0: a fixed step)
+    decay_epochs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: stop once the premise's relative stationarity residual is at most this (0: train every epoch)
     stop_residual: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    #: ... and at most this share of the multipliers' sum lies on samples off the margin
+    #: (complementary slackness: 0 at a KKT point; 1: not checked)
+    stop_off_margin: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
     #: the margin form of the premise: ``binary``, ``multiclass``, ``cross_entropy`` or ``auto``
     premise_margin: str = attrs.field(default="auto", validator=_check_margin)
     #: the parameters of the premise: ``all``, ``head``, or globs over names
@@ -124,12 +139,21 @@ class FullBatchGD(SupervisedRetrainer):
                         "residual": measured.residual,
                         "on_margin": measured.on_margin,
                         "nonzero_lambda": measured.nonzero_lambda,
+                        "lambda_off_margin": measured.lambda_off_margin,
                         "misclassified": measured.misclassified,
+                        "lr": self.step_size(epoch),
                         "seconds": time.perf_counter() - started,
                     }
                 )
-                log.info("epoch %d: premise residual %.4f, loss %.3g", epoch, measured.residual, loss)
-                done = measured.misclassified == 0 and measured.residual <= self.stop_residual
+                log.info(
+                    "epoch %d: premise residual %.4f, %d on the margin, %.3f of lambda off it, loss %.3g",
+                    epoch,
+                    measured.residual,
+                    measured.on_margin,
+                    measured.lambda_off_margin,
+                    loss,
+                )
+                done = self.holds(measured)
             if stop is not None:
                 done = stop(model, epoch) or done
             model.train()
@@ -139,12 +163,27 @@ class FullBatchGD(SupervisedRetrainer):
         trainer.run([(x, y)], max_epochs=epochs or self.epochs)
         return model.to(dtype=dtype).eval()
 
+    def holds(self, measured: PremiseResult) -> bool:
+        """Whether a measurement describes a KKT point to the stopping tolerances: every sample
+        classified right, the residual small and the multipliers on the margin."""
+        return (
+            measured.misclassified == 0
+            and measured.residual <= self.stop_residual
+            and measured.lambda_off_margin <= self.stop_off_margin
+        )
+
+    def step_size(self, epoch: int) -> float:
+        """The step of epoch ``epoch`` (counted from 1): ``lr``, decayed when ``decay_epochs``."""
+        return self.lr / (1 + (epoch - 1) / self.decay_epochs) if self.decay_epochs else self.lr
+
     def trainer(self, model: nn.Module, device) -> Engine:
         """One full-batch step per epoch; its output is the mean cross entropy before the step."""
         optimizer = self.optimizer(model.parameters())
 
-        def step(_engine, batch):
+        def step(engine, batch):
             x, y = batch
+            for group in optimizer.param_groups:
+                group["lr"] = self.step_size(engine.state.epoch)
             optimizer.zero_grad()
             log_loss = log_mean_cross_entropy(model(x), y)
             (log_loss if self.normalized else log_loss.exp()).backward()
