@@ -1,7 +1,8 @@
 """dsv: Deep Support Vectors of a trained classifier (DeepKKT, Lee et al., NeurIPS 2024).
 
 The Python API (``dsv.synthesize``, ``dsv.open_store``, ``dsv.export_grid``, ``dsv.measure_premise``,
-``dsv.Pipeline``) is imported on first use, so ``import dsv`` and the CLI's error types stay cheap to import.
+``dsv.evaluate_reconstruction``, ``dsv.Pipeline``) is imported on first use, so ``import dsv`` and
+the CLI's error types stay cheap to import.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,8 @@ _LAZY = {
     "SynthesisResult": "dsv.api",
     "measure_premise": "dsv.api",
     "PremiseResult": "dsv.api",
+    "evaluate_reconstruction": "dsv.api",
+    "ReconstructionScore": "dsv.api",
     "Pipeline": "dsv.pipeline",
     "PipelineResult": "dsv.pipeline",
 }

@@ -1,5 +1,6 @@
 """The Python API: :func:`synthesize` DSVs of any ``nn.Module`` classifier, :func:`open_store`,
-:func:`export_grid`, and :func:`measure_premise` (is the model a KKT point at all?). The same
+:func:`export_grid`, :func:`measure_premise` (is the model a KKT point at all?) and
+:func:`evaluate_reconstruction` (are the candidates its training images?). The same
 machinery as ``dsv-pipeline``: the options are the keys of a pipeline's ``[synthesis]`` table,
 checked the same way, and the run is built and executed by
 :func:`dsv.synthesis.build.build_run` and :func:`dsv.synthesis.execution.execute`.
@@ -22,6 +23,8 @@ from torch import nn
 
 from dsv import config as cfg
 from dsv.errors import ConfigError
+from dsv.evaluation.reconstruction import ReconstructionScore as ReconstructionScore
+from dsv.evaluation.reconstruction import evaluate_reconstruction as evaluate_reconstruction
 from dsv.kkt.premise import LAMBDA_TOL, ON_MARGIN_TOL, PremiseResult
 from dsv.kkt.premise import measure_premise as _measure_premise
 from dsv.pipeline import table_plugin_problems

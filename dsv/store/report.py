@@ -223,6 +223,24 @@ def _premise_section(store: RunStore, result: dict[str, Any]) -> str:
     return "".join(parts) + _png(fig)
 
 
+def _reconstruction_section(store: RunStore, r: dict[str, Any]) -> str:
+    """The reconstruction stage: Haim et al.'s counts (training images matched by NCC, scored by
+    SSIM) and its figure."""
+    n = r.get("n")
+    rows: list[tuple[Any, ...]] = [
+        ("training images scored", n),
+        ("candidates", f"{r.get('candidates')} ({r.get('candidate_set', 'all')})"),
+        ("SSIM > 0.4", f"{r.get('count_04')} of {n}"),
+        ("SSIM > 0.6", f"{r.get('count_06')} of {n}"),
+        ("mean SSIM of the 10 best", r.get("top10_ssim")),
+        ("mean SSIM", r.get("mean_ssim")),
+    ]
+    if "same_label" in r:
+        rows.append(("matched a candidate of its own label", f"{r['same_label']} of {n}"))
+    figure = _export_image(store, r["png"]) if r.get("png") else ""
+    return "<h3>Reconstruction of the training images</h3>" + _table(rows) + figure
+
+
 def _export_image(store: RunStore, name: str | None) -> str:
     path = store.path / "exports" / name if name else None
     if path is None or not path.is_file():
@@ -274,6 +292,9 @@ def _stage_results(store: RunStore, meta: dict[str, Any]) -> str:
     if "premise" in results:
         shown.add("premise")
         parts.append(_premise_section(store, results["premise"]))
+    if "reconstruction" in results:
+        shown.add("reconstruction")
+        parts.append(_reconstruction_section(store, results["reconstruction"]))
     if "class_lambda_accuracy" in results:
         shown.update({"class_lambda_accuracy", "pearson_lambda_accuracy"})
         parts.append("<h3>Per-class λ against class accuracy</h3>")
