@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -157,12 +158,14 @@ class SynthesisRun:
     # ---- one step of Algorithm 1 ----------------------------------------------------------------
 
     def step(self, iteration: int) -> dict[str, Any]:
-        self._rng_at_step_start = checkpoint.capture_rng()
+        # the RNG states as the generators give them, converted to a checkpoint's arrays only if
+        # this step fails (rng_at_step_start): half the per-step cost of capture_rng
+        self._rng_at_step_start = _rng_snapshot()
         self.apply_schedule(iteration)
         self.optimizer.param_groups[0]["lr"] = self.lr_x_at(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         values: dict[str, Tensor] = {}
-        total = torch.zeros((), device=self.x.device)
+        total: Tensor | None = None  # the first term itself, not 0 + it: one node fewer to differentiate
         # the clean forward is skipped when every loss term is evaluated on augmented copies only
         # (DeepInversion's recipe: one forward per step); the metrics then come from those copies
         needs_clean = not self.augmentations or any(getattr(term, "clean", True) for _, term in self.losses)
@@ -172,7 +175,7 @@ class SynthesisRun:
             if clean is None or not getattr(term, "clean", True):
                 continue
             values[name] = term(clean)
-            total = total + term.weight * values[name]
+            total = _plus(total, term.weight * values[name])
         augmented = shown
         if self.augmentations:
             for aug in self.augmented_by():
@@ -182,23 +185,30 @@ class SynthesisRun:
                 if not getattr(term, "augmented", True):
                     continue
                 values[f"{name}_aug"] = term(aug_batch)
-                total = total + self.augmented_weight * term.weight * values[f"{name}_aug"]
+                total = _plus(total, self.augmented_weight * term.weight * values[f"{name}_aug"])
         for name, prior in self.priors:
             values[name] = prior(augmented if getattr(prior, "augmented", False) else self.x)
-            total = total + prior.weight * values[name]
+            total = _plus(total, prior.weight * values[name])
+        if total is None:  # no term at all
+            total = torch.zeros((), device=self.x.device)
         seen = clean if clean is not None else aug_batch
-        if not torch.isfinite(total):
+        total_value = float(total.detach())  # the history's value, and the NaN guard's
+        if not math.isfinite(total_value):
             bad = [k for k, v in values.items() if not torch.isfinite(v)]
             raise NonFiniteLossError(
                 f"loss became non-finite at iteration {iteration} (terms: {', '.join(bad) or 'total'}); "
                 f"the store holds iteration {iteration - 1}. Lower synthesis.lr_x or the term weights."
             )
+        n_alive = int(self.alive.sum())
+        all_alive = n_alive == self.alive.shape[0]  # the masks below change nothing then: skipped
         with torch.no_grad():
             probs_entropy = kkt.prediction_entropy(seen.logits.detach())
-            alive_f = self.alive.float()
-            n_alive = int(self.alive.sum())
-            entropy = float((probs_entropy * alive_f).sum() / max(n_alive, 1))
-            right = (~kkt.misclassified(seen.logits.detach(), self.targets)) & self.alive
+            if not all_alive:  # times 1.0 elsewhere: the same sum
+                probs_entropy = probs_entropy * self.alive.float()
+            entropy = float(probs_entropy.sum() / max(n_alive, 1))
+            right = ~kkt.misclassified(seen.logits.detach(), self.targets)
+            if not all_alive:
+                right = right & self.alive
             accuracy = float(right.sum()) / max(n_alive, 1)
         # grads for x and lambda only: theta is frozen, so nothing accumulates in the model
         grad_x, grad_l = torch.autograd.grad(total, [self.x, self.lambdas], allow_unused=True)
@@ -206,24 +216,33 @@ class SynthesisRun:
         self.lambdas.grad = grad_l if grad_l is not None else torch.zeros_like(self.lambdas)
         if iteration <= self.lambda_warmup:
             self.lambdas.grad = None  # Adam skips parameters without a gradient
-        dead = ~self.alive
-        frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
+        if not all_alive:
+            dead = ~self.alive
+            frozen_x, frozen_l = self.x.detach()[dead].clone(), self.lambdas.detach()[dead].clone()
         self._stepped = True
         self.optimizer.step()
         with torch.no_grad():  # dead candidates stop taking part: restore what Adam's momentum moved
             if self.bounds is not None:
                 self.x.clamp_(min=self.bounds[0], max=self.bounds[1])
-            self.x[dead] = frozen_x
-            self.lambdas[dead] = frozen_l
+            if not all_alive:
+                self.x[dead] = frozen_x
+                self.lambdas[dead] = frozen_l
         pruned = kkt.newly_infeasible(self.lambdas, self.alive)
-        if pruned.any():
+        pruned_any = bool(pruned.any())
+        if pruned_any:
             self.alive[pruned] = False
             self._call_hook("dsv_candidate_pruned", indices=pruned.nonzero().flatten().tolist(), iteration=iteration)
         metrics = {name: float(v.detach()) for name, v in values.items()}
-        metrics.update(total=float(total.detach()), entropy=entropy, accuracy=accuracy, alive=float(self.alive.sum()))
+        metrics.update(total=total_value, entropy=entropy, accuracy=accuracy)
+        metrics["alive"] = float(self.alive.sum()) if pruned_any else float(n_alive)
         self._stepped = False
         self.completed_step = iteration
         return metrics
+
+    def rng_at_step_start(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The RNG states at the start of the latest step, as a checkpoint holds them (None before
+        any step)."""
+        return _rng_arrays(self._rng_at_step_start) if self._rng_at_step_start is not None else None
 
     # ---- recording and writing -------------------------------------------------------------------
 
@@ -295,6 +314,40 @@ class SynthesisRun:
         return out
 
 
+def _plus(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total + term
+
+
+def _rng_snapshot() -> tuple:
+    """Every RNG state :func:`dsv.store.checkpoint.capture_rng` saves, as the generators give them
+    (numpy's takes most of the time; the conversion to arrays is left to :func:`_rng_arrays`)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _set_rng(snapshot: tuple) -> None:
+    cpu, cuda, numpy_state, python_state = snapshot
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+
+
+def _rng_arrays(snapshot: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``snapshot`` as checkpoint.capture_rng gives the states: put back for the time of that
+    call (the states of now restored after), so that the format has one place."""
+    now = _rng_snapshot()
+    _set_rng(snapshot)
+    try:
+        arrays, scalars = checkpoint.capture_rng()
+    finally:
+        _set_rng(now)
+    if snapshot[1] is None:  # CUDA came up after the snapshot: it held no CUDA state then
+        arrays.pop("rng_cuda", None)
+    return arrays, scalars
+
+
 class _QuietTermination(logging.Filter):
     """Drop ignite's "... is terminating due to exception" lines: the CLI reports the exception
     itself, once (a full disk would otherwise print it three times)."""
@@ -343,7 +396,7 @@ def build_engine(run: SynthesisRun, start_iteration: int = 0) -> Engine:
         # the RNG (saved as it was before that step). If x moved, the last checkpoint stands.
         done = run.completed_step
         if not run._stepped and run.committed_iteration != done:
-            run.flush(done, rng=None if done == eng.state.iteration else run._rng_at_step_start)
+            run.flush(done, rng=None if done == eng.state.iteration else run.rng_at_step_start())
         raise exc
 
     if run.progress:
