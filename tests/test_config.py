@@ -171,8 +171,8 @@ def test_unknown_key_at_top_level():
     message = config_error("bogus = 1\n" + MINIMAL)
     assert message.startswith("p.toml: bogus: unknown key")
     assert (
-        "known: analyse, data, edit, evaluate, export, interpolate, logging, model, plugins, report, retrain, run, "
-        "select, synthesis, train"
+        "known: analyse, data, edit, evaluate, export, interpolate, logging, model, plugins, reconstruction, report, "
+        "retrain, run, select, synthesis, train"
     ) in message
 
 
