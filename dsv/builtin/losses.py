@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import attrs
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from dsv import kkt
 from dsv.kkt import modes as kkt_modes
+from dsv.kkt import terms as kkt_terms
 from dsv.plugins import hookimpl
 
 log = logging.getLogger("dsv")
@@ -127,6 +129,19 @@ class Stationarity:
     fd_precision: str = attrs.field(default="model", validator=attrs.validators.in_(("model", "float64")))
     #: candidates per extra pass of jvp / finite_difference (0: all at once): less memory, more time
     micro_batch: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: what each candidate's gradient in theta is taken of: ``cross_entropy`` (DeepKKT: theta =
+    #: -sum lambda_i grad CE_i), ``binary`` (Haim et al. 2022, two outputs: theta = sum lambda_i
+    #: grad (Phi_y - Phi_other)(x_i)) or ``multiclass`` (Buzaglo et al. 2023, one multiplier per
+    #: candidate on its smallest margin Phi_y - max_{j != y} Phi_j, the constraint active at a KKT
+    #: point); the margin forms use the target's argmax and mode ``exact`` (``auto`` gives it)
+    margin: str = attrs.field(default="cross_entropy", validator=attrs.validators.in_(kkt_terms.STATIONARITY_MARGINS))
+    #: the multipliers the term uses are ``max(lambda_i, lambda_floor)``, so no candidate switches
+    #: off (Haim et al.'s ``extraction_min_lambda``, there a penalty); 0: lambda as it is
+    lambda_floor: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    #: softplus beta replacing every ``nn.ReLU`` module in a copy of the model used by this term
+    #: only (Haim et al.'s ``extraction_model_relu_alpha``: the mixed derivative of a ReLU network
+    #: is zero almost everywhere in x); 0: the model as it is
+    relu_smoothing: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     _selected: list[tuple[str, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _reference: float = attrs.field(default=0.0, init=False, repr=False)
     _model: nn.Module | None = attrs.field(default=None, init=False, repr=False)
@@ -134,6 +149,8 @@ class Stationarity:
     _auto: str | None = attrs.field(default=None, init=False, repr=False)
 
     def attach(self, model: nn.Module) -> None:
+        if self.relu_smoothing > 0:
+            model = smoothed_copy(model, self.relu_smoothing)
         self._selected = kkt.select_parameters(model, self.params)
         for _, p in self._selected:
             p.requires_grad_(True)  # needed for grad wrt theta; theta itself is never stepped
@@ -156,6 +173,8 @@ class Stationarity:
         covered parameters sit where the double backward stays short (kkt_modes.work_behind)."""
         if self.mode != "auto":
             return self.mode
+        if self.margin != "cross_entropy":  # the fast modes differentiate CE only
+            return "exact"
         if self._auto is None:
             if self._model is None:
                 raise RuntimeError("Stationarity.attach(model) must be called before use")
@@ -196,6 +215,7 @@ class Stationarity:
     def _scaled(self, batch: kkt.KKTBatch) -> tuple[Tensor, float, int]:
         """(the distance, over its value at lambda = 0 if relative; that reference; entries covered)."""
         params = self.tensors
+        batch = self._term_batch(batch)
         if self.rows == "targets":
             rows = batch.targets.sum(dim=0) > 0
             covered = kkt.covered_parameters(params, rows)
@@ -218,6 +238,7 @@ class Stationarity:
                 fd_dtype=torch.float64 if wide else None,
                 gates=self._gate_tracker(mode),
                 micro_batch=self.micro_batch,
+                margin=self.margin,
             )
 
         try:
@@ -231,6 +252,16 @@ class Stationarity:
             loss = term(mode)
         return loss, reference, int(sum(p.numel() for p in covered))
 
+    def _term_batch(self, batch: kkt.KKTBatch) -> kkt.KKTBatch:
+        """The batch as this term sees it: multipliers floored, logits of the smoothed copy."""
+        if self.lambda_floor > 0:
+            batch = attrs.evolve(batch, lambdas=batch.lambdas.clamp(min=self.lambda_floor))
+        if self.relu_smoothing > 0:
+            assert self._model is not None  # attach made the copy
+            with torch.enable_grad():  # the term differentiates the logits in theta even for a value
+                batch = attrs.evolve(batch, model=self._model, logits=self._model(batch.inputs))
+        return batch
+
     def __call__(self, batch: kkt.KKTBatch) -> Tensor:
         return self._scaled(batch)[0]
 
@@ -243,6 +274,16 @@ class Stationarity:
             "relative_stationarity": residual / reference if reference > 0 else float("nan"),
             "stationarity_params": covered,
         }
+
+
+def smoothed_copy(model: nn.Module, beta: float) -> nn.Module:
+    """A copy of ``model`` with every ``nn.ReLU`` module replaced by ``nn.Softplus(beta)`` (the
+    smoothed ReLU of Haim et al.'s extraction); the model itself is unchanged."""
+    smooth = copy.deepcopy(model)
+    for name, module in list(smooth.named_modules()):
+        if isinstance(module, nn.ReLU):
+            smooth.set_submodule(name, nn.Softplus(beta=beta))
+    return smooth
 
 
 @hookimpl

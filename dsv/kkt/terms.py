@@ -19,6 +19,8 @@ from dsv.kkt import modes
 from dsv.kkt.modes import GateTracker
 
 DISTANCES = ("l1", "l2")
+#: what each candidate's gradient in theta is taken of (see :func:`candidate_objective`)
+STATIONARITY_MARGINS = ("cross_entropy", "binary", "multiclass")
 
 
 @attrs.define
@@ -58,6 +60,29 @@ def primal_loss(logits: Tensor, targets: Tensor, alive: Tensor) -> Tensor:
     return (mask * soft_cross_entropy(logits, targets)).sum() / n_alive
 
 
+def candidate_objective(logits: Tensor, targets: Tensor, margin: str = "cross_entropy") -> Tensor:
+    """(N,) the per-candidate function ``f_i`` whose gradient the stationarity term weighs, signed
+    so that stationarity always reads ``theta + sum_i lambda_i grad_theta f_i = 0``.
+
+    ``cross_entropy``: ``f_i = CE(Phi(x_i), t_i)`` (DeepKKT: theta = -sum lambda grad CE).
+    ``binary`` (Haim et al. 2022) and ``multiclass`` (Buzaglo et al. 2023): ``f_i = -m_i``, the
+    margin negated (the max-margin KKT point has theta = +sum lambda grad m). ``binary``: two
+    outputs, ``m_i = Phi_y - Phi_other``; ``multiclass``: the smallest margin
+    ``m_i = Phi_y - max_{j != y} Phi_j`` (the constraint that is active at a KKT point, one
+    multiplier per candidate; equal to ``binary`` for two outputs). The margin forms take the
+    target's argmax as the label.
+    """
+    if margin == "cross_entropy":
+        return soft_cross_entropy(logits, targets)
+    if margin not in STATIONARITY_MARGINS:
+        raise ValueError(f"unknown stationarity margin {margin!r} (known: {', '.join(STATIONARITY_MARGINS)})")
+    if margin == "binary" and logits.shape[1] != 2:
+        raise ValueError(f"margin 'binary' needs a model of two outputs, this one has {logits.shape[1]}")
+    if logits.shape[1] < 2:
+        raise ValueError("the margin forms need at least two outputs")
+    return -logit_margin(logits, targets)
+
+
 def lagrangian_gradient(
     logits: Tensor,
     targets: Tensor,
@@ -66,14 +91,15 @@ def lagrangian_gradient(
     *,
     create_graph: bool = True,
     retain_graph: bool | None = None,
+    margin: str = "cross_entropy",
 ) -> list[Tensor | None]:
-    """``sum_i lambda_i grad_theta CE(Phi(x_i), t_i)`` for each parameter tensor (None where the
-    candidates do not reach it).
+    """``sum_i lambda_i grad_theta f_i`` for each parameter tensor (None where the candidates do
+    not reach it), ``f_i`` the CE (default) or the negated margin (:func:`candidate_objective`).
 
     With ``create_graph`` the result stays differentiable in ``x`` and ``lambda``: the mixed
     second derivative the stationarity term needs (double backward).
     """
-    weighted = (lambdas * soft_cross_entropy(logits, targets)).sum()
+    weighted = (lambdas * candidate_objective(logits, targets, margin)).sum()
     return list(
         torch.autograd.grad(weighted, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     )
@@ -158,6 +184,7 @@ def stationarity_term(
     gates: GateTracker | None = None,
     micro_batch: int = 0,
     fd_dtype: torch.dtype | None = None,
+    margin: str = "cross_entropy",
 ) -> Tensor:
     """``scale * D(theta, -sum_i lambda_i grad_theta CE_i)`` over the named parameters (their
     ``rows`` only where class-shaped), dead candidates counting lambda = 0.
@@ -171,12 +198,16 @@ def stationarity_term(
     at a time (0: all), which bounds the memory they add. ``fd_dtype``: the precision of the
     finite-difference passes (None: the model's; float64: central differences in double). Under ``no_grad``
     or with neither inputs nor lambdas requiring grad, only the value is computed.
+    ``margin``: the per-candidate function (:func:`candidate_objective`); the margin forms take
+    ``exact`` only.
     """
 
     if mode not in STATIONARITY_MODES:
         raise ValueError(f"unknown stationarity mode {mode!r} (known: {', '.join(STATIONARITY_MODES)})")
     if distance not in DISTANCES:
         raise ValueError(f"unknown stationarity distance {distance!r} (known: {', '.join(DISTANCES)})")
+    if margin != "cross_entropy" and mode != "exact":
+        raise ValueError(f"stationarity margin {margin!r} takes mode 'exact' only, got {mode!r}")
     names = [n for n, _ in named_params]
     params = [p for _, p in named_params]
     lam = batch.lambdas * batch.alive.to(batch.lambdas.dtype)
@@ -186,7 +217,13 @@ def stationarity_term(
     if mode == "exact":
         with torch.enable_grad():
             grads = lagrangian_gradient(
-                batch.logits, batch.targets, lam, params, create_graph=need_x or need_lambda, retain_graph=True
+                batch.logits,
+                batch.targets,
+                lam,
+                params,
+                create_graph=need_x or need_lambda,
+                retain_graph=True,
+                margin=margin,
             )  # the logits' graph stays for the other terms
         covered, grads = class_rows(params, grads, rows) if rows is not None else (params, grads)
         return stationarity_distance(covered, grads, distance) * scale
