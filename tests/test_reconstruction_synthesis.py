@@ -171,3 +171,21 @@ def test_bad_options_are_refused_naming_the_key(key, value):
     assert (term.margin, term.lambda_floor, term.relu_smoothing) == ("multiclass", 0.1, 100.0)
     default = Stationarity()
     assert (default.margin, default.lambda_floor, default.relu_smoothing) == ("cross_entropy", 0.0, 0.0)
+
+
+def test_prune_false_keeps_a_candidate_whose_lambda_goes_negative(make_run):
+    # synthesis.prune = false (Haim et al.'s reconstruction: the stationarity term floors lambda
+    # itself): a lambda below 0 no longer drops the candidate, which keeps moving; its lambda is
+    # projected back to 0 (dual feasibility, as the store checks it)
+    assert cfg.SynthesisConfig().prune is True  # the default: dual-feasibility pruning, as before
+    pruned = make_run()
+    kept = make_run(prune=False)
+    for run in (pruned, kept):
+        with torch.no_grad():
+            run.lambdas[1] = -0.5  # far below what one Adam step can undo
+    x_before = kept.x.detach()[1].clone()
+    assert pruned.step(1)["alive"] == 3.0 and pruned.alive.tolist() == [True, False, True, True]
+    for i in range(1, 4):
+        assert kept.step(i)["alive"] == 4.0
+    assert bool(kept.alive.all()) and float(kept.lambdas.detach().min()) >= 0
+    assert not torch.equal(kept.x.detach()[1], x_before)

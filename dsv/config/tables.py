@@ -121,6 +121,10 @@ class SynthesisConfig:
     lambda_init: float = 1.0
     #: iterations lambda is held while x leaves the noise (else lambda is pruned at once)
     lambda_warmup: int = 100
+    #: dual feasibility: drop (freeze) a candidate once its lambda goes below 0; ``false`` keeps
+    #: every candidate on and projects its lambda back to 0 instead, for a loss that floors lambda
+    #: itself (stationarity's ``lambda_floor``, Haim et al.'s reconstruction)
+    prune: bool = True
     #: eta of Algorithm 1: the weight of the KKT terms on the augmented copies A(x)
     augmented_weight: float = 1.0
     #: the augmentations of a step: ``"all"`` chained (each one every step), or ``"one"`` drawn at

@@ -177,6 +177,7 @@ def build_run(
         betas_x=(float(s.betas_x[0]), float(s.betas_x[1])),
         lr_lambda=s.lr_lambda,
         lambda_warmup=s.lambda_warmup,
+        prune=s.prune,
         iterations=s.iterations,
         record_every=s.record_every,
         checkpoint_every=s.checkpoint_every,

@@ -52,6 +52,7 @@ class SynthesisRun:
     betas_x: tuple[float, float] = (0.9, 0.999)
     lr_lambda: float = 0.05
     lambda_warmup: int = 0  # iterations during which lambda is held (x aligns first)
+    prune: bool = True  # dual feasibility: lambda below 0 drops the candidate (False: lambda projected to 0)
     iterations: int = 100
     record_every: int = 1
     checkpoint_every: int = 50  # 0: only at the end (and on SIGINT/SIGTERM)
@@ -227,7 +228,9 @@ class SynthesisRun:
             if not all_alive:
                 self.x[dead] = frozen_x
                 self.lambdas[dead] = frozen_l
-        pruned = kkt.newly_infeasible(self.lambdas, self.alive)
+            if not self.prune:  # dual feasibility by projection: a lambda below 0 is set to 0
+                self.lambdas.copy_(torch.where(self.alive, self.lambdas.clamp(min=0.0), self.lambdas))
+        pruned = kkt.newly_infeasible(self.lambdas, self.alive)  # none when projected (prune = False)
         pruned_any = bool(pruned.any())
         if pruned_any:
             self.alive[pruned] = False
