@@ -91,7 +91,8 @@ def test_the_ending_never_passes_its_line_limit():
     lines = ending_lines(summary, store=Path("s.zarr"), exports=exports, seconds=205.0, name="x", stages=["synthesize"])
     assert len(lines) <= MAX_LINES
     assert "and 5 more verifiers (dsv-pipeline show --json)" in lines
-    assert "grid:   s.zarr/exports/grid.png" in lines and "and 2 more files in s.zarr/exports" in lines
+    assert "grid:   s.zarr/exports/grid.png" in lines and "image:  s.zarr/exports/strip.png" in lines
+    assert "and 2 more files in s.zarr/exports" in lines
     assert lines[-1].startswith("store:  s.zarr")
     assert lines[0] == "x: synthesize, done in 3 min 25 s"
     assert "base model: test accuracy 0.910" in lines

@@ -50,7 +50,9 @@ def _file_lines(store: Path, exports: list[Path]) -> list[str]:
     grids = [p for p in exports if p.suffix == ".png"]
     reports = [p for p in exports if p.suffix == ".html"]
     others = [p for p in exports if p not in grids and p not in reports]
-    lines = [f"{'grid' if i == 0 else 'image'}:   {p}" for i, p in enumerate(grids)]
+    # the export stage's candidate grid by its usual name; other pictures (a strip, an edit, the
+    # reconstruction pairs) as images
+    lines = [f"{'grid:' if 'grid' in p.stem else 'image:':<8}{p}" for p in grids]
     lines += [f"report: {p}" for p in reports] or [f"report: dsv-pipeline report {store}"]
     lines += [f"wrote:  {p}" for p in others]
     if len(lines) > MAX_FILES + 1:
