@@ -16,7 +16,6 @@ from conftest import REPO_ROOT
 
 from dsv.bench import kkt_loop
 from dsv.store import checkpoint
-from dsv.synthesis import engine
 
 
 def test_the_model_and_the_problem_are_seeded():
@@ -65,10 +64,10 @@ def test_a_measurement_times_the_plain_loop_and_the_variants_asked_for():
 def test_a_failed_steps_rng_is_the_one_at_its_start():
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     want = checkpoint.capture_rng()
-    snapshot = engine._rng_snapshot()
+    snapshot = checkpoint.snapshot_rng()
     torch.rand(5), np.random.rand(5), random.random()  # the step draws, then fails
     now = checkpoint.capture_rng()
-    got = engine._rng_arrays(snapshot)
+    got = checkpoint.rng_arrays(snapshot)
     assert set(got[0]) == set(want[0]) and got[1] == want[1]
     assert all(np.array_equal(got[0][k], want[0][k]) for k in want[0])
     after = checkpoint.capture_rng()  # the conversion left the generators where they were

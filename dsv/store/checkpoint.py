@@ -20,19 +20,32 @@ import torch
 # ---- RNG states ----------------------------------------------------------------------------------
 
 
-def capture_rng() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every RNG the loop may draw from: torch (CPU and each CUDA device), numpy, python."""
-    arrays = {"rng_torch": torch.get_rng_state().numpy().copy()}
+def snapshot_rng() -> tuple:
+    """Every RNG the loop may draw from, as the generators give their states (cheap: the copy of
+    :func:`capture_rng` without its conversion to a checkpoint's arrays, see :func:`rng_arrays`)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def rng_arrays(snapshot: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A :func:`snapshot_rng` as a checkpoint holds it: arrays and JSON scalars."""
+    cpu, cuda, numpy_state, python_state = snapshot
+    arrays = {"rng_torch": cpu.numpy().copy()}
     scalars: dict[str, Any] = {}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        arrays["rng_cuda"] = np.stack([s.numpy() for s in torch.cuda.get_rng_state_all()])
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    if cuda is not None:
+        arrays["rng_cuda"] = np.stack([s.numpy() for s in cuda])
+    kind, keys, pos, has_gauss, cached = numpy_state
     arrays["rng_numpy"] = np.asarray(keys, dtype=np.uint32)
     scalars["numpy_rng"] = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-    version, internal, gauss_next = random.getstate()
+    version, internal, gauss_next = python_state
     arrays["rng_python"] = np.asarray(internal, dtype=np.uint32)
     scalars["python_rng"] = {"version": int(version), "gauss_next": gauss_next}
     return arrays, scalars
+
+
+def capture_rng() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every RNG the loop may draw from: torch (CPU and each CUDA device), numpy, python."""
+    return rng_arrays(snapshot_rng())
 
 
 def restore_rng(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -161,7 +160,7 @@ class SynthesisRun:
     def step(self, iteration: int) -> dict[str, Any]:
         # the RNG states as the generators give them, converted to a checkpoint's arrays only if
         # this step fails (rng_at_step_start): half the per-step cost of capture_rng
-        self._rng_at_step_start = _rng_snapshot()
+        self._rng_at_step_start = checkpoint.snapshot_rng()
         self.apply_schedule(iteration)
         self.optimizer.param_groups[0]["lr"] = self.lr_x_at(iteration)
         self.optimizer.zero_grad(set_to_none=True)
@@ -245,7 +244,7 @@ class SynthesisRun:
     def rng_at_step_start(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """The RNG states at the start of the latest step, as a checkpoint holds them (None before
         any step)."""
-        return _rng_arrays(self._rng_at_step_start) if self._rng_at_step_start is not None else None
+        return checkpoint.rng_arrays(self._rng_at_step_start) if self._rng_at_step_start is not None else None
 
     # ---- recording and writing -------------------------------------------------------------------
 
@@ -319,36 +318,6 @@ class SynthesisRun:
 
 def _plus(total: Tensor | None, term: Tensor) -> Tensor:
     return term if total is None else total + term
-
-
-def _rng_snapshot() -> tuple:
-    """Every RNG state :func:`dsv.store.checkpoint.capture_rng` saves, as the generators give them
-    (numpy's takes most of the time; the conversion to arrays is left to :func:`_rng_arrays`)."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
-
-
-def _set_rng(snapshot: tuple) -> None:
-    cpu, cuda, numpy_state, python_state = snapshot
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(numpy_state)
-    random.setstate(python_state)
-
-
-def _rng_arrays(snapshot: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``snapshot`` as checkpoint.capture_rng gives the states: put back for the time of that
-    call (the states of now restored after), so that the format has one place."""
-    now = _rng_snapshot()
-    _set_rng(snapshot)
-    try:
-        arrays, scalars = checkpoint.capture_rng()
-    finally:
-        _set_rng(now)
-    if snapshot[1] is None:  # CUDA came up after the snapshot: it held no CUDA state then
-        arrays.pop("rng_cuda", None)
-    return arrays, scalars
 
 
 class _QuietTermination(logging.Filter):
