@@ -44,6 +44,22 @@ def test_jitter_rolls_the_whole_batch_by_one_offset_within_the_limit():
     assert torch.equal(jitter(x), first)  # drawn from torch's seeded generator
 
 
+def test_blur_smooths_a_real_image_and_passes_gradients():
+    from dsv.builtin.augmentations import Blur
+    from dsv.synthesis.initializers import read_image
+
+    photo = read_image(REPO_ROOT / "pipelines" / "images" / "chelsea.jpg", 3, 64)[None].requires_grad_(True)
+    torch.manual_seed(0)
+    blurred = Blur(sigma=2.0, p=1.0)(photo)
+    detail = lambda x: (x[..., 1:, :] - x[..., :-1, :]).abs().mean()  # noqa: E731
+    assert blurred.shape == photo.shape and detail(blurred) < 0.8 * detail(photo)
+    blurred.sum().backward()
+    assert photo.grad is not None and photo.grad.abs().sum() > 0
+    assert torch.equal(Blur(sigma=2.0, p=0.0)(photo), photo)
+    with pytest.raises(ValueError, match="sigma must be >= 0.1"):
+        Blur(sigma=0.0)
+
+
 def test_jitter_limit_scales_with_the_candidates_size():
     assert Jitter(pixels=30).limit(224) == 30
     assert Jitter(pixels=30).limit(112) == 15

@@ -17,7 +17,9 @@ from dsv import config as cfg
 from dsv.builtin.datasets import digits as load_digits_bundle
 from dsv.builtin.models import ModelRequest, load_state_dict
 from dsv.errors import ConfigError, DsvError
+from dsv.evaluation.latent import edit_ssim, pixels, rank_correlation
 from dsv.pipeline import Pipeline, load_pipeline, load_pipeline_text
+from dsv.stages.edit import start_images
 from dsv.stages.interpolate import mixture_targets
 from dsv.store import RunStore
 from dsv.store.export import to_images
@@ -62,7 +64,14 @@ def generated(tmp_path_factory, digit_png, write_pipeline):
     weights = next(cache.glob("*.pt"))
     tables = {
         "evaluate": {"model": "convnet", "weights_path": weights, "options": {"width": 8, "depth": 2}},
-        "interpolate": {"from_class": 0, "to_class": 7, "steps": 4, "iterations": 8, "png": "strip.png"},
+        "interpolate": {
+            "from_class": 0,
+            "to_class": 7,
+            "steps": 4,
+            "iterations": 8,
+            "refine_iterations": 3,
+            "png": "strip.png",
+        },
         "edit": {"edits": [{"image": digit_png, "target": 8}], "iterations": 10, "png": "edits.png"},
     }
     stages = ("train", "synthesize", "evaluate", "interpolate", "edit", "export")
@@ -98,14 +107,77 @@ def test_mixture_targets_go_from_one_class_to_the_other():
     assert all(sum(row.values()) == pytest.approx(1) for row in strip)
 
 
-def test_interpolate_runs_the_strip_and_exports_it(generated):
-    sub = RunStore.open(generated["store"] / "generated" / "interpolate")
-    targets = sub.candidates()["targets"]
-    assert targets.shape == (4, 10)
-    np.testing.assert_allclose(targets[:, 7], [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+def test_interpolate_synthesizes_the_ends_then_refines_their_blends(generated):
+    ends = RunStore.open(generated["store"] / "generated" / "interpolate")
+    np.testing.assert_array_equal(ends.candidates()["targets"].argmax(1), [0, 7])  # the ends, once each
+    assert ends.meta["committed_iteration"] == 8
+    middle = RunStore.open(generated["store"] / "generated" / "interpolate_blend")
+    targets = middle.candidates()["targets"]
+    np.testing.assert_allclose(targets[:, 7], [1 / 3, 2 / 3], atol=1e-6)  # the two middle steps of 4
     np.testing.assert_allclose(targets[:, 0] + targets[:, 7], 1, atol=1e-6)
-    assert sub.meta["committed_iteration"] == 8
+    assert middle.meta["committed_iteration"] == 3
     assert (generated["store"] / "exports" / "strip.png").read_bytes()[:8] == PNG_MAGIC
+    assert RunStore.open(generated["store"]).meta["results"]["interpolation"]["start"] == "blend"
+
+
+def test_the_middle_starts_from_the_pixel_blend_of_the_ends(generated, tmp_path):
+    """With no refinement the middle of the strip is exactly the blend (1 - d) x_a + d x_b."""
+    pipeline = Pipeline.from_toml(
+        generated["pipeline"],
+        overrides=['run.stages=["train", "interpolate"]', "interpolate.refine_iterations=0"],
+        progress=False,
+    )
+    store = pipeline.run()
+    assert store is not None
+    from dsv.stages.interpolate import strip_images
+
+    (strip,) = strip_images(pipeline.context, RunStore.open(store.store))
+    ends = RunStore.open(generated["store"] / "generated" / "interpolate").candidates()["x"]
+    assert strip.shape[0] == 4
+    np.testing.assert_array_equal(strip[0], ends[0])
+    np.testing.assert_array_equal(strip[-1], ends[1])
+    np.testing.assert_allclose(strip[1], (2 / 3) * ends[0] + (1 / 3) * ends[1], atol=1e-6)
+    np.testing.assert_allclose(strip[2], (1 / 3) * ends[0] + (2 / 3) * ends[1], atol=1e-6)
+
+
+def test_noise_start_runs_each_step_from_one_shared_noise_image(generated, tmp_path):
+    pipeline = Pipeline.from_toml(
+        generated["pipeline"],
+        overrides=[
+            'run.stages=["train", "interpolate"]',
+            'interpolate.start="noise"',
+            "interpolate.iterations=1",
+        ],
+        store=str(tmp_path / "noise.zarr"),
+        progress=False,
+    )
+    pipeline.run()
+    sub = RunStore.open(tmp_path / "noise.zarr" / "generated" / "interpolate")
+    x, targets = sub.candidates()["x"], sub.candidates()["targets"]
+    np.testing.assert_allclose(targets[:, 7], [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+    assert sub.meta["committed_iteration"] == 1
+    assert np.corrcoef(x[0].ravel(), x[3].ravel())[0, 1] > 0.9  # one step from the one shared start
+
+
+def test_several_strips_are_rows_of_one_export(generated, tmp_path):
+    pipeline = Pipeline.from_toml(
+        generated["pipeline"],
+        overrides=[
+            'run.stages=["train", "interpolate"]',
+            "interpolate.strips=[{ from_class = 3, to_class = 0 }]",
+            "interpolate.steps=3",
+            "interpolate.refine_iterations=1",
+        ],
+        store=str(tmp_path / "two.zarr"),
+        progress=False,
+    )
+    pipeline.run()
+    store = RunStore.open(tmp_path / "two.zarr")
+    assert store.meta["results"]["interpolation"]["strips"] == [["0", "7"], ["3", "0"]]
+    ends = RunStore.open(tmp_path / "two.zarr" / "generated" / "interpolate").candidates()["targets"]
+    np.testing.assert_array_equal(ends.argmax(1), [0, 7, 3])  # class 0 ends two strips: made once
+    middle = RunStore.open(tmp_path / "two.zarr" / "generated" / "interpolate_blend").candidates()["targets"]
+    np.testing.assert_allclose(middle[:, [0, 3, 7]], [[0.5, 0, 0.5], [0.5, 0.5, 0]], atol=1e-6)
 
 
 # ---- the resolution schedule -------------------------------------------------------------------
@@ -116,6 +188,16 @@ def test_the_schedule_ends_at_the_last_size(generated):
     assert x.shape == (3, 1, 16, 16)  # started at 8x8 (resolutions = [[1, 8], [6, 16]])
     sub = RunStore.open(generated["store"] / "generated" / "interpolate").candidates()["x"]
     assert sub.shape[-1] == 16  # the strip runs the same schedule
+
+
+def test_fewer_iterations_scale_the_schedule_so_it_still_ends_at_the_last_size():
+    s = load_pipeline(REPO_ROOT / "pipelines" / "imagenet_gen.toml").config.synthesis
+    short = cfg.with_iterations(s, 100)
+    assert short.iterations == 100 and s.iterations == 300
+    assert [size for _, size in short.resolutions] == [64, 128, 224]
+    assert [start for start, _ in short.resolutions] == [1, 25, 50]  # 1, 76, 151 of 300
+    assert short.lambda_warmup == 100  # held for the whole run, as in the profile
+    assert cfg.with_iterations(s, 300) == s
 
 
 def test_imagenet_gen_starts_small_and_ends_at_the_model_size():
@@ -141,6 +223,73 @@ def test_edit_starts_from_the_image_file_and_exports_before_after(generated, dig
     png = generated["store"] / "exports" / "edits.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert Image.open(png).size[0] > Image.open(png).size[1]  # before and after side by side
+
+
+def test_the_edit_is_scored_by_the_verifier_and_against_the_image(generated):
+    """With an [evaluate] table each edit records what the verifier names it, its SSIM to the
+    start image and whether only the generator names the target (adversarial)."""
+    (edit,) = RunStore.open(generated["store"]).results["edits"]
+    (scored,) = edit["verifiers"].values()
+    assert set(scored) == {"named", "top1", "p_target"} and 0 <= scored["p_target"] <= 1
+    assert scored["named"] == (scored["top1"] == "8")
+    assert edit["generator"]["named"] == (edit["after"] == "8")
+    assert edit["adversarial"] == (edit["generator"]["named"] and not scored["named"])
+    sub = RunStore.open(generated["store"] / "generated" / "edit")
+    context = Pipeline.from_toml(generated["pipeline"], progress=False).context
+    x = sub.candidates()["x"]
+    before = pixels(start_images(context, x.shape), sub.meta["mean"], sub.meta["std"])
+    after = pixels(x, sub.meta["mean"], sub.meta["std"])
+    assert edit["ssim"] == pytest.approx(edit_ssim(before[0], after[0]), abs=1e-4)
+    assert edit["ssim"] < 1.0  # the edit changed the image
+
+
+def test_edit_priors_replace_the_synthesis_priors_for_the_edits_only(generated):
+    from dsv.stages.edit import edit_synthesis
+
+    overrides = ['edit.priors=[{ name = "norm", weight = 0.5 }]']
+    context = Pipeline.from_toml(generated["pipeline"], overrides=overrides, progress=False).context
+    assert [(p.name, p.options) for p in edit_synthesis(context).priors] == [("norm", {"weight": 0.5})]
+    assert [p.name for p in context.config.synthesis.priors] == ["tv"]  # the strips keep theirs
+    plain = Pipeline.from_toml(generated["pipeline"], progress=False).context
+    assert edit_synthesis(plain).priors == plain.config.synthesis.priors
+
+
+def test_keep_holds_the_edit_closer_to_its_image(generated, tmp_path):
+    """edit.keep weighs 1 - SSIM to the start image: the same strong edit stays closer to it."""
+    ssim = {}
+    for keep in (0.0, 50.0):
+        overrides = ['run.stages=["train", "edit"]', "edit.lr_x=0.3", f"edit.keep={keep}"]
+        store = tmp_path / f"keep{keep}.zarr"
+        Pipeline.from_toml(generated["pipeline"], overrides=overrides, store=str(store), progress=False).run()
+        ssim[keep] = RunStore.open(store).results["edits"][0]["ssim"]
+        assert RunStore.open(store / "generated" / "edit").meta["config"].get("extra") == (
+            {"keep": keep} if keep else None
+        )
+    assert ssim[50.0] > ssim[0.0] + 0.05, ssim
+
+
+def test_the_strip_is_scored_by_the_verifier(generated):
+    result = RunStore.open(generated["store"]).results["interpolation"]
+    assert result["strips"] == [["0", "7"]] and result["d"] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    ((strip,),) = result["verifiers"].values()
+    assert len(strip["p_to"]) == 4 and all(0 <= p <= 1 for p in strip["p_to"])
+    assert strip["end_named"] == (strip["end_top1"] == "7") and strip["start_named"] == (strip["start_top1"] == "0")
+    assert strip["rank_correlation"] == pytest.approx(rank_correlation(strip["p_to"]), abs=0.05)
+    assert strip["middle_top5_both"] in (0.0, 0.5, 1.0)  # two middle steps of four
+
+
+def test_rank_correlation_and_ssim_of_real_images():
+    assert rank_correlation([0.01, 0.02, 0.3, 0.9]) == pytest.approx(1.0)
+    assert rank_correlation([0.9, 0.3, 0.02, 0.01]) == pytest.approx(-1.0)
+    assert rank_correlation([0.01, 0.3, 0.02, 0.9]) == pytest.approx(0.8)  # one swap of four: 1 - 6 * 2 / 60
+    assert rank_correlation([0.5, 0.5, 0.5]) == 0.0
+    from dsv.synthesis.initializers import read_image
+
+    a, b = (read_image(REPO_ROOT / "pipelines" / "images" / f, 3, 64).numpy() for f in ("chelsea.jpg", "coffee.jpg"))
+    assert edit_ssim(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert edit_ssim(a, b) < 0.3  # two photographs
+    noisy = np.clip(a + np.random.default_rng(0).normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
+    assert edit_ssim(a, b) < edit_ssim(a, noisy) < 1.0
 
 
 def test_the_image_initializer_reads_the_file_into_model_space(digit_png):
@@ -282,7 +431,20 @@ def test_the_pipeline_files_parse():
             '[interpolate]\nfrom_class = 1\nto_class = 2\npng = "../x.png"\n',
             "interpolate.png: a file name inside the run store",
         ),
+        ("[interpolate]\nfrom_class = 1\n", "interpolate: give both from_class and to_class"),
+        ("[interpolate]\nsteps = 3\n", "interpolate: no strip"),
+        (
+            "[interpolate]\nstrips = [{ from_class = 1, to_class = -2 }]\n",
+            "interpolate.strips[0].to_class: a class index",
+        ),
+        (
+            "[interpolate]\nfrom_class = 1\nto_class = 2\nrefine_iterations = -1\n",
+            "interpolate.refine_iterations: must",
+        ),
+        ('[interpolate]\nfrom_class = 1\nto_class = 2\nstart = "mix"\n', "interpolate.start"),
         ("[edit]\nedits = []\n", "edit.edits: give at least one"),
+        ('[edit]\nedits = [{ image = "a.png", target = 1 }]\nkeep = -1\n', "edit.keep: must be at least 0"),
+        ('[edit]\nedits = [{ image = "a.png", target = 1 }]\npriors = [{ name = "tvv" }]\n', "edit.priors[0].name"),
         (
             '[edit]\nedits = [{ image = "a.png", target = "cat" }]\n',
             'edit.edits[0].target: expected an integer, got "cat"',

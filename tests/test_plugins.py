@@ -27,7 +27,7 @@ from dsv.synthesis.engine import build_engine
 BUILTIN_NAMES = {
     "losses": {"primal", "stationarity"},
     "priors": {"tv", "norm"},
-    "augmentations": {"flip", "translate", "crop", "cutout", "noise"},
+    "augmentations": {"flip", "translate", "crop", "cutout", "noise", "blur"},
     "initializers": {"noise", "real"},
     "retrainers": {"adam", "sgd"},
     "models": {
@@ -185,10 +185,10 @@ def test_unknown_name_lists_the_known_ones_and_suggests_close_ones():
         registry.get("flipp")
     message = str(info.value)
     assert message.startswith("unknown augmentation 'flipp'; did you mean 'flip'?")
-    assert "(known: crop, cutout, flip, jitter, noise, translate)" in message
+    assert "(known: blur, crop, cutout, flip, jitter, noise, translate)" in message
     with pytest.raises(UnknownNameError) as info:
         registry.get("zzzzzz")
-    assert "did you mean" not in str(info.value) and "known: crop" in str(info.value)
+    assert "did you mean" not in str(info.value) and "known: blur, crop" in str(info.value)
     assert isinstance(info.value, KeyError)
     assert "flip" in registry and "flipp" not in registry
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dsv.config import SynthesisConfig
+from dsv.config import SynthesisConfig, with_iterations
 from dsv.pipeline import load_pipeline
 from dsv.plugins import LoadedModel
 from dsv.synthesis.build import build_run
@@ -27,15 +27,9 @@ TimedRun = tuple[Any, Callable[[], contextlib.AbstractContextManager]]
 def scaled(path: Path, iterations: int, classes: list[int], extra: list[str], max_size: int = 0) -> SynthesisConfig:
     """The [synthesis] table of a pipeline file, its schedule scaled to ``iterations`` steps (and
     each resolution stage capped at ``max_size`` px when given: smoke runs), one candidate per class."""
-    s = load_pipeline(path, overrides=extra).config.synthesis
-    base = s.iterations
-    factor = iterations / base
-    s.iterations = iterations
-    s.resolutions = [[max(1, round(start * factor)) if start > 1 else start, size] for start, size in s.resolutions]
+    s = with_iterations(load_pipeline(path, overrides=extra).config.synthesis, iterations)
     if max_size:
         s.resolutions = [[start, min(size, max_size)] for start, size in s.resolutions] or [[1, max_size]]
-    s.lambda_warmup = iterations if s.lambda_warmup >= base else round(s.lambda_warmup * factor)
-    s.lr_warmup = round(s.lr_warmup * factor)
     s.classes, s.targets, s.candidates_per_class = list(classes), [], 1
     return s
 

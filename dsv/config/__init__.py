@@ -37,6 +37,7 @@ from dsv.config.tables import (
     check_run,
     check_synthesis,
     check_targets,
+    with_iterations,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SynthesisConfig",
     "Target",
     "apply_overrides",
+    "with_iterations",
     "build",
     "changed_keys",
     "check_logging",

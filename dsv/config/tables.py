@@ -213,6 +213,23 @@ MAX_RESOLUTION = 4096  # pixels per side
 CORE_TABLES = ("run", "data", "model", "synthesis", "logging")
 
 
+def with_iterations(s: SynthesisConfig, iterations: int) -> SynthesisConfig:
+    """``s`` run for ``iterations`` steps with its schedules scaled to them: each resolution stage
+    starts at the same fraction of the run, and the warm-ups of lambda and of the learning rate
+    last the same fraction (a lambda held for the whole run stays held). A stage of the pipeline
+    that runs fewer iterations than [synthesis] (the ends of a strip) still ends at the last size."""
+    if iterations == s.iterations or s.iterations == 0:
+        return attrs.evolve(s, iterations=iterations)
+    factor = iterations / s.iterations
+    return attrs.evolve(
+        s,
+        iterations=iterations,
+        resolutions=[[max(1, round(start * factor)) if start > 1 else start, size] for start, size in s.resolutions],
+        lambda_warmup=iterations if s.lambda_warmup >= s.iterations else round(s.lambda_warmup * factor),
+        lr_warmup=round(s.lr_warmup * factor),
+    )
+
+
 def check_synthesis(s: SynthesisConfig) -> list[str]:
     """Range checks of a [synthesis] table (the pipeline's and ``dsv.synthesize``'s)."""
     problems = []

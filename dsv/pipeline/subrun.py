@@ -10,6 +10,7 @@ lives inside the pipeline's own store).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -25,13 +26,29 @@ SUBRUN_GROUP = "generated"
 
 
 def run_subsynthesis(
-    context: StageContext, store: RunStore, name: str, synthesis: cfg.SynthesisConfig, *, source: str
+    context: StageContext,
+    store: RunStore,
+    name: str,
+    synthesis: cfg.SynthesisConfig,
+    *,
+    source: str,
+    init: Any = None,
+    priors: list[Any] | None = None,
+    describe: dict[str, Any] | None = None,
 ) -> RunStore:
     """Run (or resume, or reuse when complete) the synthesis ``synthesis`` of the pipeline's model
-    in ``<store>/generated/<name>``; ``source`` names the table for error messages."""
+    in ``<store>/generated/<name>``; ``source`` names the table for error messages. ``init``: a
+    ready-made initializer used in place of ``synthesis.init``, which then only describes it (in
+    the sub-run's config and its hash). ``priors``: ready-made priors added to ``synthesis.priors``,
+    described by ``describe`` (what they are, in the sub-run's config and its hash)."""
     loaded = context.model
     synthesis = attrs.evolve(synthesis, groups=1)  # a sub-run is small: one group, on this process
     config = {"synthesis": cfg.CONVERTER.unstructure(synthesis), "parent": store.meta.get("config_hash")}
+    if describe:
+        config["extra"] = describe
+    built = synthesis if init is None else attrs.evolve(synthesis, init=init)
+    if priors:
+        built = attrs.evolve(built, priors=[*built.priors, *priors])
     meta = run_meta(
         name=f"{context.config.run.name}/{name}",
         config=config,
@@ -45,7 +62,7 @@ def run_subsynthesis(
     run = build_run(
         loaded.module,
         loaded.spec,
-        synthesis,
+        built,
         plugins=context.plugins,
         device=context.device,
         seed=context.seed,

@@ -72,6 +72,20 @@ def load_verifier(context: StageContext, e: EvaluateConfig, name: str | None = N
     return LoadedModel(loaded.module.eval(), loaded.spec)
 
 
+def verifier_probabilities_of(context: StageContext, x, mean, std) -> dict[str, Any]:
+    """Each [evaluate] verifier's softmax (by model name) of model-space images ``x``; empty
+    without an [evaluate] table (the strips and edits are then shown unscored)."""
+    e = context.table("evaluate")
+    if e is None:
+        return {}
+    return {
+        name: verifier_probabilities(
+            x, mean, std, load_verifier(context, e, name), batch_size=e.batch_size, device=context.device
+        )
+        for name in verifier_names(e)
+    }
+
+
 def evaluate_verifier(context: StageContext, store: RunStore) -> None:
     """The verifier part; nothing without an [evaluate] table."""
     e = context.table("evaluate")

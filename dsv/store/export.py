@@ -165,7 +165,16 @@ def save_rows(images: list[list[np.ndarray]], titles: list[list[str]], path: str
     plt = pyplot()
 
     rows, cols = len(images), max(len(r) for r in images)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    lines = [max((name.count("\n") + 1 for name in names), default=1) for names in titles]
+    heights = [1.8 + 0.13 * n for n in lines]  # each row as tall as its image and its title lines
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(1.9 * cols, sum(heights) + (0.3 if title else 0.0)),
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax in axes.flat:
         ax.axis("off")
     for r, (row, names) in enumerate(zip(images, titles)):
@@ -174,7 +183,6 @@ def save_rows(images: list[list[np.ndarray]], titles: list[list[str]], path: str
             axes[r, c].set_title(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
