@@ -116,6 +116,7 @@ def test_the_report_stage_writes_one_self_contained_page_with_every_part(full_ru
     for heading in headings:
         assert heading in words, heading
     assert "baseline: the base model" in words
+    assert "SSIM to the image" in words and "adversarial" in words  # the edit, scored by the verifier
     assert "[synthesis]" in words  # the pipeline file's own text
     # candidates x2, history, rho plot, strip, edits
     assert len(page.images) == 20 + 4

@@ -302,12 +302,26 @@ def _stage_results(store: RunStore, meta: dict[str, Any]) -> str:
         parts.append(_lambda_accuracy_plot(results["class_lambda_accuracy"], classes, rho))
     strip = (config.get("interpolate") or {}).get("png", "interpolation.png")
     if (store.path / "exports" / strip).is_file():
-        parts.append("<h3>Interpolation strip</h3>" + _export_image(store, strip))
+        shown.add("interpolation")
+        parts.append("<h3>Interpolation strips</h3>" + _export_image(store, strip))
     if "edits" in results:
         shown.add("edits")
         parts.append("<h3>Edits (before, after)</h3>")
-        rows = [(e.get("image"), e.get("target"), e.get("before"), e.get("after")) for e in results["edits"]]
-        parts.append(_table(rows, ("image", "target", "model said before", "model says after")))
+        edits = results["edits"]
+        verifiers = list(dict.fromkeys(name for e in edits for name in e.get("verifiers") or {}))
+        rows = [
+            (
+                e.get("image"),
+                e.get("target"),
+                e.get("before"),
+                e.get("after"),
+                *((e.get("verifiers") or {}).get(name, {}).get("top1", "") for name in verifiers),
+                *((e["ssim"], "yes" if e.get("adversarial") else "no") if "ssim" in e else ()),
+            )
+            for e in edits
+        ]
+        scored = ("SSIM to the image", "adversarial") if any("ssim" in e for e in edits) else ()
+        parts.append(_table(rows, ("image", "target", "model said before", "model says after", *verifiers, *scored)))
         parts.append(_export_image(store, (config.get("edit") or {}).get("png", "edits.png")))
     rest = {k: v for k, v in results.items() if k not in shown}
     if rest:
