@@ -47,7 +47,7 @@ def plugins() -> DsvPluginManager:
         plugin_module(
             "third_party",
             dsv_register_priors=lambda registry: registry.add("lowpass", LowPass),
-            dsv_register_augmentations=lambda registry: registry.add("blur", blur),
+            dsv_register_augmentations=lambda registry: registry.add("box_blur", blur),
             dsv_register_stages=lambda registry: registry.add(
                 "guesses", Stage(name="guesses", run=lambda context, store: [], order=800, table=GuessesTable)
             ),
@@ -82,7 +82,7 @@ def test_every_plugin_table_of_every_table_is_checked_and_all_problems_are_repor
         retrainer = { name = "adam", lrr = 1 }
         [synthesis]
         priors = [{ name = "tv", weight = 0.1 }, { name = "lowpass", cutoff = 0.0 }, { name = "tvv" }]
-        augmentations = [{ name = "noise", std = 0.1 }, { name = "blur", sigma = 1, radius = 2, mode = "x" }]
+        augmentations = [{ name = "noise", std = 0.1 }, { name = "box_blur", sigma = 1, radius = 2, mode = "x" }]
         losses = [{ name = "primal", weight = "heavy" }]
         init = { name = "noise", spread = 1 }
         [retrain]
@@ -99,8 +99,8 @@ def test_every_plugin_table_of_every_table_is_checked_and_all_problems_are_repor
         "synthesis.priors[1].cutoff: must be > 0, got 0.0",
         "synthesis.priors[2].name: unknown prior 'tvv'; did you mean 'tv'?",
         "synthesis.augmentations[0].std: unknown key",
-        "synthesis.augmentations[1].radius: unknown option of 'blur' (known: sigma, size)",
-        "synthesis.augmentations[1].mode: unknown option of 'blur' (known: sigma, size)",
+        "synthesis.augmentations[1].radius: unknown option of 'box_blur' (known: sigma, size)",
+        "synthesis.augmentations[1].mode: unknown option of 'box_blur' (known: sigma, size)",
         'synthesis.losses[0].weight: expected a number, got "heavy"',
         "synthesis.init.spread: unknown key",
         "retrain.seeds: must be at least 1, got 0",
@@ -140,7 +140,7 @@ def test_plugin_problems_are_reported_beside_a_stage_table_that_does_not_structu
 
 
 def test_a_good_file_has_no_problems(plugins):
-    text = HEAD + '[synthesis]\npriors = [{ name = "lowpass", cutoff = 0.2 }]\naugmentations = ["blur"]\n'
+    text = HEAD + '[synthesis]\npriors = [{ name = "lowpass", cutoff = 0.2 }]\naugmentations = ["box_blur"]\n'
     loaded = load_pipeline_text(textwrap.dedent(text), source="x.toml", plugins=plugins)
     assert loaded.config.synthesis.priors[0].options == {"cutoff": 0.2}
 
@@ -190,13 +190,13 @@ def test_the_api_reports_every_bad_plugin_table_at_once(plugins):
             input_shape=(1, 8, 8),
             iterations=1,
             priors=[{"name": "lowpass", "cutoff": 0.0}, {"name": "tv", "wieght": 1}],
-            augmentations=[{"name": "blur", "radius": 2}],
+            augmentations=[{"name": "box_blur", "radius": 2}],
             plugins=plugins,
         )
     lines = str(info.value).splitlines()
     assert lines[0].endswith("synthesis.priors[0].cutoff: must be > 0, got 0.0")
     assert "synthesis.priors[1].wieght: unknown key" in lines[1]
-    assert "synthesis.augmentations[0].radius: unknown option of 'blur'" in lines[2]
+    assert "synthesis.augmentations[0].radius: unknown option of 'box_blur'" in lines[2]
     assert len(lines) == 3
 
 
