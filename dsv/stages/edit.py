@@ -109,16 +109,16 @@ def run(context: StageContext, store: RunStore | None) -> list[Path]:
     spec = context.model.spec
     size = synthesis.resolutions[0][1]
     shape = (len(e.edits), spec.channels, size, size)
+    before = start_images(context, shape)
     priors, describe = [], None
     if e.keep:
         view = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
-        start = torch.from_numpy(start_images(context, shape))
+        start = torch.from_numpy(before)
         priors, describe = [Keep(start, view(spec.mean), view(spec.std), e.keep)], {"keep": e.keep}
     sub = run_subsynthesis(
         context, store, "edit", synthesis, source=f"{context.source} [edit]", priors=priors, describe=describe
     )
     after = sub.candidates()["x"]
-    before = start_images(context, after.shape)
     mean, std = sub.meta["mean"], sub.meta["std"]
     model_before, model_after = _probabilities(context, before), _probabilities(context, after)
     verifiers = verifier_probabilities_of(context, after, mean, std)
